@@ -1,0 +1,5 @@
+import sys
+
+from auctioneer.cli import main
+
+sys.exit(main())

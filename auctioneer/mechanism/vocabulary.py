@@ -1,0 +1,53 @@
+"""Sparse distributions and the canonical vocabulary they are laid out on.
+
+Agents submit sparse distributions (only tokens they give positive mass). The mechanism works on
+one dense ``n x |V|`` matrix whose columns are the union ``V`` of all supports in canonical order:
+sorted by UTF-8 bytes. For valid Unicode strings that is exactly Python's code-point order, so a
+plain sort of ``str`` objects is canonical and submission order never matters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import chain
+
+import numpy as np
+from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class SparseDistribution:
+    """A distribution given as parallel arrays: ``probs[k]`` is the probability of ``tokens[k]``."""
+
+    tokens: Sequence[str]
+    probs: FloatArray
+
+    @classmethod
+    def from_mapping(cls, mapping: dict[str, float]) -> SparseDistribution:
+        return cls(tuple(mapping), np.fromiter(mapping.values(), dtype=np.float64, count=len(mapping)))
+
+    def as_mapping(self) -> dict[str, float]:
+        return dict(zip(self.tokens, self.probs.tolist(), strict=True))
+
+
+def dense_matrix(distributions: Sequence[SparseDistribution]) -> tuple[list[str], FloatArray]:
+    """Lay sparse distributions out as rows of a dense matrix over their canonical union.
+
+    Returns ``(vocab, P)`` with ``vocab`` sorted canonically and ``P[i, j]`` the probability that
+    distribution ``i`` gives ``vocab[j]``. Tokens within one distribution must be distinct.
+    The union is a set of the token strings (hashing is the one unavoidable per-token step);
+    everything after it is array work.
+    """
+    vocab = sorted(set().union(*(d.tokens for d in distributions)))
+    column_of = {token: column for column, token in enumerate(vocab)}
+    lengths = [len(d.tokens) for d in distributions]
+    all_tokens = chain.from_iterable(d.tokens for d in distributions)
+    columns = np.fromiter(map(column_of.__getitem__, all_tokens), dtype=np.intp, count=sum(lengths))
+    rows = np.repeat(np.arange(len(distributions)), lengths)
+    matrix = np.zeros((len(distributions), len(vocab)), dtype=np.float64)
+    if len(columns):
+        matrix[rows, columns] = np.concatenate([d.probs for d in distributions])
+    return vocab, matrix

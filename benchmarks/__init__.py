@@ -1,0 +1,1 @@
+"""Performance harness: ``python -m benchmarks [--quick] [--json FILE]`` (figures, not timed tests)."""

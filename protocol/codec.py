@@ -1,0 +1,83 @@
+"""The codec: the only place where bytes become messages and messages become bytes.
+
+Decoding is bounded (a maximum message size, msgpack's own length limits, ``strict_map_key``)
+and every failure is a :class:`ProtocolError` with a stable code; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+from pydantic import ValidationError
+
+from protocol.distribution import DEFAULT_MAX_SUPPORT
+from protocol.errors import ErrorCode, ProtocolError
+from protocol.messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds applied while decoding."""
+
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_support: int = DEFAULT_MAX_SUPPORT
+
+
+DEFAULT_LIMITS = Limits()
+
+
+def encode(message: Message) -> bytes:
+    """Pack a message as one msgpack map with the protocol version."""
+    body = message.model_dump(mode="python", exclude_none=True)
+    body["v"] = PROTOCOL_VERSION
+    return msgpack.packb(body, use_bin_type=True)
+
+
+def unpack_map(data: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """msgpack bytes to a map, with the size bound; ``MALFORMED`` for anything else."""
+    if len(data) > limits.max_message_bytes:
+        raise ProtocolError(ErrorCode.TOO_LARGE, f"message of {len(data)} bytes exceeds {limits.max_message_bytes}")
+    try:
+        obj = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError(ErrorCode.MALFORMED, f"not a msgpack message ({type(exc).__name__})") from None
+    if not isinstance(obj, dict):
+        raise ProtocolError(ErrorCode.MALFORMED, "a message must be a msgpack map")
+    return obj
+
+
+def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
+    """Bytes to the typed message they encode, or :class:`ProtocolError`."""
+    obj = unpack_map(data, limits)
+    version = obj.get("v")
+    if type(version) is not int:
+        raise ProtocolError(ErrorCode.MALFORMED, "missing or non-integer protocol version", "v")
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(ErrorCode.VERSION, f"protocol version {version} unsupported; speak {PROTOCOL_VERSION}", "v")
+    kind = obj.get("type")
+    if not isinstance(kind, str):
+        raise ProtocolError(ErrorCode.MALFORMED, "missing or non-string message type", "type")
+    model = MESSAGE_TYPES.get(kind)
+    if model is None:
+        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind[:64]!r}", "type")
+    try:
+        return model.model_validate(obj, context={"max_support": limits.max_support})
+    except ValidationError as exc:
+        raise validation_failure(model, exc) from None
+
+
+def validation_failure(model: type[Message], exc: ValidationError) -> ProtocolError:
+    """The protocol error for a model's first validation failure, naming its field."""
+    first = exc.errors(include_url=False, include_input=False)[0]
+    location = ".".join(str(part) for part in first["loc"])
+    top = str(first["loc"][0]) if first["loc"] else ""
+    message = first["msg"].removeprefix("Value error, ")
+    code = ErrorCode.MALFORMED if first["type"] == "missing" else model.field_codes.get(top, ErrorCode.MALFORMED)
+    return ProtocolError(code, message, location or None)

@@ -1,0 +1,214 @@
+"""The codec: round trips of every message, the SPEC's hex dump, and one rejection per bad case."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from protocol import Distribution, ErrorCode, Limits, ProtocolError, decode, encode
+from protocol.messages import (
+    MESSAGE_TYPES,
+    BidAccepted,
+    Error,
+    Heartbeat,
+    Hello,
+    MarketClosed,
+    MechanismInfo,
+    Message,
+    OutcomeDistribution,
+    Ping,
+    Pong,
+    RoundOpen,
+    RoundResult,
+    SealedBid,
+    SyncReply,
+    SyncRequest,
+    Welcome,
+)
+
+SPEC = Path(__file__).resolve().parents[1] / "protocol" / "SPEC.md"
+COMMIT = "ab" * 32
+DIST = Distribution.from_mapping({" Large": 0.8, " Generative": 0.2})
+RESULT = RoundResult(
+    seq=2,
+    round=1,
+    token=" Large",
+    text="Mechanism Design for Large",
+    distribution=OutcomeDistribution.from_arrays([" Generative", " Large"], np.array([0.44, 0.56])),
+    bids={"a1": 1.0},
+    payments={"a1": 1.0},
+    balances={"a1": 1.0},
+    seed="cd" * 32,
+    seed_commitment=COMMIT,
+)
+OPEN = RoundOpen(seq=1, round=1, text="Mechanism Design for", seed_commitment=COMMIT, deadline=1e9, timeout=2.0)
+EVERY_MESSAGE: list[Message] = [
+    Hello(name="agent-1", client="test", id=1),
+    SealedBid(round=1, distribution=DIST, bid=1.5, id=2),
+    SyncRequest(since_seq=3, limit=10),
+    Ping(id=9),
+    Welcome(
+        name="agent-1",
+        market="m",
+        prompt="p",
+        seq=0,
+        round=0,
+        budget=10.0,
+        max_bid=1e9,
+        max_support=4096,
+        mechanism=MechanismInfo(aggregation="linear", payment="first_price", mode="sample", temperature=1.0),
+        heartbeat_interval=1.0,
+        re=1,
+    ),
+    BidAccepted(round=1, re=2),
+    Error(code="WRONG_ROUND", message="no", field="round"),
+    Pong(seq=4, re=9),
+    OPEN,
+    RESULT,
+    MarketClosed(seq=3, reason="max_tokens", text="t", rounds=1),
+    Heartbeat(seq=3, round=1, time=5.0),
+    SyncReply(seq=2, prompt="p", text="t", tokens=["t"], balances={}, results=[RESULT], open_round=OPEN),
+]
+
+
+def test_every_message_type_is_covered() -> None:
+    assert {m.type for m in EVERY_MESSAGE} == set(MESSAGE_TYPES)
+
+
+@pytest.mark.parametrize("message", EVERY_MESSAGE, ids=lambda m: m.type)
+def test_round_trip(message: Message) -> None:
+    again = decode(encode(message))
+    assert type(again) is type(message)
+    assert encode(again) == encode(message)
+
+
+def test_spec_hex_dump_decodes_to_its_description() -> None:
+    dump = SPEC.read_text().split("```")[1]
+    data = bytes.fromhex("".join(re.sub(r"^[0-9a-f]{4}  ", "", line) for line in dump.strip().splitlines()))
+    message = decode(data)
+    assert isinstance(message, SealedBid)
+    assert (message.id, message.round, message.bid) == (7, 1, 1.0)
+    assert message.distribution.as_mapping() == {" Large": 0.8, " Generative": 0.2}
+    assert encode(message) == data
+
+
+def test_probabilities_may_travel_as_a_plain_array() -> None:
+    raw = {
+        "v": 1,
+        "type": "sealed_bid",
+        "round": 1,
+        "bid": 2,
+        "distribution": {"tokens": ["a", "b"], "probs": [0.5, 0.5]},
+    }
+    message = decode(msgpack.packb(raw))
+    assert isinstance(message, SealedBid) and message.bid == 2.0
+    assert message.distribution.probs.tolist() == [0.5, 0.5]
+
+
+def bid_frame(**overrides: Any) -> bytes:
+    body: dict[str, Any] = {
+        "v": 1,
+        "type": "sealed_bid",
+        "round": 1,
+        "bid": 1.0,
+        "distribution": {"tokens": ["a", "b"], "probs": [0.5, 0.5]},
+    }
+    distribution = overrides.pop("distribution", {})
+    body["distribution"] = {**body["distribution"], **distribution}
+    body.update(overrides)
+    return msgpack.packb(body)
+
+
+REJECTIONS: list[tuple[str, bytes, ErrorCode]] = [
+    ("not msgpack", b"\xc1\xc1", ErrorCode.MALFORMED),
+    ("truncated", bid_frame()[:-3], ErrorCode.MALFORMED),
+    ("not a map", msgpack.packb([1, 2]), ErrorCode.MALFORMED),
+    ("integer map keys", msgpack.packb({1: 2}), ErrorCode.MALFORMED),
+    ("no version", msgpack.packb({"type": "ping"}), ErrorCode.MALFORMED),
+    ("wrong version", msgpack.packb({"v": 2, "type": "ping"}), ErrorCode.VERSION),
+    ("unknown type", msgpack.packb({"v": 1, "type": "steal"}), ErrorCode.UNKNOWN_TYPE),
+    ("missing field", msgpack.packb({"v": 1, "type": "sealed_bid", "round": 1}), ErrorCode.MALFORMED),
+    ("round as string", bid_frame(round="1"), ErrorCode.MALFORMED),
+    ("round as bool", bid_frame(round=True), ErrorCode.MALFORMED),
+    ("round zero", bid_frame(round=0), ErrorCode.MALFORMED),
+    ("unequal arrays", bid_frame(distribution={"probs": [1.0]}), ErrorCode.INVALID_DISTRIBUTION),
+    ("empty support", bid_frame(distribution={"tokens": [], "probs": []}), ErrorCode.INVALID_DISTRIBUTION),
+    ("empty token", bid_frame(distribution={"tokens": ["", "b"]}), ErrorCode.INVALID_DISTRIBUTION),
+    ("duplicate tokens", bid_frame(distribution={"tokens": ["a", "a"]}), ErrorCode.INVALID_DISTRIBUTION),
+    ("token over 256 bytes", bid_frame(distribution={"tokens": ["é" * 129, "b"]}), ErrorCode.INVALID_DISTRIBUTION),
+    ("NaN probability", bid_frame(distribution={"probs": [math.nan, 0.5]}), ErrorCode.INVALID_DISTRIBUTION),
+    ("infinite probability", bid_frame(distribution={"probs": [math.inf, 0.5]}), ErrorCode.INVALID_DISTRIBUTION),
+    ("negative probability", bid_frame(distribution={"probs": [-0.5, 1.5]}), ErrorCode.INVALID_DISTRIBUTION),
+    ("sum not one", bid_frame(distribution={"probs": [0.5, 0.4]}), ErrorCode.INVALID_DISTRIBUTION),
+    ("probs bin not float64", bid_frame(distribution={"probs": b"\x00" * 12}), ErrorCode.INVALID_DISTRIBUTION),
+    ("token not a string", bid_frame(distribution={"tokens": [1, "b"]}), ErrorCode.INVALID_DISTRIBUTION),
+    ("NaN bid", bid_frame(bid=math.nan), ErrorCode.INVALID_BID),
+    ("infinite bid", bid_frame(bid=math.inf), ErrorCode.INVALID_BID),
+    ("negative bid", bid_frame(bid=-1.0), ErrorCode.INVALID_BID),
+    ("bid as string", bid_frame(bid="1"), ErrorCode.INVALID_BID),
+    ("bad agent name", msgpack.packb({"v": 1, "type": "hello", "name": "a b"}), ErrorCode.MALFORMED),
+]
+
+
+@pytest.mark.parametrize("frame,code", [(f, c) for _, f, c in REJECTIONS], ids=[n for n, _, _ in REJECTIONS])
+def test_rejections_carry_their_code(frame: bytes, code: ErrorCode) -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode(frame)
+    assert caught.value.code == code
+
+
+def test_support_over_the_configured_maximum_is_refused() -> None:
+    tokens = [f"t{i}" for i in range(20)]
+    frame = bid_frame(distribution={"tokens": tokens, "probs": [1 / 20] * 20})
+    assert isinstance(decode(frame, Limits(max_support=20)), SealedBid)
+    with pytest.raises(ProtocolError) as caught:
+        decode(frame, Limits(max_support=19))
+    assert caught.value.code == ErrorCode.INVALID_DISTRIBUTION and "maximum of 19" in caught.value.message
+
+
+def test_oversized_message_is_refused_before_parsing() -> None:
+    with pytest.raises(ProtocolError) as caught:
+        decode(b"\x00" * 101, Limits(max_message_bytes=100))
+    assert caught.value.code == ErrorCode.TOO_LARGE
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.binary(max_size=300))
+def test_fuzzed_bytes_raise_only_protocol_errors(data: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        decode(data)
+
+
+msgpack_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats()
+    | st.text(max_size=8)
+    | st.binary(max_size=16),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    kind=st.sampled_from(sorted(MESSAGE_TYPES)),
+    fields=st.dictionaries(
+        st.sampled_from(["round", "bid", "distribution", "name", "seq", "tokens", "id", "re", "results", "probs"]),
+        msgpack_values,
+        max_size=5,
+    ),
+)
+def test_fuzzed_structures_raise_only_protocol_errors(kind: str, fields: dict[str, Any]) -> None:
+    with contextlib.suppress(ProtocolError):
+        decode(msgpack.packb({"v": 1, "type": kind, **fields}))

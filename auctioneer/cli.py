@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from auctioneer import evaluate
+from auctioneer import evaluate, serve
 from protocol.cli import run_command
 
-SUBCOMMANDS = (evaluate,)
+SUBCOMMANDS = (evaluate, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -181,6 +181,7 @@ class SyncReply(Message):
 
     type: Literal["sync_reply"] = "sync_reply"
     seq: Seq
+    last_round: Annotated[int, Field(ge=0)]
     prompt: str
     text: str
     tokens: list[str]

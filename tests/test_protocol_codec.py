@@ -76,7 +76,7 @@ EVERY_MESSAGE: list[Message] = [
     RESULT,
     MarketClosed(seq=3, reason="max_tokens", text="t", rounds=1),
     Heartbeat(seq=3, round=1, time=5.0),
-    SyncReply(seq=2, prompt="p", text="t", tokens=["t"], balances={}, results=[RESULT], open_round=OPEN),
+    SyncReply(seq=2, last_round=1, prompt="p", text="t", tokens=["t"], balances={}, results=[RESULT], open_round=OPEN),
 ]
 
 

@@ -1,0 +1,17 @@
+"""The agent side of token-auction: subclass :class:`Agent`, run it with :class:`AgentRuntime`."""
+
+from agent_client.agent import Agent, Bid, FunctionAgent, RoundContext
+from agent_client.builtin import PhraseAgent, StaticAgent
+from agent_client.runtime import AgentReport, AgentRuntime, run_agent
+
+__all__ = [
+    "Agent",
+    "AgentReport",
+    "AgentRuntime",
+    "Bid",
+    "FunctionAgent",
+    "PhraseAgent",
+    "RoundContext",
+    "StaticAgent",
+    "run_agent",
+]

@@ -1,0 +1,140 @@
+"""The ``agent-client`` command: run one agent (static, phrase, or your own class) in a market."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from agent_client.agent import Agent
+from agent_client.builtin import PhraseAgent, StaticAgent
+from agent_client.loading import AgentLoadError, load_agent, parse_params
+from agent_client.runtime import AgentRejected, AgentReport, AgentRuntime
+from protocol.cli import UsageError, run_command
+from protocol.client import SocketSetup
+
+console = Console()
+
+
+def parse_distribution(text: str) -> dict[str, float]:
+    """``"Large=0.8,Generative=0.2"`` or a JSON object; tokens are taken literally (spaces included)."""
+    if text.lstrip().startswith("{"):
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--distribution is not valid JSON: {exc}") from None
+        if not isinstance(value, dict):
+            raise UsageError("--distribution JSON must be an object of token: probability")
+        return value
+    distribution: dict[str, float] = {}
+    for item in text.split(","):
+        token, sep, prob = item.rpartition("=")
+        try:
+            distribution[token] = float(prob)
+        except ValueError:
+            sep = ""
+        if not sep or not token:
+            raise UsageError(f"--distribution item {item!r} must look like token=probability")
+    return distribution
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="agent-client", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (repeatable)")
+    parser.add_argument("--market", default="tcp://127.0.0.1:5555", help="the auctioneer's market endpoint")
+    parser.add_argument("--feed", default="tcp://127.0.0.1:5556", help="the auctioneer's feed endpoint")
+    parser.add_argument("--name", required=True, help="agent name (letters, digits, _ . -)")
+    kind = parser.add_mutually_exclusive_group(required=True)
+    kind.add_argument("--distribution", help='static agent: "Large=0.8,Generative=0.2" or JSON')
+    kind.add_argument("--phrase", help="phrase agent: the text it wants written, e.g. ' Large Language Models.'")
+    kind.add_argument("--agent", help="your own agent: package.module:ClassName")
+    parser.add_argument("--bid", type=float, help="bid per round (static and phrase agents)")
+    parser.add_argument("--confidence", type=float, default=1.0, help="phrase agent: mass on its next word")
+    parser.add_argument("--alternative", help="phrase agent: phrase that gets the remaining mass")
+    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="parameter for --agent")
+    parser.add_argument("--curve-secret", help="this agent's CurveZMQ secret key file")
+    parser.add_argument("--server-key", help="the auctioneer's CurveZMQ public key file")
+    parser.add_argument("--quiet", action="store_true", help="no report at the end")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def build_agent(args: argparse.Namespace) -> Agent:
+    if args.agent:
+        try:
+            return load_agent(args.agent, parse_params(args.param))
+        except AgentLoadError as exc:
+            raise UsageError(str(exc)) from None
+    if args.bid is None:
+        raise UsageError("--bid is required with --distribution and --phrase")
+    if args.bid < 0:
+        raise UsageError("--bid must be >= 0")
+    if args.distribution:
+        return StaticAgent(parse_distribution(args.distribution), args.bid)
+    try:
+        return PhraseAgent(args.phrase, args.bid, args.confidence, args.alternative)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def curve_setup(args: argparse.Namespace) -> SocketSetup | None:
+    if not args.curve_secret and not args.server_key:
+        return None
+    if not (args.curve_secret and args.server_key):
+        raise UsageError("CurveZMQ needs both --curve-secret and --server-key")
+    from agent_client.security import curve_client_setup
+
+    return curve_client_setup(args.curve_secret, args.server_key)
+
+
+def print_report(report: AgentReport) -> None:
+    table = Table(title=f"{report.name}: {len(report.rounds)} rounds, paid {report.spent:.6g}")
+    for column in ("round", "bid", "status", "token", "payment"):
+        table.add_column(column)
+    for number in sorted(report.rounds):
+        r = report.rounds[number]
+        table.add_row(
+            str(number), "-" if r.bid is None else f"{r.bid:.4g}", r.status, repr(r.token), f"{r.payment:.4g}"
+        )
+    console.print(table)
+    console.print(f"market closed ({report.closed_reason}): {report.text!r}")
+    if report.verification_failures:
+        console.print(f"[bold red]{report.verification_failures} round(s) FAILED verification[/bold red]")
+
+
+async def run_until_closed(runtime: AgentRuntime) -> AgentReport:
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, task.cancel)
+    try:
+        return await runtime.run()
+    except asyncio.CancelledError:
+        return runtime.report
+
+
+def run(args: argparse.Namespace) -> int:
+    agent = build_agent(args)
+    runtime = AgentRuntime(agent, args.name, args.market, args.feed, curve_setup(args))
+    try:
+        report = asyncio.run(run_until_closed(runtime))
+    except AgentRejected as exc:
+        raise UsageError(f"the auctioneer refused {args.name}: {exc}") from None
+    if not args.quiet:
+        print_report(report)
+    return 0 if report.verification_failures == 0 else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_command(build_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

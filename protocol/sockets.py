@@ -1,0 +1,51 @@
+"""Socket hygiene shared by every ZeroMQ peer of the protocol: options, addresses, teardown.
+
+Both the auctioneer and the clients create their sockets through :func:`make_socket`, so limits
+(``MAXMSGSIZE``), ``LINGER 0`` and high-water marks are set in one place.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import socket as stdlib_socket
+from urllib.parse import urlparse
+
+import zmq
+import zmq.asyncio
+
+log = logging.getLogger(__name__)
+
+HIGH_WATER_MARK = 100_000
+
+
+def make_socket(context: zmq.asyncio.Context, kind: int, *, max_message_bytes: int | None = None) -> zmq.asyncio.Socket:
+    """A socket with ``LINGER 0`` (never hang at exit), generous HWMs and an optional inbound size cap."""
+    sock = context.socket(kind)
+    sock.setsockopt(zmq.LINGER, 0)
+    sock.setsockopt(zmq.SNDHWM, HIGH_WATER_MARK)
+    sock.setsockopt(zmq.RCVHWM, HIGH_WATER_MARK)
+    if max_message_bytes is not None:
+        sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
+    return sock
+
+
+def is_loopback_endpoint(endpoint: str) -> bool:
+    """True for ``tcp://127.x.x.x:port``, ``tcp://[::1]:port``, ``tcp://localhost:port`` and ``ipc://``/``inproc://``."""
+    parsed = urlparse(endpoint)
+    if parsed.scheme in ("ipc", "inproc"):
+        return True
+    host = parsed.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
+    """A ``tcp://host:port`` with a port free right now (for tests and the demo)."""
+    with stdlib_socket.socket() as probe:
+        probe.bind((host, 0))
+        return f"tcp://{host}:{probe.getsockname()[1]}"

@@ -158,19 +158,28 @@ class AgentRuntime:
         log.info("registered as %s in market %s", self.name, welcome.market)
 
     async def _heartbeat(self) -> None:
+        """Ping every interval; reconnect and re-register when the auctioneer goes silent or forgets us."""
         while True:
             await asyncio.sleep(self.heartbeat_interval)
             try:
-                reply = await self.client.request(Ping(), MISSED_PINGS * self.heartbeat_interval)
-            except (TimeoutError, ConnectionResetError):
-                log.warning("auctioneer silent for %d heartbeats; reconnecting", MISSED_PINGS)
-                self.client.connect()
-                await self._register()
-                continue
-            if isinstance(reply, Error) and reply.code == "NOT_REGISTERED":
-                await self._register()
-            elif not isinstance(reply, Pong):
-                log.debug("unexpected reply to ping: %s", reply.type)
+                await self._check_in()
+            except AgentRejected:
+                raise
+            except Exception:
+                log.exception("heartbeat failed; trying again")
+
+    async def _check_in(self) -> None:
+        try:
+            reply = await self.client.request(Ping(), MISSED_PINGS * self.heartbeat_interval)
+        except (TimeoutError, ConnectionResetError):
+            log.warning("auctioneer silent for %d heartbeats; reconnecting", MISSED_PINGS)
+            self.client.connect()
+            await self._register()
+            return
+        if isinstance(reply, Error) and reply.code == "NOT_REGISTERED":
+            await self._register()
+        elif not isinstance(reply, Pong):
+            log.debug("unexpected reply to ping: %s", reply.type)
 
     # --- the feed -------------------------------------------------------------------------------
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from auctioneer import evaluate, serve
+from auctioneer import demo, evaluate, ledger_cli, serve, watch
 from protocol.cli import run_command
 
-SUBCOMMANDS = (evaluate, serve)
+SUBCOMMANDS = (demo, serve, evaluate, ledger_cli, watch)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -110,13 +110,14 @@ class Market:
             return self._register(peer, message, identity)
         if isinstance(message, SyncRequest):
             return self._sync(message)
+        if not isinstance(message, Ping | SealedBid):
+            raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"the auctioneer does not accept {message.type!r}", "type")
+        if name is None:
+            # Also the answer an agent's heartbeat gets after an auctioneer restart: register again.
+            raise ProtocolError(ErrorCode.NOT_REGISTERED, "send hello first")
         if isinstance(message, Ping):
             return Pong(seq=self.seq)
-        if isinstance(message, SealedBid):
-            if name is None:
-                raise ProtocolError(ErrorCode.NOT_REGISTERED, "send hello first")
-            return self._accept_bid(name, message)
-        raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"the auctioneer does not accept {message.type!r} messages", "type")
+        return self._accept_bid(name, message)
 
     def _register(self, peer: bytes, hello: Hello, identity: str | None) -> Welcome:
         if identity is not None and hello.name != identity:

@@ -124,6 +124,16 @@ class AuctioneerServer:
             frames = await self.router.recv_multipart(copy=False)
             self._answer(frames)
 
+    def _handle(self, peer: bytes, request: Message, identity: str | None) -> Message:
+        try:
+            reply = self.market.handle(peer, request, identity)
+        except Exception:
+            log.exception("failed to handle a %s request", request.type)
+            return Error(code=ErrorCode.INTERNAL, message="the auctioneer failed on this request", re=request.id)
+        if self.market.everyone_has_bid():
+            self._everyone_bid.set()
+        return reply
+
     def _answer(self, frames: list[zmq.Frame]) -> None:
         peer = frames[0].bytes
         envelope = [peer, b""] if len(frames) == 3 and not frames[1].bytes else [peer]
@@ -138,9 +148,7 @@ class AuctioneerServer:
             except ProtocolError as exc:
                 reply = Error(code=exc.code, message=exc.message, field=exc.field)
             else:
-                reply = self.market.handle(peer, request, identity)
-                if self.market.everyone_has_bid():
-                    self._everyone_bid.set()
+                reply = self._handle(peer, request, identity)
         try:
             self._router_replies.send_multipart([*envelope, encode(reply)], flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:

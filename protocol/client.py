@@ -79,6 +79,8 @@ class MarketClient:
         self._pending[request_id] = future
         try:
             return await asyncio.wait_for(self._send_and_wait(self._socket, message, request_id, future), timeout)
+        except zmq.ZMQError as exc:  # the socket was replaced by a reconnect while this request used it
+            raise ConnectionResetError(f"market socket closed ({exc})") from None
         finally:
             self._pending.pop(request_id, None)
 
@@ -117,11 +119,23 @@ class FeedFollower:
         self.client = client
         self.request_timeout = request_timeout
         self.last_seq = 0
-        self.socket = make_socket(context, zmq.SUB)
-        if setup is not None:
-            setup(self.socket)
-        self.socket.setsockopt(zmq.SUBSCRIBE, b"")
-        self.socket.connect(endpoint)
+        self._context = context
+        self._endpoint = endpoint
+        self._setup = setup
+        self.socket = self._subscribe()
+
+    def _subscribe(self) -> zmq.asyncio.Socket:
+        sock = make_socket(self._context, zmq.SUB)
+        if self._setup is not None:
+            self._setup(sock)
+        sock.setsockopt(zmq.SUBSCRIBE, b"")
+        sock.connect(self._endpoint)
+        return sock
+
+    def reconnect(self) -> None:
+        """Replace the SUB socket (broadcasts sent meanwhile are lost; the next one reveals the gap)."""
+        self.socket.close(linger=0)
+        self.socket = self._subscribe()
 
     def close(self) -> None:
         self.socket.close(linger=0)

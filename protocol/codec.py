@@ -35,7 +35,10 @@ DEFAULT_LIMITS = Limits()
 
 def encode(message: Message) -> bytes:
     """Pack a message as one msgpack map with the protocol version."""
-    body = message.model_dump(mode="python", exclude_none=True)
+    body = message.model_dump(mode="python")
+    for optional in ("id", "re"):
+        if body[optional] is None:
+            del body[optional]
     body["v"] = PROTOCOL_VERSION
     return msgpack.packb(body, use_bin_type=True)
 

@@ -24,6 +24,7 @@ class ErrorCode(StrEnum):
     INVALID_BID = "INVALID_BID"  # bid not finite, negative, or over the market's maximum
     BUDGET_EXCEEDED = "BUDGET_EXCEEDED"  # bid above the agent's remaining budget
     MARKET_CLOSED = "MARKET_CLOSED"  # the market has ended
+    INTERNAL = "INTERNAL"  # the auctioneer failed to handle a valid request (a bug; it keeps serving)
 
 
 class ProtocolError(Exception):

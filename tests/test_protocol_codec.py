@@ -91,6 +91,12 @@ def test_round_trip(message: Message) -> None:
     assert encode(again) == encode(message)
 
 
+def test_a_round_without_bids_round_trips_with_nil_token() -> None:
+    idle = RESULT.model_copy(update={"token": None, "distribution": None, "bids": {}, "payments": {}})
+    again = decode(encode(idle))
+    assert isinstance(again, RoundResult) and again.token is None and again.distribution is None
+
+
 def test_spec_hex_dump_decodes_to_its_description() -> None:
     dump = SPEC.read_text().split("```")[1]
     data = bytes.fromhex("".join(re.sub(r"^[0-9a-f]{4}  ", "", line) for line in dump.strip().splitlines()))

@@ -1,0 +1,79 @@
+"""A rich live view of a market for spectators: the growing text, the last round, the payments."""
+
+from __future__ import annotations
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from protocol.client import FeedEvent
+from protocol.messages import MarketClosed, RoundOpen, RoundResult, SyncReply
+
+BAR_WIDTH = 30
+
+
+class MarketView:
+    """Folds feed events into what a spectator sees."""
+
+    def __init__(self, top: int = 6) -> None:
+        self.top = top
+        self.prompt = ""
+        self.text = ""
+        self.status = "connecting"
+        self.last: RoundResult | None = None
+        self.balances: dict[str, float] = {}
+        self.closed: MarketClosed | None = None
+        self.history: list[RoundResult] = []
+
+    def apply(self, event: FeedEvent) -> None:
+        if isinstance(event, SyncReply):
+            self.prompt, self.text, self.balances = event.prompt, event.text, dict(event.balances)
+            self.status = f"synced at round {event.last_round}"
+        elif isinstance(event, RoundOpen):
+            self.status = f"round {event.round} open ({event.timeout:g}s)"
+        elif isinstance(event, RoundResult):
+            self.last, self.text, self.balances = event, event.text, dict(event.balances)
+            self.history.append(event)
+            self.status = f"round {event.round} decided"
+        elif isinstance(event, MarketClosed):
+            self.closed, self.text = event, event.text
+            self.status = f"market closed ({event.reason}) after {event.rounds} rounds"
+
+    def render(self) -> RenderableType:
+        text = Text(self.prompt, style="dim")
+        text.append(self.text[len(self.prompt) :] if self.text.startswith(self.prompt) else self.text, style="bold")
+        parts: list[RenderableType] = [Panel(text, title="text", subtitle=self.status)]
+        if self.last is not None:
+            parts.append(self._round_table(self.last))
+        if self.balances:
+            parts.append(self._balances_table())
+        return Group(*parts)
+
+    def _round_table(self, result: RoundResult) -> Table:
+        table = Table(title=f"round {result.round}: chose {result.token!r}", title_justify="left")
+        table.add_column("token")
+        table.add_column("q", justify="right")
+        table.add_column("")
+        if result.distribution is not None:
+            ranked = sorted(result.distribution.as_mapping().items(), key=lambda kv: -kv[1])[: self.top]
+            for token, prob in ranked:
+                style = "bold green" if token == result.token else ""
+                table.add_row(Text(repr(token), style=style), f"{prob:.3f}", "█" * round(prob * BAR_WIDTH))
+        return table
+
+    def _balances_table(self) -> Table:
+        last = self.last
+        table = Table(title="agents", title_justify="left")
+        for column in ("agent", "bid", "paid this round", "total paid"):
+            table.add_column(column, justify="right" if column != "agent" else "left")
+        for agent in sorted(self.balances):
+            bid = last.bids.get(agent) if last else None
+            paid = last.payments.get(agent) if last else None
+            table.add_row(
+                agent,
+                "-" if bid is None else f"{bid:.4g}",
+                "-" if paid is None else f"{paid:.4g}",
+                f"{self.balances[agent]:.4g}",
+            )
+        return table

@@ -95,8 +95,6 @@ class MarketSettings(BaseModel):
                 "reference",
                 "reference_weight",
                 "seed",
-                "max_tokens",
-                "stop_token",
             },
         )
 

@@ -1,0 +1,112 @@
+"""The market CLIs as users run them: demo, serve with a config file, ledger, and their one-line errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.market_harness import MarketRun, read_ledger, run_cli, static_agent
+
+
+def test_demo_reproduces_the_article_live(tmp_path: Path) -> None:
+    result = run_cli("-m", "auctioneer", "demo", "--db", str(tmp_path / "demo.db"), timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "round 1 aggregate: ' Generative' 0.44, ' Large' 0.56" in result.stdout
+    ledger = read_ledger(tmp_path / "demo.db")
+    first = ledger["rounds"][0]
+    assert first["distribution"] == pytest.approx({" Large": 0.56, " Generative": 0.44})
+    assert first["payments"] == {"agent1": 1.0, "agent2": 2.0, "agent3": 2.0}
+    assert ledger["text"].startswith("Mechanism Design for ") and ledger["text"].endswith(".")
+    assert f"final text: {ledger['text']}" in result.stdout
+
+
+def test_demo_takes_the_mechanism_flags(tmp_path: Path) -> None:
+    result = run_cli(
+        "-m",
+        "auctioneer",
+        "demo",
+        "--db",
+        str(tmp_path / "d.db"),
+        "--payment",
+        "second_price",
+        "--max-tokens",
+        "2",
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    first = read_ledger(tmp_path / "d.db")["rounds"][0]
+    assert 0 < first["payments"]["agent2"] < 2.0
+
+
+def test_serve_reads_a_config_file_and_flags_win(market_run: MarketRun, tmp_path: Path) -> None:
+    config = tmp_path / "market.toml"
+    config.write_text('prompt = "From config:"\nmax_tokens = 9\npayment = "none"\nmin_agents = 1\n')
+    market_run.serve("--config", str(config), "--max-tokens", "2")
+    market_run.agent("a", *static_agent("x=1", 5))
+    assert market_run.wait(60) == [0, 0], market_run.logs()
+    ledger = read_ledger(market_run.db)
+    assert ledger["text"] == "From config:xx"
+    assert ledger["balances"] == {"a": 0.0}
+
+
+def test_ledger_json_and_table(market_run: MarketRun) -> None:
+    market_run.serve("--min-agents", "1", "--max-tokens", "2", "--prompt", "Hi")
+    market_run.agent("a", *static_agent("!=1", 1.5))
+    assert market_run.wait(60) == [0, 0]
+    as_json = run_cli("-m", "auctioneer", "ledger", "--db", str(market_run.db), "--json")
+    document = json.loads(as_json.stdout)
+    assert document["text"] == "Hi!!" and document["balances"] == {"a": 3.0}
+    assert document["rounds"][1]["bids"] == {"a": {"bid": 1.5, "distribution": {"!": 1.0}}}
+    assert set(document["rounds"][0]) == {
+        "round",
+        "token",
+        "distribution",
+        "bids",
+        "payments",
+        "seed",
+        "seed_commitment",
+    }
+    table = run_cli("-m", "auctioneer", "ledger", "--db", str(market_run.db))
+    assert table.returncode == 0 and "balances" in table.stdout and "'Hi!!'" in table.stdout
+
+
+def test_custom_agent_from_examples(market_run: MarketRun) -> None:
+    market_run.serve("--min-agents", "2", "--max-tokens", "3")
+    market_run.agent(
+        "leader", "--agent", "examples.my_agent:EchoTheLeader", "--param", "fallback=z", "--param", "bid=2"
+    )
+    market_run.agent("other", *static_agent("y=1", 1))
+    assert market_run.wait(60) == [0, 0, 0], market_run.logs()
+    rounds = read_ledger(market_run.db)["rounds"]
+    assert rounds[0]["bids"]["leader"]["distribution"] == {"z": 1.0}
+    assert set(rounds[1]["bids"]["leader"]["distribution"]) <= {"y", "z"}
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["-m", "auctioneer", "serve", "--payment", "vickrey"], "invalid choice"),
+        (["-m", "auctioneer", "serve", "--seed", "nothex", "--db", "/tmp/x-never.db"], "setting seed"),
+        (["-m", "auctioneer", "serve", "--config", "/nonexistent.toml"], "cannot read config"),
+        (["-m", "auctioneer", "ledger", "--db", "/nonexistent.db"], "no ledger at"),
+        (["-m", "agent_client", "--name", "a", "--distribution", "x=1"], "--bid is required"),
+        (["-m", "agent_client", "--name", "a", "--distribution", "x", "--bid", "1"], "token=probability"),
+        (["-m", "agent_client", "--name", "a", "--agent", "nope.mod:X"], "cannot import"),
+        (["-m", "agent_client", "--name", "a", "--agent", "examples.my_agent:Missing"], "has no"),
+    ],
+)
+def test_user_mistakes_get_one_actionable_line(argv: list[str], message: str) -> None:
+    result = run_cli(*argv)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_restarting_with_different_mechanism_is_refused(market_run: MarketRun) -> None:
+    market_run.serve("--min-agents", "1", "--max-tokens", "1")
+    market_run.agent("a", *static_agent("x=1", 1))
+    assert market_run.wait(60) == [0, 0]
+    result = run_cli("-m", "auctioneer", "serve", "--db", str(market_run.db), "--payment", "second_price")
+    assert result.returncode == 2 and "different payment" in result.stderr

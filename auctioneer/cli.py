@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from auctioneer import demo, evaluate, ledger_cli, serve, watch
+from auctioneer import audit, demo, evaluate, keygen, ledger_cli, serve, watch
 from protocol.cli import run_command
 
-SUBCOMMANDS = (demo, serve, evaluate, ledger_cli, watch)
+SUBCOMMANDS = (demo, serve, evaluate, ledger_cli, watch, audit, keygen)
 
 
 def build_parser() -> argparse.ArgumentParser:

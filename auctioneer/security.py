@@ -9,7 +9,6 @@ against ``hello``. Unknown keys fail the handshake and never reach the market.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from pathlib import Path
 
 import zmq
@@ -65,25 +64,29 @@ def load_server_keys(secret_file: Path) -> tuple[bytes, bytes]:
     return public, secret
 
 
-def curve_server_setup(settings: MarketSettings) -> Callable[[zmq.asyncio.Socket], None]:
-    """A function that turns a server socket into an authenticated CurveZMQ server socket."""
-    assert settings.curve_secret is not None and settings.authorized_keys is not None
-    public, secret = load_server_keys(settings.curve_secret)
-    if not settings.authorized_keys.is_dir():
-        raise UsageError(f"--authorized-keys {settings.authorized_keys} is not a directory")
-    names = authorized_names(settings.authorized_keys)
-    authenticators: dict[int, NamingAuthenticator] = {}
+class CurveServer:
+    """CurveZMQ for the auctioneer's sockets: ``apply`` before binding, ``stop`` before the context ends."""
 
-    def setup(sock: zmq.asyncio.Socket) -> None:
-        context = sock.context
-        if id(context) not in authenticators:
-            authenticator = NamingAuthenticator(context, names)  # type: ignore[arg-type]
-            authenticator.start()
-            authenticator.configure_curve(domain="*", location=str(settings.authorized_keys))
-            authenticators[id(context)] = authenticator
-            log.info("CurveZMQ on: %d authorised agent key(s)", len(names))
-        sock.curve_secretkey = secret
-        sock.curve_publickey = public
+    def __init__(self, settings: MarketSettings) -> None:
+        assert settings.curve_secret is not None and settings.authorized_keys is not None
+        self.public, self.secret = load_server_keys(settings.curve_secret)
+        if not settings.authorized_keys.is_dir():
+            raise UsageError(f"--authorized-keys {settings.authorized_keys} is not a directory")
+        self.directory = settings.authorized_keys
+        self.names = authorized_names(self.directory)
+        self.authenticator: NamingAuthenticator | None = None
+
+    def apply(self, sock: zmq.asyncio.Socket) -> None:
+        if self.authenticator is None:
+            self.authenticator = NamingAuthenticator(sock.context, self.names)  # type: ignore[arg-type]
+            self.authenticator.start()
+            self.authenticator.configure_curve(domain="*", location=str(self.directory))
+            log.info("CurveZMQ on: %d authorised agent key(s)", len(self.names))
+        sock.curve_secretkey = self.secret
+        sock.curve_publickey = self.public
         sock.curve_server = True
 
-    return setup
+    def stop(self) -> None:
+        if self.authenticator is not None:
+            self.authenticator.stop()
+            self.authenticator = None

@@ -13,6 +13,7 @@ from rich.console import Console
 from auctioneer.ledger import Ledger, LedgerError
 from auctioneer.market import Market
 from auctioneer.mechanism import AGGREGATIONS, PAYMENTS, SELECTION_MODES
+from auctioneer.security import CurveServer
 from auctioneer.server import AuctioneerServer, Broadcast
 from auctioneer.settings import MarketSettings, load_settings
 from protocol.cli import UsageError
@@ -49,6 +50,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.add_argument("--max-idle-rounds", type=int, dest="max_idle_rounds", help="close after N rounds without bids")
     parser.add_argument("--budget", type=float, help="default budget per agent (none: unlimited)")
     parser.add_argument("--heartbeat", type=float, dest="heartbeat_interval", help="seconds between heartbeats")
+    parser.add_argument("--curve-secret", type=Path, dest="curve_secret", help="server secret key (CurveZMQ on)")
+    parser.add_argument(
+        "--authorized-keys", type=Path, dest="authorized_keys", help="directory of agents' public NAME.key files"
+    )
     parser.add_argument("--quiet", action="store_true", help="print nothing per round")
     add_market_flags(parser)
     parser.set_defaults(run=run)
@@ -63,6 +68,8 @@ SERVE_FLAGS = (
     "max_idle_rounds",
     "budget",
     "heartbeat_interval",
+    "curve_secret",
+    "authorized_keys",
     *MARKET_FLAGS,
 )
 
@@ -100,9 +107,7 @@ async def serve(settings: MarketSettings, quiet: bool = False) -> MarketClosed |
         return market.closed
     server = AuctioneerServer(market, observer=None if quiet else print_broadcast)
     if settings.curve_secret is not None:
-        from auctioneer.security import curve_server_setup
-
-        server.configure_curve(curve_server_setup(settings))
+        server.configure_curve(CurveServer(settings))
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, server.stop)

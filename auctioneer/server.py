@@ -17,6 +17,7 @@ import zmq
 import zmq.asyncio
 
 from auctioneer.market import Market
+from auctioneer.security import CurveServer
 from protocol import ErrorCode, ProtocolError, decode, encode
 from protocol.codec import Limits
 from protocol.messages import Error, Heartbeat, MarketClosed, Message, RoundOpen, RoundResult
@@ -45,11 +46,13 @@ class AuctioneerServer:
         # Replies are sent without waiting (NOBLOCK) through a plain view of the same socket.
         self._router_replies: zmq.Socket[bytes] = zmq.Socket.shadow(self.router.underlying)
         self.publisher = make_socket(self.context, zmq.PUB)
+        self._curve: CurveServer | None = None
 
-    def configure_curve(self, configure: Callable[[zmq.asyncio.Socket], None]) -> None:
-        """Apply a CurveZMQ server setup to both sockets (before :meth:`run` binds them)."""
-        configure(self.router)
-        configure(self.publisher)
+    def configure_curve(self, curve: CurveServer) -> None:
+        """Turn on CurveZMQ on both sockets (before :meth:`run` binds them)."""
+        curve.apply(self.router)
+        curve.apply(self.publisher)
+        self._curve = curve
 
     def stop(self) -> None:
         """Ask :meth:`run` to return soon; the open round is abandoned, never half-committed."""
@@ -78,6 +81,8 @@ class AuctioneerServer:
         finally:
             self.router.close(linger=0)
             self.publisher.close(linger=0)
+            if self._curve is not None:
+                self._curve.stop()
             self.context.term()
 
     # --- rounds ---------------------------------------------------------------------------

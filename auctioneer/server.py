@@ -20,7 +20,7 @@ from auctioneer.market import Market
 from auctioneer.security import CurveServer
 from protocol import ErrorCode, ProtocolError, decode, encode
 from protocol.codec import Limits
-from protocol.messages import Error, Heartbeat, MarketClosed, Message, RoundOpen, RoundResult
+from protocol.messages import AGENT_REQUESTS, Error, Heartbeat, MarketClosed, Message, RoundOpen, RoundResult
 from protocol.sockets import make_socket
 
 log = logging.getLogger(__name__)
@@ -149,7 +149,7 @@ class AuctioneerServer:
             payload = frames[-1]
             identity = str(payload.get("User-Id")) if self.market.settings.curve_secret else None
             try:
-                request = decode(payload.bytes, self._limits)
+                request = decode(payload.bytes, self._limits, AGENT_REQUESTS)
             except ProtocolError as exc:
                 reply = Error(code=exc.code, message=exc.message, field=exc.field)
             else:

@@ -7,6 +7,7 @@ and every failure is a :class:`ProtocolError` with a stable code; nothing else e
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,8 +57,11 @@ def unpack_map(data: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     return obj
 
 
-def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
-    """Bytes to the typed message they encode, or :class:`ProtocolError`."""
+def decode(data: bytes, limits: Limits = DEFAULT_LIMITS, accepted: Collection[str] | None = None) -> Message:
+    """Bytes to the typed message they encode, or :class:`ProtocolError`.
+
+    ``accepted`` limits the message types this receiver handles; others are ``UNKNOWN_TYPE``.
+    """
     obj = unpack_map(data, limits)
     version = obj.get("v")
     if type(version) is not int:
@@ -67,7 +71,7 @@ def decode(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Message:
     kind = obj.get("type")
     if not isinstance(kind, str):
         raise ProtocolError(ErrorCode.MALFORMED, "missing or non-string message type", "type")
-    model = MESSAGE_TYPES.get(kind)
+    model = MESSAGE_TYPES.get(kind) if accepted is None or kind in accepted else None
     if model is None:
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind[:64]!r}", "type")
     try:

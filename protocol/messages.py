@@ -210,3 +210,6 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         SyncReply,
     )
 }
+
+# What each side receives on the market socket.
+AGENT_REQUESTS = frozenset({"hello", "sealed_bid", "sync_request", "ping"})

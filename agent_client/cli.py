@@ -8,6 +8,7 @@ import json
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -15,7 +16,7 @@ from rich.table import Table
 from agent_client.agent import Agent
 from agent_client.builtin import PhraseAgent, StaticAgent
 from agent_client.loading import AgentLoadError, load_agent, parse_params
-from agent_client.runtime import AgentRejected, AgentReport, AgentRuntime
+from agent_client.runtime import AgentRejected, AgentReport, AgentRuntime, AuctioneerLost
 from protocol.cli import UsageError, run_command
 from protocol.client import SocketSetup
 
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--curve-secret", help="this agent's CurveZMQ secret key file")
     parser.add_argument("--server-key", help="the auctioneer's CurveZMQ public key file")
     parser.add_argument("--quiet", action="store_true", help="no report at the end")
+    parser.add_argument("--report-json", type=Path, help="also write this agent's report as JSON to FILE")
     parser.set_defaults(run=run)
     return parser
 
@@ -127,8 +129,15 @@ def run(args: argparse.Namespace) -> int:
         report = asyncio.run(run_until_closed(runtime))
     except AgentRejected as exc:
         raise UsageError(f"the auctioneer refused {args.name}: {exc}") from None
+    except AuctioneerLost as exc:
+        raise UsageError(f"gave up: {exc} (is the auctioneer running at {args.market}?)") from None
     if not args.quiet:
         print_report(report)
+    if args.report_json:
+        args.report_json.write_text(json.dumps(report.as_dict(), indent=2))
+    if report.closed_reason is None:
+        console.print("[yellow]stopped before the market closed[/yellow]")
+        return 1
     return 0 if report.verification_failures == 0 else 1
 
 

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import zmq
 import zmq.asyncio
@@ -39,11 +39,16 @@ from protocol.messages import (
 log = logging.getLogger(__name__)
 
 MISSED_PINGS = 3
+GIVE_UP_AFTER = 60.0  # seconds without any answer from the auctioneer before the runtime stops
 DEADLINE_MARGIN = 0.1  # fraction of the round's timeout kept free for the bid to travel
 
 
 class AgentRejected(Exception):
     """The auctioneer refused this agent for good (for example an unauthorised name)."""
+
+
+class AuctioneerLost(Exception):
+    """No answer from the auctioneer for longer than the runtime's ``give_up_after``."""
 
 
 @dataclass
@@ -59,6 +64,8 @@ class RoundRecord:
 
 @dataclass
 class AgentReport:
+    """Everything one agent saw of a market (``as_dict`` for JSON)."""
+
     name: str
     rounds: dict[int, RoundRecord] = field(default_factory=dict)
     text: str = ""
@@ -69,6 +76,9 @@ class AgentReport:
 
     def record(self, number: int) -> RoundRecord:
         return self.rounds.setdefault(number, RoundRecord(number))
+
+    def as_dict(self) -> dict[str, object]:
+        return {**asdict(self), "rounds": [asdict(self.rounds[n]) for n in sorted(self.rounds)]}
 
 
 class AgentRuntime:
@@ -83,6 +93,7 @@ class AgentRuntime:
         setup: SocketSetup | None = None,
         request_timeout: float = 5.0,
         history: int = 16,
+        give_up_after: float = GIVE_UP_AFTER,
     ) -> None:
         self.agent = agent
         self.name = name
@@ -90,6 +101,8 @@ class AgentRuntime:
         self.feed_endpoint = feed
         self.setup = setup
         self.request_timeout = request_timeout
+        self.give_up_after = give_up_after
+        self._last_contact = time.monotonic()
         self.report = AgentReport(name)
         self.prompt = ""
         self.tokens: list[str] = []
@@ -103,6 +116,7 @@ class AgentRuntime:
         self._thinking: asyncio.Future[Bid | None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._registered = asyncio.Event()
+        self._follower: FeedFollower | None = None
 
     async def run(self) -> AgentReport:
         """Register, follow the market, bid every round; return this agent's report at market close."""
@@ -114,9 +128,14 @@ class AgentRuntime:
         try:
             await self._register()
             follower = FeedFollower(context, self.feed_endpoint, self.client, self.setup, self.request_timeout)
+            self._follower = follower
             heartbeat = asyncio.create_task(self._heartbeat())
-            async for event in follower.events():
-                self._apply(event)
+            following = asyncio.create_task(self._follow(follower))
+            await asyncio.wait({following, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
+            if heartbeat.done():  # the heartbeat only ends by giving up (or being refused)
+                following.cancel()
+                heartbeat.result()
+            await following
             await asyncio.gather(*self._tasks, return_exceptions=True)
         finally:
             for task in [*self._tasks, *([heartbeat] if heartbeat else [])]:
@@ -127,6 +146,10 @@ class AgentRuntime:
             context.term()
         return self.report
 
+    async def _follow(self, follower: FeedFollower) -> None:
+        async for event in follower.events():
+            self._apply(event)
+
     # --- registration and liveness ------------------------------------------------------------
 
     async def _register(self) -> None:
@@ -136,9 +159,11 @@ class AgentRuntime:
             try:
                 reply = await self.client.request(Hello(name=self.name, client="token-auction"), self.request_timeout)
             except (TimeoutError, ConnectionResetError):
+                self._check_not_lost()
                 log.info("auctioneer not answering hello; retrying in %.1fs", delay)
                 self.client.connect()
             else:
+                self._last_contact = time.monotonic()
                 if isinstance(reply, Welcome):
                     self._welcomed(reply)
                     return
@@ -163,7 +188,7 @@ class AgentRuntime:
             await asyncio.sleep(self.heartbeat_interval)
             try:
                 await self._check_in()
-            except AgentRejected:
+            except (AgentRejected, AuctioneerLost):
                 raise
             except Exception:
                 log.exception("heartbeat failed; trying again")
@@ -174,12 +199,20 @@ class AgentRuntime:
         except (TimeoutError, ConnectionResetError):
             log.warning("auctioneer silent for %d heartbeats; reconnecting", MISSED_PINGS)
             self.client.connect()
+            if self._follower is not None:
+                self._follower.reconnect()  # what was broadcast meanwhile comes back through a resync
             await self._register()
             return
+        self._last_contact = time.monotonic()
         if isinstance(reply, Error) and reply.code == "NOT_REGISTERED":
             await self._register()
         elif not isinstance(reply, Pong):
             log.debug("unexpected reply to ping: %s", reply.type)
+
+    def _check_not_lost(self) -> None:
+        silent = time.monotonic() - self._last_contact
+        if silent > self.give_up_after:
+            raise AuctioneerLost(f"no answer from the auctioneer for {silent:.0f}s")
 
     # --- the feed -------------------------------------------------------------------------------
 

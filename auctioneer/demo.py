@@ -41,7 +41,7 @@ AGENTS = {
     "agent2": ["--phrase", " Large Language Models.", "--bid", "2"],
     "agent3": ["--phrase", " Generative AI agents.", "--bid", "2"],
 }
-DEFAULTS = {"seed": DEMO_SEED, "max_tokens": 12, "stop_token": ".", "round_timeout": 2.0}
+DEFAULTS = {"seed": DEMO_SEED, "max_tokens": 12, "stop_token": ".", "round_timeout": 2.0, "round_pause": 0.5}
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

@@ -34,9 +34,22 @@ def add_market_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--max-tokens", type=int, dest="max_tokens")
     group.add_argument("--stop-token", dest="stop_token")
     group.add_argument("--round-timeout", type=float, dest="round_timeout", help="seconds a round collects bids")
+    group.add_argument(
+        "--round-pause", type=float, dest="round_pause", help="seconds between a result and the next round"
+    )
 
 
-MARKET_FLAGS = ("aggregation", "payment", "mode", "temperature", "seed", "max_tokens", "stop_token", "round_timeout")
+MARKET_FLAGS = (
+    "aggregation",
+    "payment",
+    "mode",
+    "temperature",
+    "seed",
+    "max_tokens",
+    "stop_token",
+    "round_timeout",
+    "round_pause",
+)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]

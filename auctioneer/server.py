@@ -92,6 +92,8 @@ class AuctioneerServer:
             return
         await self._wait_for_agents()
         while self.market.closed is None:
+            if self.market.last_round and self.settings.round_pause:
+                await asyncio.sleep(self.settings.round_pause)
             self._everyone_bid.clear()
             announcement = self.market.open_round()
             await self._publish(announcement)

@@ -34,6 +34,7 @@ class MarketSettings(BaseModel):
     max_tokens: Annotated[int, Field(ge=1)] = 32
     stop_token: str | None = None
     round_timeout: Positive = 2.0
+    round_pause: NonNegative = 0.0
     min_agents: Annotated[int, Field(ge=0)] = 1
     max_idle_rounds: Annotated[int, Field(ge=1)] = 3
     aggregation: str = "linear"

@@ -119,23 +119,18 @@ class FeedFollower:
         self.client = client
         self.request_timeout = request_timeout
         self.last_seq = 0
-        self._context = context
         self._endpoint = endpoint
-        self._setup = setup
-        self.socket = self._subscribe()
-
-    def _subscribe(self) -> zmq.asyncio.Socket:
-        sock = make_socket(self._context, zmq.SUB)
-        if self._setup is not None:
-            self._setup(sock)
-        sock.setsockopt(zmq.SUBSCRIBE, b"")
-        sock.connect(self._endpoint)
-        return sock
+        self.socket = make_socket(context, zmq.SUB)
+        if setup is not None:
+            setup(self.socket)
+        self.socket.setsockopt(zmq.SUBSCRIBE, b"")
+        self.socket.connect(endpoint)
 
     def reconnect(self) -> None:
-        """Replace the SUB socket (broadcasts sent meanwhile are lost; the next one reveals the gap)."""
-        self.socket.close(linger=0)
-        self.socket = self._subscribe()
+        """Drop the feed connection and make a new one on the same socket (a pending receive keeps
+        waiting). Broadcasts in flight are lost; the next one reveals the gap and triggers a resync."""
+        self.socket.disconnect(self._endpoint)
+        self.socket.connect(self._endpoint)
 
     def close(self) -> None:
         self.socket.close(linger=0)

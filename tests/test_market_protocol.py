@@ -148,7 +148,7 @@ async def test_subscriber_that_missed_broadcasts_resyncs(market_run: MarketRun, 
                     if len(seen) == 3:
                         follower.socket.disconnect(market_run.feed)  # the link drops for about 3 rounds
                         await asyncio.sleep(1.0)
-                        follower.reconnect()
+                        follower.socket.connect(market_run.feed)
                 elif isinstance(event, MarketClosed):
                     break
     finally:

@@ -17,6 +17,8 @@ from agent_client.agent import Agent
 from agent_client.builtin import PhraseAgent, StaticAgent
 from agent_client.loading import AgentLoadError, load_agent, parse_params
 from agent_client.runtime import AgentRejected, AgentReport, AgentRuntime, AuctioneerLost
+from agent_client.scenario import build_agent as build_scenario_agent
+from agent_client.scenario import load_agent_spec
 from protocol.cli import UsageError, run_command
 from protocol.client import SocketSetup
 
@@ -55,10 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     kind.add_argument("--distribution", help='static agent: "Large=0.8,Generative=0.2" or JSON')
     kind.add_argument("--phrase", help="phrase agent: the text it wants written, e.g. ' Large Language Models.'")
     kind.add_argument("--agent", help="your own agent: package.module:ClassName")
+    kind.add_argument("--scenario", help="the agent named --name in this scenario file (auctioneer simulate)")
     parser.add_argument("--bid", type=float, help="bid per round (static and phrase agents)")
     parser.add_argument("--confidence", type=float, default=1.0, help="phrase agent: mass on its next word")
     parser.add_argument("--alternative", help="phrase agent: phrase that gets the remaining mass")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="parameter for --agent")
+    parser.add_argument("--scenario-seed", type=int, default=0, help="seed for a scenario agent's randomness")
     parser.add_argument("--curve-secret", help="this agent's CurveZMQ secret key file")
     parser.add_argument("--server-key", help="the auctioneer's CurveZMQ public key file")
     parser.add_argument("--quiet", action="store_true", help="no report at the end")
@@ -68,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def build_agent(args: argparse.Namespace) -> Agent:
+    if args.scenario:
+        spec, rounds = load_agent_spec(args.scenario, args.name)
+        try:
+            return build_scenario_agent(spec, rounds, args.scenario_seed)
+        except AgentLoadError as exc:
+            raise UsageError(str(exc)) from None
     if args.agent:
         try:
             return load_agent(args.agent, parse_params(args.param))

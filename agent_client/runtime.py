@@ -94,6 +94,7 @@ class AgentRuntime:
         request_timeout: float = 5.0,
         history: int = 16,
         give_up_after: float = GIVE_UP_AFTER,
+        context: zmq.asyncio.Context | None = None,
     ) -> None:
         self.agent = agent
         self.name = name
@@ -102,6 +103,7 @@ class AgentRuntime:
         self.setup = setup
         self.request_timeout = request_timeout
         self.give_up_after = give_up_after
+        self._shared_context = context
         self._last_contact = time.monotonic()
         self.report = AgentReport(name)
         self.prompt = ""
@@ -120,7 +122,7 @@ class AgentRuntime:
 
     async def run(self) -> AgentReport:
         """Register, follow the market, bid every round; return this agent's report at market close."""
-        context = zmq.asyncio.Context()
+        context = self._shared_context or zmq.asyncio.Context()
         self.client = MarketClient(context, self.market_endpoint, self.setup)
         self.client.connect()
         follower: FeedFollower | None = None
@@ -143,7 +145,8 @@ class AgentRuntime:
             if follower is not None:
                 follower.close()
             self.client.close()
-            context.term()
+            if self._shared_context is None:
+                context.term()
         return self.report
 
     async def _follow(self, follower: FeedFollower) -> None:

@@ -17,6 +17,10 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in SUBCOMMANDS:
         module.add_parser(subparsers)
+    # `simulate` runs agents too, so it lives above both sides, in the simulation package.
+    from simulation import cli as simulate
+
+    simulate.add_parser(subparsers)
     return parser
 
 

@@ -21,7 +21,7 @@ from auctioneer.security import CurveServer
 from protocol import ErrorCode, ProtocolError, decode, encode
 from protocol.codec import Limits
 from protocol.messages import AGENT_REQUESTS, Error, Heartbeat, MarketClosed, Message, RoundOpen, RoundResult
-from protocol.sockets import make_socket
+from protocol.sockets import FEED_HIGH_WATER_MARK, make_socket
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +46,7 @@ class AuctioneerServer:
         # Replies are sent without waiting (NOBLOCK) through a plain view of the same socket.
         self._router_replies: zmq.Socket[bytes] = zmq.Socket.shadow(self.router.underlying)
         self.publisher = make_socket(self.context, zmq.PUB)
+        self.publisher.setsockopt(zmq.SNDHWM, FEED_HIGH_WATER_MARK)
         self._curve: CurveServer | None = None
 
     def configure_curve(self, curve: CurveServer) -> None:

@@ -17,6 +17,9 @@ import zmq.asyncio
 log = logging.getLogger(__name__)
 
 HIGH_WATER_MARK = 100_000
+# The feed keeps at most this many broadcasts queued per subscriber: a slow subscriber loses the
+# rest and resyncs (SPEC 3.3), instead of growing the auctioneer's memory.
+FEED_HIGH_WATER_MARK = 1_000
 
 
 def make_socket(context: zmq.asyncio.Context, kind: int, *, max_message_bytes: int | None = None) -> zmq.asyncio.Socket:

@@ -1,0 +1,148 @@
+"""``auctioneer simulate SCENARIO.toml``: run a scenario's market and report what happened.
+
+By default the auctioneer and every agent are separate processes over loopback TCP, shown live;
+``--in-process`` runs the same mechanism, ledger and agents without sockets. ``--out`` gets the
+SQLite ledger, ``summary.json`` and PNG plots; ``--repeat K`` runs K seeds and adds means and spreads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from protocol.cli import UsageError
+from simulation.in_process import run_in_process
+from simulation.networked import run_networked
+from simulation.report import aggregate_runs, plot, summarize
+from simulation.scenario import Scenario, load_scenario
+
+console = Console()
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    parser = subparsers.add_parser(
+        "simulate", help="run a scenario and report revenue, welfare, strategies", description=__doc__
+    )
+    parser.add_argument("scenario", type=Path, help="scenario TOML file (see examples/)")
+    parser.add_argument("--out", type=Path, default=Path("simulation-out"), help="output directory")
+    parser.add_argument("--in-process", action="store_true", help="no sockets: fast, for thousands of rounds")
+    parser.add_argument("--rounds", type=int, help="override the scenario's number of rounds")
+    parser.add_argument("--repeat", type=int, default=1, help="runs with different seeds")
+    parser.add_argument("--seed", type=int, default=0, help="base seed (run k uses seed + k)")
+    parser.set_defaults(run=run)
+
+
+def market_seed(seed: int) -> str:
+    return hashlib.sha256(f"token-auction simulation {seed}".encode()).hexdigest()
+
+
+def print_summary(summary: dict[str, object]) -> None:
+    table = Table(
+        title=f"{summary['rounds']} rounds: revenue {summary['revenue']:.4g}, welfare {summary['welfare']:.4g}"
+    )
+    for column in ("agent", "value", "mean bid", "paid", "utility", "mean TV", "mean KL"):
+        table.add_column(column, justify="left" if column == "agent" else "right")
+    agents = summary["agents"]
+    assert isinstance(agents, dict)
+    for name, agent in agents.items():
+
+        def fmt(x: object) -> str:
+            return "-" if x is None else f"{x:.4g}"
+
+        table.add_row(
+            name,
+            fmt(agent["value"]),
+            fmt(agent["mean_bid"]),
+            fmt(agent["total_paid"]),
+            fmt(agent["utility"]),
+            fmt(agent["mean_tv"]),
+            fmt(agent["mean_kl"]),
+        )
+    console.print(table)
+    text = str(summary["text"])
+    console.print(f"text: {text if len(text) <= 300 else '...' + text[-300:]!r}", highlight=False)
+
+
+def run_once(args: argparse.Namespace, scenario: Scenario, run_dir: Path, seed: int) -> dict[str, Any]:
+    """One run of one payment rule into ``run_dir``: ledger, summary.json, plots."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    db = run_dir / "ledger.db"
+    if db.exists():
+        raise UsageError(f"{db} exists; pick a new --out (simulations never reuse a ledger)")
+    if args.in_process:
+        rounds = args.rounds or scenario.market.rounds
+        with Progress(console=console, transient=True) as progress:
+            task = progress.add_task(f"{run_dir.name}", total=rounds)
+            run_in_process(scenario, db, market_seed(seed), args.rounds, lambda n: progress.update(task, completed=n))
+    else:
+        settings = scenario.settings(db, market_seed(seed), args.rounds)
+        run_networked(args.scenario.resolve(), settings, [a.name for a in scenario.agents], seed, run_dir, console)
+    summary = summarize(db, scenario)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    plots = plot(summary, run_dir)
+    print_summary(summary)
+    console.print(f"wrote {db}, summary.json and {len(plots)} plots in {run_dir}")
+    return summary
+
+
+def run(args: argparse.Namespace) -> int:
+    scenario = load_scenario(args.scenario)
+    if args.repeat < 1 or (args.rounds is not None and args.rounds < 1):
+        raise UsageError("--repeat and --rounds must be at least 1")
+    rules = scenario.payment_rules()
+    overall: dict[str, Any] = {}
+    for rule in rules:
+        rule_dir = args.out / rule if len(rules) > 1 else args.out
+        console.rule(f"payment = {rule}")
+        summaries = [
+            run_once(
+                args, scenario.with_payment(rule), rule_dir / f"run-{k}" if args.repeat > 1 else rule_dir, args.seed + k
+            )
+            for k in range(args.repeat)
+        ]
+        if args.repeat > 1:
+            overall[rule] = aggregate_runs(summaries)
+            (rule_dir / "summary.json").write_text(json.dumps(overall[rule], indent=2))
+            console.print(
+                f"{rule}, {args.repeat} runs: revenue {overall[rule]['revenue']['mean']:.4g} "
+                f"± {overall[rule]['revenue']['std']:.3g}, welfare {overall[rule]['welfare']['mean']:.4g} "
+                f"± {overall[rule]['welfare']['std']:.3g}"
+            )
+        else:
+            overall[rule] = summaries[0]
+    if len(rules) > 1:
+        print_comparison(overall)
+    return 0
+
+
+def print_comparison(by_rule: dict[str, Any]) -> None:
+    table = Table(title="payment rules compared (mean bid / value per agent)")
+    table.add_column("payment")
+    table.add_column("revenue", justify="right")
+    table.add_column("welfare", justify="right")
+    names = list(next(iter(by_rule.values()))["agents"])
+    for name in names:
+        table.add_column(name, justify="right")
+    for rule, summary in by_rule.items():
+
+        def figure(value: Any) -> float:
+            return float(value["mean"]) if isinstance(value, dict) else float(value)
+
+        ratios = []
+        for name in names:
+            agent = summary["agents"][name]
+            mean_bid = agent.get("mean_bid")
+            ratios.append(
+                "-"
+                if mean_bid is None
+                else f"{figure(mean_bid) / max(figure(agent.get('value', 1.0) or 1.0), 1e-12):.2f}"
+            )
+        table.add_row(rule, f"{figure(summary['revenue']):.4g}", f"{figure(summary['welfare']):.4g}", *ratios)
+    console.print(table)

@@ -1,0 +1,100 @@
+"""``auctioneer simulate``: scenario files, both run modes, summaries, plots and the strategy evidence."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from simulation.in_process import run_in_process
+from simulation.report import summarize
+from simulation.scenario import load_scenario
+from tests.market_harness import read_ledger, run_cli
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def settled_bid_ratio(summary: dict, name: str, last: int) -> float:
+    agent = summary["agents"][name]
+    bids = [b for b in agent["bids"][-last:] if b is not None]
+    return float(np.mean(bids)) / agent["value"]
+
+
+@pytest.mark.parametrize("payment", ["first_price", "second_price"])
+def test_learning_bidders_bid_their_value_only_under_second_price(payment: str, tmp_path: Path) -> None:
+    scenario = load_scenario(EXAMPLES / "first-vs-second-price.toml").with_payment(payment)
+    db = run_in_process(scenario, tmp_path / "ledger.db", "ab" * 32, rounds=None)
+    summary = summarize(db, scenario)
+    ratios = {name: settled_bid_ratio(summary, name, last=800) for name in ("red", "blue", "green")}
+    if payment == "second_price":
+        assert all(0.6 <= r <= 1.4 for r in ratios.values()), ratios
+    else:
+        assert all(r < 0.6 for r in ratios.values()), ratios
+
+
+def test_simulate_article_as_live_processes(tmp_path: Path) -> None:
+    out = tmp_path / "article"
+    result = run_cli("-m", "auctioneer", "simulate", str(EXAMPLES / "article.toml"), "--out", str(out), timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    ledger = read_ledger(out / "ledger.db")
+    assert summary["text"] == ledger["text"] and summary["text"].startswith("Mechanism Design for")
+    assert summary["revenue"] == pytest.approx(sum(ledger["balances"].values()))
+    first = ledger["rounds"][0]
+    assert first["distribution"] == pytest.approx({" Large": 0.56, " Generative": 0.44})
+    assert {p.name for p in out.glob("*.png")} == {"revenue.png", "payments.png", "influence.png", "bids.png"}
+    agent2 = summary["agents"]["agent2"]
+    assert agent2["total_paid"] == pytest.approx(2.0 * summary["rounds"])
+
+
+def test_simulate_ad_creative_in_process_with_repeats(tmp_path: Path) -> None:
+    out = tmp_path / "ads"
+    result = run_cli(
+        "-m",
+        "auctioneer",
+        "simulate",
+        str(EXAMPLES / "ad-creative.toml"),
+        "--in-process",
+        "--out",
+        str(out),
+        "--repeat",
+        "3",
+        "--seed",
+        "7",
+        timeout=180,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    overall = json.loads((out / "summary.json").read_text())
+    assert overall["runs"] == 3 and overall["revenue"]["mean"] > 0
+    runs = [json.loads((out / f"run-{k}" / "summary.json").read_text()) for k in range(3)]
+    for run in runs:
+        assert run["text"].startswith("Vacations in Hawaii:")
+        for name in ("alpha-airlines", "beta-resort"):
+            agent = run["agents"][name]
+            assert 0 < agent["total_paid"] <= 40.0  # budgets hold
+            assert agent["mean_bid"] <= agent["value"]
+    assert len({run["text"] for run in runs}) > 1, "different seeds give different markets"
+
+
+def test_agent_client_runs_a_scenario_agent(tmp_path: Path) -> None:
+    result = run_cli("-m", "agent_client", "--name", "nobody", "--scenario", str(EXAMPLES / "article.toml"))
+    assert result.returncode == 2 and "no agent named 'nobody'" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "content,message",
+    [
+        ("[market]\nrounds = 0\n[[agents]]\nname = 'a'\n", "rounds"),
+        ("[[agents]]\nname = 'a'\nstrategy = 'psychic'\n", "unknown strategy"),
+        ("[[agents]]\nname = 'a'\ntype = 'robot'\n", "agent type"),
+        ("agents = []\n", "at least one agent"),
+        ("[market\n", "not valid TOML"),
+    ],
+)
+def test_bad_scenarios_get_one_line(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(content)
+    result = run_cli("-m", "auctioneer", "simulate", str(path), "--in-process", "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr

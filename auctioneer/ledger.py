@@ -145,13 +145,6 @@ class Ledger:
     def last_seq(self) -> int:
         return int(self._meta("seq") or 0)
 
-    def reserve_seq(self) -> int:
-        """Take the next feed sequence number durably, so it never repeats after a restart."""
-        with self._transaction() as db:
-            seq = self.last_seq() + 1
-            self._set_meta(db, "seq", str(seq))
-        return seq
-
     def closed(self) -> MarketClosed | None:
         stored = self._meta("closed")
         if stored is None:

@@ -84,11 +84,15 @@ class Market:
         self.spent = ledger.balances()
         self.last_round = ledger.last_round()
         self.idle_rounds = ledger.idle_streak()
-        self.seq = ledger.last_seq()
+        # A crashed predecessor may have announced one round_open beyond the ledger: skip its seq.
+        self.seq = ledger.last_seq() + (1 if ledger.last_seq() else 0)
         self.closed = ledger.closed()
         self.current: OpenRound | None = None
         self.agents: dict[str, AgentRecord] = {}
         self._peers: dict[bytes, str] = {}
+        # Live agents that have not bid in the open round; refreshed when liveness may have changed.
+        self._waiting_for: set[str] = set()
+        self._waiting_checked = float("-inf")
         if self.last_round:
             log.info("resuming market %s after round %d (%d tokens)", self.market_id, self.last_round, len(self.tokens))
 
@@ -130,6 +134,7 @@ class Market:
             log.info("agent %s re-registered from a new connection", hello.name)
         elif existing is None:
             log.info("agent %s registered", hello.name)
+        self._waiting_checked = float("-inf")  # a new agent may now be waited for
         self.agents[hello.name] = AgentRecord(
             hello.name, peer, identity, self.settings.budget_of(hello.name), self.clock()
         )
@@ -182,6 +187,7 @@ class Market:
             remaining = budget - self.spent.get(name, 0.0)
             raise ProtocolError(ErrorCode.BUDGET_EXCEEDED, f"bid {bid.bid} exceeds your remaining budget {remaining}")
         current.bids[name] = bid
+        self._waiting_for.discard(name)
         return BidAccepted(round=bid.round)
 
     # --- liveness ---------------------------------------------------------------------------
@@ -193,10 +199,17 @@ class Market:
         return [name for name, agent in self.agents.items() if self._is_live(agent)]
 
     def everyone_has_bid(self) -> bool:
-        """True when the open round has bids and every live registered agent has bid."""
+        """True when the open round has bids and every live registered agent has bid.
+
+        O(1) per call: the set of live agents still to bid is recomputed only every half heartbeat.
+        """
         if self.current is None or not self.current.bids:
             return False
-        return all(name in self.current.bids for name in self.live_agents())
+        now = self.clock()
+        if now - self._waiting_checked > self.settings.heartbeat_interval / 2:
+            self._waiting_for = set(self.live_agents()) - self.current.bids.keys()
+            self._waiting_checked = now
+        return not self._waiting_for
 
     # --- the round clock --------------------------------------------------------------------
 
@@ -210,8 +223,9 @@ class Market:
         assert self.current is None and self.closed is None
         number = self.last_round + 1
         seed = self._round_seed(number)
-        self.seq = self.ledger.reserve_seq()
+        self.seq += 1
         now = self.clock()
+        self._waiting_checked = float("-inf")
         announcement = RoundOpen(
             seq=self.seq,
             round=number,

@@ -11,10 +11,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import mechanism
+from benchmarks import codec, market, mechanism
 from benchmarks.timing import Figure
 
-SECTIONS = {"mechanism": mechanism.run}
+SECTIONS = {"mechanism": mechanism.run, "codec": codec.run, "market": market.run}
 
 
 def main() -> int:

@@ -1,0 +1,74 @@
+"""The physical floor: a bare pyzmq server with the auctioneer's socket pattern and message sizes.
+
+ROUTER + PUB, no validation, no mechanism, no ledger: it announces a round with a payload as large
+as the real ``round_open``, acknowledges every bid with a reply as large as ``bid_accepted``, and
+publishes a result as large as the real ``round_result``. Run as ``python -m benchmarks.floor``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import msgpack
+import zmq
+
+
+def serve(market: str, feed: str, agents: int, rounds: int, result_bytes: int) -> None:
+    context = zmq.Context()
+    router = context.socket(zmq.ROUTER)
+    publisher = context.socket(zmq.PUB)
+    router.bind(market)
+    publisher.bind(feed)
+    ack = msgpack.packb({"v": 1, "type": "bid_accepted", "round": 1, "re": 1})
+    seq = 0
+    # Wait for every agent to say hello (as min_agents does).
+    hellos = 0
+    while hellos < agents:
+        peer, _ = router.recv_multipart()
+        router.send_multipart([peer, ack])
+        hellos += 1
+    for number in range(1, rounds + 1):
+        seq += 1
+        publisher.send(
+            msgpack.packb(
+                {
+                    "v": 1,
+                    "type": "round_open",
+                    "seq": seq,
+                    "round": number,
+                    "text": "x" * 40,
+                    "seed_commitment": "0" * 64,
+                    "deadline": 0.0,
+                    "timeout": 10.0,
+                }
+            )
+        )
+        for _ in range(agents):
+            peer, _ = router.recv_multipart()
+            router.send_multipart([peer, ack])
+        seq += 1
+        publisher.send(
+            msgpack.packb({"v": 1, "type": "round_result", "seq": seq, "round": number, "pad": b"\x00" * result_bytes})
+        )
+    seq += 1
+    publisher.send(msgpack.packb({"v": 1, "type": "market_closed", "seq": seq}))
+    router.close(linger=1000)
+    publisher.close(linger=1000)
+    context.term()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--market", required=True)
+    parser.add_argument("--feed", required=True)
+    parser.add_argument("--agents", type=int, required=True)
+    parser.add_argument("--rounds", type=int, required=True)
+    parser.add_argument("--result-bytes", type=int, required=True)
+    args = parser.parse_args()
+    serve(args.market, args.feed, args.agents, args.rounds, args.result_bytes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

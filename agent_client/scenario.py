@@ -7,14 +7,16 @@ behaves the same in a networked and an in-process simulation.
 from __future__ import annotations
 
 import zlib
+from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from agent_client.agent import Agent
 from agent_client.builtin import PhraseAgent, StaticAgent
 from agent_client.loading import AgentLoadError, load_agent
 from agent_client.strategies import STRATEGIES, BudgetPaced, Fixed, StrategicAgent
+from protocol.cli import UsageError, describe_validation_error, read_toml
 
 BUILTIN_TYPES = ("static", "phrase")
 
@@ -85,17 +87,7 @@ def build_strategy(spec: AgentSpec, expected_rounds: int, seed: int) -> Any:
 
 def load_agent_spec(path: str, name: str) -> tuple[AgentSpec, int]:
     """The spec of agent ``name`` in scenario file ``path``, and the scenario's round count."""
-    import tomllib
-
-    from pydantic import ValidationError
-
-    from protocol.cli import UsageError, describe_validation_error
-
-    try:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise UsageError(f"cannot read scenario {path}: {exc}") from None
+    data = read_toml(Path(path), "scenario")
     for entry in data.get("agents", []):
         if isinstance(entry, dict) and entry.get("name") == name:
             try:

@@ -6,7 +6,6 @@ created; restarting on the same database must not change it.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from auctioneer.mechanism import MechanismConfig, MechanismConfigError, Reference, SparseDistribution
 from auctioneer.mechanism.auction import DEFAULT_EPS
-from protocol.cli import UsageError, describe_validation_error
+from protocol.cli import UsageError, describe_validation_error, read_toml
 from protocol.codec import DEFAULT_MAX_MESSAGE_BYTES
 from protocol.distribution import DEFAULT_MAX_SUPPORT, Distribution
 
@@ -102,14 +101,7 @@ class MarketSettings(BaseModel):
 
 def load_settings(config_file: Path | None, overrides: dict[str, Any]) -> MarketSettings:
     """Settings from ``config_file`` (TOML, same keys as the flags) with non-None ``overrides`` on top."""
-    values: dict[str, Any] = {}
-    if config_file is not None:
-        try:
-            values = tomllib.loads(config_file.read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise UsageError(f"cannot read config {config_file}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise UsageError(f"config {config_file} is not valid TOML: {exc}") from None
+    values = read_toml(config_file, "config") if config_file is not None else {}
     values.update({k: v for k, v in overrides.items() if v is not None})
     try:
         return MarketSettings.model_validate(values)

@@ -13,6 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from auctioneer.processes import LocalMarket
 from benchmarks.load import LoadResult, drive
 from benchmarks.timing import Figure
 from protocol.sockets import free_tcp_endpoint
@@ -28,38 +29,15 @@ def rounds_for(agents: int, support: int, quick: bool) -> int:
 
 
 def run_market(agents: int, support: int, rounds: int, scratch: Path) -> LoadResult:
-    market, feed = free_tcp_endpoint(), free_tcp_endpoint()
-    db = scratch / f"market-{agents}-{support}.db"
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "auctioneer",
-            "serve",
-            "--quiet",
-            "--market",
-            market,
-            "--feed",
-            feed,
-            "--db",
-            str(db),
-            "--min-agents",
-            str(agents),
-            "--max-tokens",
-            str(rounds),
-            "--round-timeout",
-            "60",
-            "--heartbeat",
-            "5",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+    market = LocalMarket()
+    market.start_auctioneer(
+        scratch / f"market-{agents}-{support}.db",
+        ["--min-agents", str(agents), "--max-tokens", str(rounds), "--round-timeout", "60", "--heartbeat", "5"],
     )
     try:
-        return drive(market, feed, agents, support, rounds)
+        return drive(market.market, market.feed, agents, support, rounds)
     finally:
-        server.terminate()
-        server.wait(30)
+        market.stop()
 
 
 def run_floor(agents: int, rounds: int, result_bytes: int) -> LoadResult:

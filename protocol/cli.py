@@ -9,7 +9,10 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import tomllib
 from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from rich.console import Console
@@ -32,6 +35,16 @@ def describe_validation_error(exc: ValidationError) -> str:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
     message = first["msg"].removeprefix("Value error, ")
     return f"{path}: {message}" if path else message
+
+
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file's contents; :class:`UsageError` naming ``what`` it is if it cannot be read or parsed."""
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{what} {path} is not valid TOML: {exc}") from None
 
 
 def configure_logging(verbosity: int) -> None:

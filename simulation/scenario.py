@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from agent_client.scenario import AgentSpec
 from auctioneer.settings import MarketSettings
-from protocol.cli import UsageError, describe_validation_error
+from protocol.cli import UsageError, describe_validation_error, read_toml
 
 
 class MarketSpec(BaseModel):
@@ -85,12 +84,7 @@ class Scenario(BaseModel):
 
 
 def load_scenario(path: Path) -> Scenario:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"cannot read scenario {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"scenario {path} is not valid TOML: {exc}") from None
+    data = read_toml(path, "scenario")
     try:
         return Scenario.model_validate(data)
     except ValidationError as exc:

@@ -110,3 +110,21 @@ def test_restarting_with_different_mechanism_is_refused(market_run: MarketRun) -
     assert market_run.wait(60) == [0, 0]
     result = run_cli("-m", "auctioneer", "serve", "--db", str(market_run.db), "--payment", "second_price")
     assert result.returncode == 2 and "different payment" in result.stderr
+
+
+def test_watch_follows_a_market_to_its_end(market_run: MarketRun) -> None:
+    import subprocess
+    import sys
+
+    market_run.serve("--min-agents", "1", "--max-tokens", "4", "--prompt", "Watch:", "--round-pause", "0.2")
+    spectator = subprocess.Popen(
+        [sys.executable, "-m", "auctioneer", "watch", "--feed", market_run.feed, "--market", market_run.market],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    market_run.agent("a", *static_agent("w=1", 1))
+    out, err = spectator.communicate(timeout=60)
+    assert spectator.returncode == 0, err
+    assert "market closed (max_tokens) after 4 rounds" in out
+    assert "Watch:wwww" in out

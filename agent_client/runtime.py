@@ -117,7 +117,6 @@ class AgentRuntime:
         self._decided_round = 0
         self._thinking: asyncio.Future[Bid | None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._registered = asyncio.Event()
         self._follower: FeedFollower | None = None
 
     async def run(self) -> AgentReport:
@@ -156,7 +155,6 @@ class AgentRuntime:
     # --- registration and liveness ------------------------------------------------------------
 
     async def _register(self) -> None:
-        self._registered.clear()
         delay = 0.1
         while True:
             try:
@@ -182,7 +180,6 @@ class AgentRuntime:
         self.report.spent = welcome.spent
         self.heartbeat_interval = welcome.heartbeat_interval
         self.mechanism = welcome.mechanism
-        self._registered.set()
         log.info("registered as %s in market %s", self.name, welcome.market)
 
     async def _heartbeat(self) -> None:

@@ -105,11 +105,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def run(args: argparse.Namespace) -> int:
-    ledger = open_existing(args.db)
-    try:
+    with open_existing(args.db) as ledger:
         verdicts = audit_ledger(ledger)
-    finally:
-        ledger.close()
     for verdict in verdicts:
         if verdict.ok:
             console.print(f"round {verdict.round}: [green]ok[/green]", highlight=False)

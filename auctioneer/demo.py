@@ -86,11 +86,8 @@ def run(args: argparse.Namespace) -> int:
             logs = "\n".join((Path(scratch) / f"{n}.log").read_text() for n in ["auctioneer", *AGENTS])
             console.print(logs)
             raise UsageError(f"a market process failed (exit codes {codes})")
-        ledger = open_existing(db)
-        try:
+        with open_existing(db) as ledger:
             document = ledger_document(ledger)
-        finally:
-            ledger.close()
     first = document["rounds"][0]["distribution"] if document["rounds"] else {}
     console.print(f"round 1 aggregate: {', '.join(f'{t!r} {p:.2f}' for t, p in sorted(first.items()))}")
     for table in ledger_tables(document):

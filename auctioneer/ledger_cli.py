@@ -89,11 +89,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def run(args: argparse.Namespace) -> int:
-    ledger = open_existing(args.db)
-    try:
+    with open_existing(args.db) as ledger:
         document = ledger_document(ledger)
-    finally:
-        ledger.close()
     if args.json:
         json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")

@@ -77,7 +77,7 @@ def run_in_process(scenario: Scenario, db: Path, seed: str, rounds: int | None, 
     """Run the scenario to its end, writing the ledger to ``db``; returns ``db``."""
     settings = scenario.settings(db, seed, rounds)
     ledger = Ledger(db, durable=False)
-    market = Market(settings, ledger, clock=lambda: 0.0)
+    market = Market(settings, ledger, clock=lambda: 0.0)  # a constant clock: every agent stays live
     expected = settings.max_tokens
     agents = [
         InProcessAgent(spec.name, build_agent(spec, expected, int(seed[:8], 16)), settings.budget_of(spec.name))

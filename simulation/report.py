@@ -30,11 +30,8 @@ def kl_divergence(p: dict[str, float], q: dict[str, float]) -> float:
 
 def summarize(db: Path, scenario: Scenario) -> dict[str, Any]:
     """The summary of one run, computed from its ledger."""
-    ledger = Ledger(db)
-    try:
+    with Ledger(db) as ledger:
         document = ledger_document(ledger)
-    finally:
-        ledger.close()
     rounds = document["rounds"]
     values = {a.name: a.value for a in scenario.agents}
     agents: dict[str, Any] = {}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -25,21 +26,15 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str =
 
 
 def read_ledger(db: Path) -> dict[str, Any]:
-    ledger = Ledger(db)
-    try:
+    with Ledger(db) as ledger:
         return ledger_document(ledger)
-    finally:
-        ledger.close()
 
 
 def committed_rounds(db: Path) -> int:
     if not db.exists():
         return 0
-    ledger = Ledger(db)
-    try:
+    with Ledger(db) as ledger:
         return ledger.last_round()
-    finally:
-        ledger.close()
 
 
 def static_agent(distribution: str, bid: float) -> list[str]:
@@ -65,6 +60,41 @@ class MarketRun(LocalMarket):
     def agent(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         self.start_agent(name, args, self.directory / f"{name}.log")
         return self.processes[-1]
+
+    def swarms(self, processes: int, agents: int, *extra: str) -> list[subprocess.Popen[bytes]]:
+        """``processes`` agent swarms (``python -m agent_client.swarm``) of ``agents`` each, reporting
+        to ``swarm{i}.json`` and logging to ``swarm{i}.log`` in this run's directory."""
+        started = []
+        for i in range(processes):
+            with open(self.directory / f"swarm{i}.log", "wb") as log:
+                started.append(
+                    subprocess.Popen(
+                        [
+                            sys.executable,
+                            "-m",
+                            "agent_client.swarm",
+                            "--market",
+                            self.market,
+                            "--feed",
+                            self.feed,
+                            "--count",
+                            str(agents),
+                            "--prefix",
+                            f"p{i}a",
+                            "--seed",
+                            str(i),
+                            "--report-json",
+                            str(self.directory / f"swarm{i}.json"),
+                            *extra,
+                        ],
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    )
+                )
+        return started
+
+    def swarm_reports(self, processes: int) -> list[dict[str, Any]]:
+        return [a for i in range(processes) for a in json.loads((self.directory / f"swarm{i}.json").read_text())]
 
     def logs(self) -> str:
         return "\n".join(f"--- {p.name}\n{p.read_text()}" for p in sorted(self.directory.glob("*.log")))

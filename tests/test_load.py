@@ -6,12 +6,8 @@ with ``TOKEN_AUCTION_SOAK=full python -m pytest tests/test_load.py``.
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import psutil
 
@@ -22,35 +18,11 @@ AGENTS, ROUNDS, PROCESSES = (300, 500, 3) if FULL else (60, 60, 2)
 WARM_UP = ROUNDS // 5
 
 
-def test_many_agents_lose_nothing_and_memory_stays_flat(market_run: MarketRun, tmp_path: Path) -> None:
+def test_many_agents_lose_nothing_and_memory_stays_flat(market_run: MarketRun) -> None:
     market_run.serve(
         "--min-agents", str(AGENTS), "--max-tokens", str(ROUNDS), "--round-timeout", "10", "--heartbeat", "1.0"
     )
-    per_process = AGENTS // PROCESSES
-    swarms = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "agent_client.swarm",
-                "--market",
-                market_run.market,
-                "--feed",
-                market_run.feed,
-                "--count",
-                str(per_process),
-                "--prefix",
-                f"p{i}a",
-                "--seed",
-                str(i),
-                "--report-json",
-                str(tmp_path / f"swarm{i}.json"),
-            ],
-            stdout=open(tmp_path / f"swarm{i}.log", "wb"),  # noqa: SIM115 (the child owns it)
-            stderr=subprocess.STDOUT,
-        )
-        for i in range(PROCESSES)
-    ]
+    swarms = market_run.swarms(PROCESSES, AGENTS // PROCESSES)
     auctioneer = psutil.Process(market_run.processes[0].pid)
     warm_rss, peak_rss = 0, 0
     try:
@@ -70,12 +42,12 @@ def test_many_agents_lose_nothing_and_memory_stays_flat(market_run: MarketRun, t
         for p in swarms:
             p.kill()
     assert market_run.processes[0].wait(30) == 0, market_run.logs()
-    assert codes == [0] * PROCESSES, "\n".join(f.read_text()[-2000:] for f in tmp_path.glob("swarm*.log"))
+    assert codes == [0] * PROCESSES, market_run.logs()[-4000:]
     ledger = read_ledger(market_run.db)
     rounds = ledger["rounds"]
     assert [r["round"] for r in rounds] == list(range(1, ROUNDS + 1))
     assert all(len(r["bids"]) == AGENTS for r in rounds), "every agent's bid in every round"
-    reports = [agent for i in range(PROCESSES) for agent in json.loads((tmp_path / f"swarm{i}.json").read_text())]
+    reports = market_run.swarm_reports(PROCESSES)
     assert len(reports) == AGENTS
     for report in reports:
         assert report["results"] == ROUNDS, f"{report['name']} lost results"

@@ -118,6 +118,7 @@ class AgentRuntime:
         self._thinking: asyncio.Future[Bid | None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._follower: FeedFollower | None = None
+        self._stopping = False
 
     async def run(self) -> AgentReport:
         """Register, follow the market, bid every round; return this agent's report at market close."""
@@ -139,8 +140,14 @@ class AgentRuntime:
             await following
             await asyncio.gather(*self._tasks, return_exceptions=True)
         finally:
-            for task in [*self._tasks, *([heartbeat] if heartbeat else [])]:
+            # Stop the background tasks and let them finish *before* closing their sockets: closing
+            # first fails a pending request, and asyncio.wait_for (3.11) can then raise that error
+            # instead of the cancellation, leaving a heartbeat running on closed sockets.
+            self._stopping = True
+            background = [*self._tasks, *([heartbeat] if heartbeat else [])]
+            for task in background:
                 task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
             if follower is not None:
                 follower.close()
             self.client.close()
@@ -184,7 +191,7 @@ class AgentRuntime:
 
     async def _heartbeat(self) -> None:
         """Ping every interval; reconnect and re-register when the auctioneer goes silent or forgets us."""
-        while True:
+        while not self._stopping:
             await asyncio.sleep(self.heartbeat_interval)
             try:
                 await self._check_in()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -22,6 +23,8 @@ import zmq.asyncio
 from agent_client.builtin import StaticAgent
 from agent_client.runtime import AgentReport, AgentRuntime
 from protocol.cli import configure_logging
+
+log = logging.getLogger(__name__)
 
 
 def random_distribution(rng: np.random.Generator, support: int, vocabulary: int) -> dict[str, float]:
@@ -45,9 +48,13 @@ async def run_swarm(market: str, feed: str, count: int, prefix: str, support: in
         for i in range(count)
     ]
     try:
-        return list(await asyncio.gather(*(r.run() for r in runtimes)))
+        outcomes = await asyncio.gather(*(r.run() for r in runtimes), return_exceptions=True)
     finally:
-        context.term()
+        context.destroy(linger=0)
+    for runtime, outcome in zip(runtimes, outcomes, strict=True):
+        if isinstance(outcome, BaseException):
+            log.error("agent %s stopped: %s", runtime.name, outcome)
+    return [runtime.report for runtime in runtimes]
 
 
 def summary(report: AgentReport) -> dict[str, Any]:

@@ -8,6 +8,7 @@ no Python work per probability, and per-token work only where the C-level string
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any
 
 import numpy as np
@@ -89,10 +90,12 @@ def check_distribution(tokens: list[str], probs: NDArray[np.float64], max_suppor
         longest = max(len(t.encode("utf-8")) for t in tokens)
         if longest > MAX_TOKEN_BYTES:
             raise ValueError(f"a token is {longest} UTF-8 bytes; the maximum is {MAX_TOKEN_BYTES}")
-    if not np.isfinite(probs).all():
-        raise ValueError("probabilities must be finite")
-    if (probs < 0).any():
-        raise ValueError("probabilities must not be negative")
+    # Two reductions decide everything: a NaN or infinity makes the sum non-finite, and with the
+    # minimum non-negative a finite sum near 1 bounds every probability.
     total = float(probs.sum())
+    if not math.isfinite(total):
+        raise ValueError("probabilities must be finite")
+    if float(probs.min()) < 0:
+        raise ValueError("probabilities must not be negative")
     if abs(total - 1.0) > SUM_TOLERANCE:
         raise ValueError(f"probabilities sum to {total:.9g}, not 1 (tolerance {SUM_TOLERANCE})")

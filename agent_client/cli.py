@@ -16,7 +16,7 @@ from rich.table import Table
 from agent_client.agent import Agent
 from agent_client.builtin import PhraseAgent, StaticAgent
 from agent_client.loading import AgentLoadError, load_agent, parse_params
-from agent_client.runtime import AgentRejected, AgentReport, AgentRuntime, AuctioneerLost
+from agent_client.runtime import GIVE_UP_AFTER, AgentRejected, AgentReport, AgentRuntime, AuctioneerLost
 from agent_client.scenario import build_agent as build_scenario_agent
 from agent_client.scenario import load_agent_spec
 from protocol.cli import UsageError, run_command
@@ -65,6 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--scenario-seed", type=int, default=0, help="seed for a scenario agent's randomness")
     parser.add_argument("--curve-secret", help="this agent's CurveZMQ secret key file")
     parser.add_argument("--server-key", help="the auctioneer's CurveZMQ public key file")
+    parser.add_argument(
+        "--give-up-after",
+        type=float,
+        default=GIVE_UP_AFTER,
+        metavar="SECONDS",
+        help="stop when the auctioneer has not answered for this long (default %(default)s)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no report at the end")
     parser.add_argument("--report-json", type=Path, help="also write this agent's report as JSON to FILE")
     parser.set_defaults(run=run)
@@ -134,7 +141,9 @@ async def run_until_closed(runtime: AgentRuntime) -> AgentReport:
 
 def run(args: argparse.Namespace) -> int:
     agent = build_agent(args)
-    runtime = AgentRuntime(agent, args.name, args.market, args.feed, curve_setup(args))
+    runtime = AgentRuntime(
+        agent, args.name, args.market, args.feed, curve_setup(args), give_up_after=args.give_up_after
+    )
     try:
         report = asyncio.run(run_until_closed(runtime))
     except AgentRejected as exc:

@@ -165,7 +165,8 @@ class AgentRuntime:
         delay = 0.1
         while True:
             try:
-                reply = await self.client.request(Hello(name=self.name, client="token-auction"), self.request_timeout)
+                timeout = min(self.request_timeout, max(self.give_up_after, 0.1))
+                reply = await self.client.request(Hello(name=self.name, client="token-auction"), timeout)
             except (TimeoutError, ConnectionResetError):
                 self._check_not_lost()
                 log.info("auctioneer not answering hello; retrying in %.1fs", delay)

@@ -128,3 +128,26 @@ def test_watch_follows_a_market_to_its_end(market_run: MarketRun) -> None:
     assert spectator.returncode == 0, err
     assert "market closed (max_tokens) after 4 rounds" in out
     assert "Watch:wwww" in out
+
+
+def test_an_agent_gives_up_on_a_silent_auctioneer() -> None:
+    from protocol.sockets import free_tcp_endpoint
+
+    result = run_cli(
+        "-m",
+        "agent_client",
+        "--name",
+        "a",
+        "--distribution",
+        "x=1",
+        "--bid",
+        "1",
+        "--market",
+        free_tcp_endpoint(),
+        "--feed",
+        free_tcp_endpoint(),
+        "--give-up-after",
+        "1",
+    )
+    assert result.returncode == 2
+    assert "gave up: no answer from the auctioneer" in result.stderr and "Traceback" not in result.stderr

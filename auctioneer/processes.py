@@ -59,8 +59,11 @@ class LocalMarket:
         return ["-" + "v" * self.verbosity] if self.verbosity else []
 
     def _start(self, command: list[str], log: Path | None) -> None:
-        output = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 (owned by the child)
-        self.processes.append(subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT))
+        if log is None:
+            self.processes.append(subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+            return
+        with open(log, "wb") as output:  # the child keeps its own descriptor; ours closes here
+            self.processes.append(subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT))
 
     def wait(self, timeout: float) -> list[int]:
         """Exit codes of every process (killing any still running after ``timeout``)."""

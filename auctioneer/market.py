@@ -99,12 +99,14 @@ class Market:
     # --- requests ---------------------------------------------------------------------------
 
     def handle(self, peer: bytes, message: Message, identity: str | None = None) -> Message:
-        """Answer one decoded request from ``peer`` (``identity``: its authenticated key name)."""
+        """Answer one decoded request from ``peer`` (``identity``: its authenticated key name).
+
+        Every reply echoes the request's ``id`` as ``re``; each handler builds its reply with it.
+        """
         try:
-            reply = self._dispatch(peer, message, identity)
+            return self._dispatch(peer, message, identity)
         except ProtocolError as exc:
-            reply = Error(code=exc.code, message=exc.message, field=exc.field)
-        return reply.model_copy(update={"re": message.id}) if message.id is not None else reply
+            return Error(code=exc.code, message=exc.message, field=exc.field, re=message.id)
 
     def _dispatch(self, peer: bytes, message: Message, identity: str | None) -> Message:
         name = self._peers.get(peer)
@@ -120,7 +122,7 @@ class Market:
             # Also the answer an agent's heartbeat gets after an auctioneer restart: register again.
             raise ProtocolError(ErrorCode.NOT_REGISTERED, "send hello first")
         if isinstance(message, Ping):
-            return Pong(seq=self.seq)
+            return Pong(seq=self.seq, re=message.id)
         return self._accept_bid(name, message)
 
     def _register(self, peer: bytes, hello: Hello, identity: str | None) -> Welcome:
@@ -151,6 +153,7 @@ class Market:
             max_bid=self.settings.max_bid,
             max_support=self.settings.max_support,
             heartbeat_interval=self.settings.heartbeat_interval,
+            re=hello.id,
         )
 
     def _sync(self, request: SyncRequest) -> SyncReply:
@@ -166,6 +169,7 @@ class Market:
             open_round=self.current.announcement if self.current else None,
             closed=self.closed,
             more=more,
+            re=request.id,
         )
 
     def _accept_bid(self, name: str, bid: SealedBid) -> BidAccepted:
@@ -188,7 +192,7 @@ class Market:
             raise ProtocolError(ErrorCode.BUDGET_EXCEEDED, f"bid {bid.bid} exceeds your remaining budget {remaining}")
         current.bids[name] = bid
         self._waiting_for.discard(name)
-        return BidAccepted(round=bid.round)
+        return BidAccepted(round=bid.round, re=bid.id)
 
     # --- liveness ---------------------------------------------------------------------------
 

@@ -2,7 +2,9 @@
 
 ROUTER + PUB, no validation, no mechanism, no ledger: it announces a round with a payload as large
 as the real ``round_open``, acknowledges every bid with a reply as large as ``bid_accepted``, and
-publishes a result as large as the real ``round_result``. Run as ``python -m benchmarks.floor``.
+publishes a result as large as the real ``round_result``. With ``--validate`` it also decodes every
+bid through ``protocol.decode`` (the protocol's checks and nothing else of the market), which
+measures what validation alone costs. Run as ``python -m benchmarks.floor``.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import sys
 import msgpack
 import zmq
 
+from protocol import decode
+from protocol.messages import AGENT_REQUESTS
 
-def serve(market: str, feed: str, agents: int, rounds: int, result_bytes: int) -> None:
+
+def serve(market: str, feed: str, agents: int, rounds: int, result_bytes: int, validate: bool) -> None:
     context = zmq.Context()
     router = context.socket(zmq.ROUTER)
     publisher = context.socket(zmq.PUB)
@@ -45,7 +50,9 @@ def serve(market: str, feed: str, agents: int, rounds: int, result_bytes: int) -
             )
         )
         for _ in range(agents):
-            peer, _ = router.recv_multipart()
+            peer, bid = router.recv_multipart()
+            if validate:
+                decode(bid, accepted=AGENT_REQUESTS)
             router.send_multipart([peer, ack])
         seq += 1
         publisher.send(
@@ -65,8 +72,9 @@ def main() -> int:
     parser.add_argument("--agents", type=int, required=True)
     parser.add_argument("--rounds", type=int, required=True)
     parser.add_argument("--result-bytes", type=int, required=True)
+    parser.add_argument("--validate", action="store_true", help="decode and validate every bid")
     args = parser.parse_args()
-    serve(args.market, args.feed, args.agents, args.rounds, args.result_bytes)
+    serve(args.market, args.feed, args.agents, args.rounds, args.result_bytes, args.validate)
     return 0
 
 

@@ -1,9 +1,12 @@
 """Market benchmark: a real auctioneer process against the bare-pyzmq floor, driven by the same load.
 
 For each (agents N, support K): rounds per second and p50/p99 latency from the last bid's
-acknowledgement (the round can close) to the result arriving, for the real market and for the
-floor (``benchmarks/floor.py``: same sockets, message counts and sizes; nothing else). The ratio
-of time per round, market over floor, is what the market's own work costs.
+acknowledgement (the round can close) to the result arriving, for the real market and for two
+baselines (``benchmarks/floor.py``: same sockets, message counts and sizes): the **floor** does
+nothing else, the **validated floor** also decodes every bid through ``protocol.decode``. Market
+over floor is what the market's own work costs; validated floor over floor is the share of it that
+is the protocol's per-bid validation. The three run interleaved ``repeats`` times and each figure
+is the median, so a noisy machine moves all three alike.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ def rounds_for(agents: int, support: int, quick: bool) -> int:
 
 
 def run_market(agents: int, support: int, rounds: int, scratch: Path) -> LoadResult:
+    scratch.mkdir(parents=True, exist_ok=True)
     market = LocalMarket()
     market.start_auctioneer(
         scratch / f"market-{agents}-{support}.db",
@@ -40,7 +44,7 @@ def run_market(agents: int, support: int, rounds: int, scratch: Path) -> LoadRes
         market.stop()
 
 
-def run_floor(agents: int, rounds: int, result_bytes: int) -> LoadResult:
+def run_floor(agents: int, support: int, rounds: int, result_bytes: int, validate: bool = False) -> LoadResult:
     market, feed = free_tcp_endpoint(), free_tcp_endpoint()
     server = subprocess.Popen(
         [
@@ -57,73 +61,79 @@ def run_floor(agents: int, rounds: int, result_bytes: int) -> LoadResult:
             str(rounds),
             "--result-bytes",
             str(result_bytes),
+            *(["--validate"] if validate else []),
         ],
     )
     try:
-        return drive(market, feed, agents, 2, rounds)
+        return drive(market, feed, agents, support, rounds)
     finally:
         server.kill()
         server.wait(30)
 
 
+def per_round(result: LoadResult) -> float:
+    return result.seconds / max(result.rounds, 1)
+
+
+def median_run(runs: list[LoadResult]) -> LoadResult:
+    """The run with the median time per round (the upper median for an even count)."""
+    return sorted(runs, key=per_round)[len(runs) // 2]
+
+
+def measure(agents: int, support: int, rounds: int, repeats: int, scratch: Path) -> dict[str, list[LoadResult]]:
+    """Market, floor and validated floor, interleaved ``repeats`` times (each market on a fresh ledger)."""
+    runs: dict[str, list[LoadResult]] = {"market": [], "floor": [], "validated": []}
+    for repeat in range(repeats):
+        real = run_market(agents, support, rounds, scratch / str(repeat))
+        runs["market"].append(real)
+        done = real.rounds or rounds
+        runs["floor"].append(run_floor(agents, support, done, real.result_bytes))
+        runs["validated"].append(run_floor(agents, support, done, real.result_bytes, validate=True))
+    return runs
+
+
 def run(quick: bool = False) -> list[Figure]:
     figures = []
     lost_at_1000 = 0
+    repeats = 1 if quick else 3
     with tempfile.TemporaryDirectory(prefix="token-auction-bench-") as scratch:
         for agents, support in QUICK if quick else FULL:
             rounds = rounds_for(agents, support, quick)
-            real = run_market(agents, support, rounds, Path(scratch))
-            floor = run_floor(agents, real.rounds or rounds, real.result_bytes)
-            tag = f"n{agents}_k{support}"
-            per_round_real = real.seconds / max(real.rounds, 1)
-            per_round_floor = floor.seconds / max(floor.rounds, 1)
-            lost = real.lost_acks + real.lost_results + (rounds - real.rounds)
+            directory = Path(scratch) / f"n{agents}-k{support}"
+            runs = measure(agents, support, rounds, repeats, directory)
+            real, floor, validated = (median_run(runs[kind]) for kind in ("market", "floor", "validated"))
+            lost = sum(r.lost_acks + r.lost_results + (rounds - r.rounds) for r in runs["market"])
             if agents == 1000:
                 lost_at_1000 += lost
-            figures += [
-                Figure(
-                    "market",
-                    f"market_rounds_per_s_{tag}",
-                    f"market rounds/s, N={agents} K={support}",
-                    1 / per_round_real,
-                    "/s",
-                ),
-                Figure(
-                    "market",
-                    f"market_p50_ms_{tag}",
-                    f"market p50 close->result, N={agents} K={support}",
-                    real.percentile(50) * 1e3,
-                    "ms",
-                ),
-                Figure(
-                    "market",
-                    f"market_p99_ms_{tag}",
-                    f"market p99 close->result, N={agents} K={support}",
-                    real.percentile(99) * 1e3,
-                    "ms",
-                ),
-                Figure(
-                    "market",
-                    f"floor_rounds_per_s_{tag}",
-                    f"floor rounds/s, N={agents} K={support}",
-                    1 / per_round_floor,
-                    "/s",
-                ),
-                Figure(
-                    "market",
-                    f"floor_p99_ms_{tag}",
-                    f"floor p99 close->result, N={agents} K={support}",
-                    floor.percentile(99) * 1e3,
-                    "ms",
-                ),
-                Figure(
-                    "market",
-                    f"market_over_floor_{tag}",
-                    f"market/floor time per round, N={agents} K={support}",
-                    per_round_real / per_round_floor,
-                    "x",
-                ),
-                Figure("market", f"lost_messages_{tag}", f"lost acks + results, N={agents} K={support}", lost, ""),
-            ]
+            figures += market_figures(f"n{agents}_k{support}", f"N={agents} K={support}", real, floor, validated, lost)
     figures.append(Figure("market", "lost_messages_n1000", "lost messages, all N=1000 runs", lost_at_1000, ""))
     return figures
+
+
+def market_figures(
+    tag: str, size: str, real: LoadResult, floor: LoadResult, validated: LoadResult, lost: int
+) -> list[Figure]:
+    """Throughput, latency, the three time-per-round ratios and lost messages of one (N, K)."""
+
+    def figure(key: str, label: str, value: float, unit: str) -> Figure:
+        return Figure("market", f"{key}_{tag}", f"{label}, {size}", value, unit)
+
+    return [
+        figure("market_rounds_per_s", "market rounds/s", 1 / per_round(real), "/s"),
+        figure("market_p50_ms", "market p50 close->result", real.percentile(50) * 1e3, "ms"),
+        figure("market_p99_ms", "market p99 close->result", real.percentile(99) * 1e3, "ms"),
+        figure("floor_rounds_per_s", "floor rounds/s", 1 / per_round(floor), "/s"),
+        figure("floor_p99_ms", "floor p99 close->result", floor.percentile(99) * 1e3, "ms"),
+        figure("validated_floor_rounds_per_s", "validated floor rounds/s", 1 / per_round(validated), "/s"),
+        figure("market_over_floor", "market/floor time per round", per_round(real) / per_round(floor), "x"),
+        figure(
+            "validated_over_floor", "validated floor/floor time per round", per_round(validated) / per_round(floor), "x"
+        ),
+        figure(
+            "market_over_validated",
+            "market/validated floor time per round",
+            per_round(real) / per_round(validated),
+            "x",
+        ),
+        figure("lost_messages", "lost acks + results", lost, ""),
+    ]

@@ -78,15 +78,16 @@ def check_distribution(tokens: list[str], probs: NDArray[np.float64], max_suppor
         raise ValueError("a distribution needs at least one token")
     if len(tokens) > max_support:
         raise ValueError(f"support of {len(tokens)} tokens exceeds the maximum of {max_support}")
-    if len(set(tokens)) != len(tokens):
+    distinct = set(tokens)
+    if len(distinct) != len(tokens):
         raise ValueError("tokens must be distinct")
-    if not all(tokens):
+    if "" in distinct:
         raise ValueError("tokens must be non-empty strings")
     try:
-        "".join(tokens).encode("utf-8")
+        total_bytes = len("".join(tokens).encode("utf-8"))
     except UnicodeEncodeError as exc:
         raise ValueError("tokens must be valid Unicode (no lone surrogates)") from exc
-    if max(map(len, tokens)) > _SAFE_TOKEN_CHARS:
+    if total_bytes > MAX_TOKEN_BYTES and max(map(len, tokens)) > _SAFE_TOKEN_CHARS:
         longest = max(len(t.encode("utf-8")) for t in tokens)
         if longest > MAX_TOKEN_BYTES:
             raise ValueError(f"a token is {longest} UTF-8 bytes; the maximum is {MAX_TOKEN_BYTES}")

@@ -7,6 +7,7 @@ string-to-number coercion) and ignore unknown fields, so newer peers can add fie
 
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
@@ -70,7 +71,7 @@ class SealedBid(Message):
     @field_validator("bid")
     @classmethod
     def _finite_non_negative(cls, value: float) -> float:
-        if not np.isfinite(value) or value < 0:
+        if not math.isfinite(value) or value < 0:
             raise ValueError(f"bid must be a finite number >= 0, got {value}")
         return value
 

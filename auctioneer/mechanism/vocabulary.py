@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
+from operator import itemgetter
 
 import numpy as np
 from numpy.typing import NDArray
@@ -44,8 +45,9 @@ def dense_matrix(distributions: Sequence[SparseDistribution]) -> tuple[list[str]
     vocab = sorted(set().union(*(d.tokens for d in distributions)))
     column_of = {token: column for column, token in enumerate(vocab)}
     lengths = [len(d.tokens) for d in distributions]
-    all_tokens = chain.from_iterable(d.tokens for d in distributions)
-    columns = np.fromiter(map(column_of.__getitem__, all_tokens), dtype=np.intp, count=sum(lengths))
+    all_tokens = list(chain.from_iterable(d.tokens for d in distributions))
+    # One itemgetter looks every token up in C; it returns a bare item, not a tuple, for one token.
+    columns = np.array(itemgetter(*all_tokens)(column_of) if all_tokens else (), dtype=np.intp, ndmin=1)
     rows = np.repeat(np.arange(len(distributions)), lengths)
     matrix = np.zeros((len(distributions), len(vocab)), dtype=np.float64)
     if len(columns):

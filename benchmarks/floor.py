@@ -22,13 +22,15 @@ from protocol.messages import AGENT_REQUESTS
 def serve(market: str, feed: str, agents: int, rounds: int, result_bytes: int, validate: bool) -> None:
     context = zmq.Context()
     router = context.socket(zmq.ROUTER)
-    publisher = context.socket(zmq.PUB)
+    # XPUB (same wire behaviour as PUB) so the floor can wait for the driver's subscription.
+    publisher = context.socket(zmq.XPUB)
     router.bind(market)
     publisher.bind(feed)
     ack = msgpack.packb({"v": 1, "type": "bid_accepted", "round": 1, "re": 1})
     seq = 0
     # Wait for every agent to say hello (as min_agents does).
     hellos = 0
+    publisher.recv()  # the driver's subscription: no round_open is published before it is listening
     while hellos < agents:
         peer, _ = router.recv_multipart()
         router.send_multipart([peer, ack])

@@ -72,12 +72,14 @@ def run_floor(agents: int, support: int, rounds: int, result_bytes: int, validat
 
 
 def per_round(result: LoadResult) -> float:
-    return result.seconds / max(result.rounds, 1)
+    """Seconds per round; NaN for a run that completed none (it shows in the table, never as a number)."""
+    return result.seconds / result.rounds if result.rounds else float("nan")
 
 
 def median_run(runs: list[LoadResult]) -> LoadResult:
-    """The run with the median time per round (the upper median for an even count)."""
-    return sorted(runs, key=per_round)[len(runs) // 2]
+    """The completed run with the median time per round (the upper median for an even count)."""
+    completed = sorted((r for r in runs if r.rounds), key=per_round)
+    return completed[len(completed) // 2] if completed else runs[0]
 
 
 def measure(agents: int, support: int, rounds: int, repeats: int, scratch: Path) -> dict[str, list[LoadResult]]:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import msgpack
 import numpy as np
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 
 @dataclass
@@ -25,7 +26,12 @@ class LoadResult:
     latencies: list[float] = field(default_factory=list)
     lost_acks: int = 0
     lost_results: int = 0
+    missed_opens: int = 0  # results of rounds whose round_open never arrived
     result_bytes: int = 0
+
+    @property
+    def lost_messages(self) -> int:
+        return self.lost_acks + self.lost_results + self.missed_opens
 
     def percentile(self, q: float) -> float:
         return float(np.percentile(self.latencies, q)) if self.latencies else float("nan")
@@ -63,7 +69,7 @@ class ReplyWaiter:
         self._sockets = sockets
         self._selector = selectors.DefaultSelector()
         for sock in sockets:
-            self._selector.register(sock.getsockopt(zmq.FD), selectors.EVENT_READ, sock)
+            self._selector.register(sock.fileno(), selectors.EVENT_READ, sock)  # ZMQ_FD
 
     def collect(self, expected: int, timeout: float) -> int:
         """Receive and discard replies until ``expected`` arrived or ``timeout`` passed; how many arrived."""
@@ -77,7 +83,7 @@ class ReplyWaiter:
     @staticmethod
     def _drain(sock: zmq.Socket[bytes]) -> int:
         count = 0
-        while sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        while sock.poll(0, zmq.POLLIN):
             sock.recv(zmq.NOBLOCK)
             count += 1
         return count
@@ -86,13 +92,31 @@ class ReplyWaiter:
         self._selector.close()
 
 
+def connect_subscriber(subscriber: zmq.Socket[bytes], feed: str, timeout: float) -> None:
+    """Connect and return once the feed's handshake is done, so no round opens before we listen.
+
+    The auctioneer opens the first round as soon as the agents said hello; their DEALER connections
+    may well finish before the SUB's, and a missed ``round_open`` would stall the run for a whole
+    round timeout.
+    """
+    monitor = subscriber.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+    try:
+        subscriber.connect(feed)
+        if not monitor.poll(int(timeout * 1000)):
+            raise RuntimeError(f"could not connect to the feed at {feed}")
+        recv_monitor_message(monitor)
+    finally:
+        subscriber.disable_monitor()
+        monitor.close()
+
+
 def drive(market: str, feed: str, agents: int, support: int, rounds: int, timeout: float = 120.0) -> LoadResult:
     """Register ``agents`` agents, bid in every round until ``rounds`` results arrived or the market closed."""
     context = zmq.Context()
     subscriber = context.socket(zmq.SUB)
     subscriber.setsockopt(zmq.SUBSCRIBE, b"")
     subscriber.setsockopt(zmq.RCVHWM, 0)
-    subscriber.connect(feed)
+    connect_subscriber(subscriber, feed, timeout)
     dealers = []
     for _ in range(agents):
         dealer = context.socket(zmq.DEALER)
@@ -103,7 +127,6 @@ def drive(market: str, feed: str, agents: int, support: int, rounds: int, timeou
     payloads = bid_payloads(agents, support)
     result = LoadResult()
     try:
-        time.sleep(0.3)  # let the SUB connect before the first round opens
         for i, dealer in enumerate(dealers):
             dealer.send(msgpack.packb({"v": 1, "type": "hello", "name": f"load{i}", "id": 0}))
         if replies.collect(agents, timeout) < agents:
@@ -117,6 +140,8 @@ def drive(market: str, feed: str, agents: int, support: int, rounds: int, timeou
             kind = message.get("type")
             if kind == "market_closed":
                 break
+            if kind == "round_result":
+                result.missed_opens += 1
             if kind != "round_open":
                 continue
             number = message["round"]

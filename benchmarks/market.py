@@ -104,7 +104,7 @@ def run(quick: bool = False) -> list[Figure]:
             directory = Path(scratch) / f"n{agents}-k{support}"
             runs = measure(agents, support, rounds, repeats, directory)
             real, floor, validated = (median_run(runs[kind]) for kind in ("market", "floor", "validated"))
-            lost = sum(r.lost_acks + r.lost_results + (rounds - r.rounds) for r in runs["market"])
+            lost = sum(r.lost_messages + (rounds - r.rounds) for r in runs["market"])
             if agents == 1000:
                 lost_at_1000 += lost
             figures += market_figures(f"n{agents}_k{support}", f"N={agents} K={support}", real, floor, validated, lost)

@@ -1,0 +1,54 @@
+"""The benchmark harness itself, at toy sizes: every run completes, baselines match the market's traffic.
+
+No timing is asserted (the machines are noisy); what is checked is that the figures are measured
+from complete runs, so the ratios in the README mean what they say.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from benchmarks.market import market_figures, measure, median_run
+from benchmarks.profile_market import print_profile, profile_market
+
+ROUNDS = 10
+
+
+def test_market_floor_and_validated_floor_complete_every_round_with_the_same_traffic(tmp_path: Path) -> None:
+    runs = measure(agents=3, support=8, rounds=ROUNDS, repeats=1, scratch=tmp_path)
+
+    assert set(runs) == {"market", "floor", "validated"}
+    for results in runs.values():
+        (result,) = results
+        assert (result.rounds, result.lost_messages) == (ROUNDS, 0)
+        assert len(result.latencies) == ROUNDS and result.seconds > 0
+    market, floor = runs["market"][0], runs["floor"][0]
+    # The floor pads its result to the market's size (the msgpack envelope differs by a few bytes).
+    assert abs(floor.result_bytes - market.result_bytes) < 64
+
+    figures = {f.key: f.value for f in market_figures("tiny", "N=3 K=8", market, floor, runs["validated"][0], 0)}
+    for key in ("market_over_floor_tiny", "validated_over_floor_tiny", "market_over_validated_tiny"):
+        assert math.isfinite(figures[key]) and figures[key] > 0
+    assert figures["lost_messages_tiny"] == 0
+
+
+def test_median_run_ignores_runs_that_completed_no_round(tmp_path: Path) -> None:
+    runs = measure(agents=3, support=2, rounds=ROUNDS, repeats=1, scratch=tmp_path)
+    completed = runs["market"][0]
+    failed = type(completed)()  # a run that never saw a round: no figure may come from it
+
+    assert median_run([failed, completed, failed]) is completed
+    assert math.isnan(market_figures("x", "x", failed, completed, completed, 0)[0].value)
+
+
+def test_profile_market_profiles_a_whole_market(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "serve.prof"
+
+    assert profile_market(agents=3, support=8, rounds=ROUNDS, output=output) == ROUNDS
+
+    print_profile(output, ROUNDS, limit=60)
+    printed = capsys.readouterr().out
+    assert "close_round" in printed and "decode" in printed and "commit_round" in printed

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import selectors
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 
 import msgpack
@@ -113,58 +114,68 @@ def connect_subscriber(subscriber: zmq.Socket[bytes], feed: str, timeout: float)
 def drive(market: str, feed: str, agents: int, support: int, rounds: int, timeout: float = 120.0) -> LoadResult:
     """Register ``agents`` agents, bid in every round until ``rounds`` results arrived or the market closed."""
     context = zmq.Context()
-    subscriber = context.socket(zmq.SUB)
-    subscriber.setsockopt(zmq.SUBSCRIBE, b"")
-    subscriber.setsockopt(zmq.RCVHWM, 0)
-    connect_subscriber(subscriber, feed, timeout)
-    dealers = []
-    for _ in range(agents):
-        dealer = context.socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 0)
-        dealer.connect(market)
-        dealers.append(dealer)
-    replies = ReplyWaiter(dealers)
-    payloads = bid_payloads(agents, support)
-    result = LoadResult()
     try:
-        for i, dealer in enumerate(dealers):
-            dealer.send(msgpack.packb({"v": 1, "type": "hello", "name": f"load{i}", "id": 0}))
-        if replies.collect(agents, timeout) < agents:
-            raise RuntimeError(f"the market at {market} did not welcome all {agents} agents")
-        deadline = time.monotonic() + timeout
-        started = None
-        while result.rounds < rounds and time.monotonic() < deadline:
-            if not subscriber.poll(int(timeout * 1000)):
-                break
-            message = msgpack.unpackb(subscriber.recv())
-            kind = message.get("type")
-            if kind == "market_closed":
-                break
-            if kind == "round_result":
-                result.missed_opens += 1
-            if kind != "round_open":
-                continue
-            number = message["round"]
-            started = started or time.perf_counter()
-            for dealer, payload in zip(dealers, payloads, strict=True):
-                payload["round"] = number
-                dealer.send(msgpack.packb(payload))
-            acked = replies.collect(agents, timeout)
-            last_ack = time.perf_counter()
-            result.lost_acks += agents - acked
-            while True:
-                if not subscriber.poll(int(timeout * 1000)):
-                    result.lost_results += 1
-                    break
-                data = subscriber.recv()
-                reply = msgpack.unpackb(data)
-                if reply.get("type") == "round_result" and reply.get("round") == number:
-                    result.latencies.append(time.perf_counter() - last_ack)
-                    result.result_bytes = len(data)
-                    result.rounds += 1
-                    break
-        result.seconds = time.perf_counter() - started if started is not None else 0.0
+        subscriber = context.socket(zmq.SUB)
+        subscriber.setsockopt(zmq.SUBSCRIBE, b"")
+        subscriber.setsockopt(zmq.RCVHWM, 0)
+        connect_subscriber(subscriber, feed, timeout)
+        dealers = []
+        for _ in range(agents):
+            dealer = context.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.connect(market)
+            dealers.append(dealer)
+        with closing(ReplyWaiter(dealers)) as replies:
+            for i, dealer in enumerate(dealers):
+                dealer.send(msgpack.packb({"v": 1, "type": "hello", "name": f"load{i}", "id": 0}))
+            if replies.collect(agents, timeout) < agents:
+                raise RuntimeError(f"the market at {market} did not welcome all {agents} agents")
+            return bid_rounds(subscriber, dealers, replies, bid_payloads(agents, support), rounds, timeout)
     finally:
-        replies.close()
         context.destroy(linger=0)
+
+
+def bid_rounds(
+    subscriber: zmq.Socket[bytes],
+    dealers: list[zmq.Socket[bytes]],
+    replies: ReplyWaiter,
+    payloads: list[dict[str, object]],
+    rounds: int,
+    timeout: float,
+) -> LoadResult:
+    """Every agent bids in each announced round; timings and losses until ``rounds`` results arrived."""
+    result = LoadResult()
+    deadline = time.monotonic() + timeout
+    started = None
+    while result.rounds < rounds and time.monotonic() < deadline:
+        if not subscriber.poll(int(timeout * 1000)):
+            break
+        message = msgpack.unpackb(subscriber.recv())
+        kind = message.get("type")
+        if kind == "market_closed":
+            break
+        if kind == "round_result":
+            result.missed_opens += 1
+        if kind != "round_open":
+            continue
+        number = message["round"]
+        started = started or time.perf_counter()
+        for dealer, payload in zip(dealers, payloads, strict=True):
+            payload["round"] = number
+            dealer.send(msgpack.packb(payload))
+        acked = replies.collect(len(dealers), timeout)
+        last_ack = time.perf_counter()
+        result.lost_acks += len(dealers) - acked
+        while True:
+            if not subscriber.poll(int(timeout * 1000)):
+                result.lost_results += 1
+                break
+            data = subscriber.recv()
+            reply = msgpack.unpackb(data)
+            if reply.get("type") == "round_result" and reply.get("round") == number:
+                result.latencies.append(time.perf_counter() - last_ack)
+                result.result_bytes = len(data)
+                result.rounds += 1
+                break
+    result.seconds = time.perf_counter() - started if started is not None else 0.0
     return result

@@ -2,7 +2,7 @@
 
 from agent_client.agent import Agent, Bid, FunctionAgent, RoundContext
 from agent_client.builtin import PhraseAgent, StaticAgent
-from agent_client.runtime import AgentReport, AgentRuntime, run_agent
+from agent_client.runtime import AgentReport, AgentRuntime
 
 __all__ = [
     "Agent",
@@ -13,5 +13,4 @@ __all__ = [
     "PhraseAgent",
     "RoundContext",
     "StaticAgent",
-    "run_agent",
 ]

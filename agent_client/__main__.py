@@ -1,5 +1,7 @@
+"""``python -m agent_client``: the ``agent-client`` command (an entry point; nothing imports this module)."""
+
 import sys
 
-from agent_client.cli import main
+from cli.main import agent_client
 
-sys.exit(main())
+sys.exit(agent_client())

@@ -8,7 +8,6 @@ Every result is verified against the seed commitment announced at round open.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -20,20 +19,21 @@ import zmq.asyncio
 from agent_client.agent import Agent, Bid, RoundContext, is_async
 from agent_client.verify import result_problems
 from protocol.client import FeedEvent, FeedFollower, MarketClient, SocketSetup
-from protocol.distribution import Distribution
+from protocol.distribution import DEFAULT_MAX_SUPPORT
+from protocol.draw import UnknownDrawMode, draw_function
+from protocol.market_rules import MechanismSettings
 from protocol.messages import (
     BidAccepted,
     Error,
     Hello,
     MarketClosed,
-    MechanismInfo,
     Ping,
     Pong,
     RoundOpen,
     RoundResult,
-    SealedBid,
     SyncReply,
     Welcome,
+    seal_bid,
 )
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,8 @@ class AgentRuntime:
         self.applied_round = 0
         self.budget: float | None = None
         self.heartbeat_interval = 1.0
-        self.mechanism: MechanismInfo | None = None
+        self.mechanism: MechanismSettings | None = None
+        self.max_support = DEFAULT_MAX_SUPPORT
         self.recent: deque[RoundResult] = deque(maxlen=history)
         self._commitments: dict[int, str] = {}
         self._decided_round = 0
@@ -183,11 +184,16 @@ class AgentRuntime:
             delay = min(delay * 2, 5.0)
 
     def _welcomed(self, welcome: Welcome) -> None:
+        try:
+            draw_function(welcome.mechanism.mode)
+        except UnknownDrawMode as exc:
+            raise AgentRejected(f"cannot verify this market's draw: {exc}") from None
         self.prompt = welcome.prompt
         self.budget = welcome.budget
         self.report.spent = welcome.spent
         self.heartbeat_interval = welcome.heartbeat_interval
         self.mechanism = welcome.mechanism
+        self.max_support = welcome.max_support
         log.info("registered as %s in market %s", self.name, welcome.market)
 
     async def _heartbeat(self) -> None:
@@ -291,12 +297,11 @@ class AgentRuntime:
         if bid is None:
             return
         try:
-            distribution = Distribution.from_mapping(dict(bid.distribution))
+            message = seal_bid(announcement.round, bid.distribution, float(bid.amount), self.max_support)
         except ValueError as exc:
             record.status = "invalid (not sent)"
-            log.error("round %d: the agent's distribution is invalid: %s", announcement.round, exc)
+            log.error("round %d: the agent's bid is invalid: %s", announcement.round, exc)
             return
-        message = SealedBid(round=announcement.round, distribution=distribution, bid=float(bid.amount))
         record.bid = float(bid.amount)
         left = max(remaining - (time.monotonic() - started), 0.05) + DEADLINE_MARGIN * announcement.timeout
         try:
@@ -327,11 +332,3 @@ class AgentRuntime:
             record.status = "agent error"
             log.exception("round %d: agent.decide raised", context.round)
         return None
-
-
-async def run_agent(agent: Agent, name: str, market: str, feed: str, setup: SocketSetup | None = None) -> AgentReport:
-    """Convenience: run ``agent`` as ``name`` until the market closes."""
-    runtime = AgentRuntime(agent, name, market, feed, setup)
-    with contextlib.suppress(asyncio.CancelledError):
-        return await runtime.run()
-    return runtime.report

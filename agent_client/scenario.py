@@ -1,22 +1,22 @@
 """Agents described as data (a scenario file's ``[[agents]]`` entries) and built into :class:`Agent` objects.
 
-Used by ``agent-client --scenario FILE --name NAME`` and by ``auctioneer simulate``, so an agent
-behaves the same in a networked and an in-process simulation.
+Used by ``agent-client --scenario FILE --name NAME`` and by ``auctioneer simulate`` (through the
+scenario model of ``simulation.scenario``), so an agent behaves the same in a networked and an
+in-process simulation.
 """
 
 from __future__ import annotations
 
 import zlib
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from agent_client.agent import Agent
 from agent_client.builtin import PhraseAgent, StaticAgent
 from agent_client.loading import AgentLoadError, load_agent
 from agent_client.strategies import STRATEGIES, BudgetPaced, Fixed, StrategicAgent
-from protocol.cli import UsageError, describe_validation_error, read_toml
+from protocol.fields import AgentName, NonNegativeFloat
 
 BUILTIN_TYPES = ("static", "phrase")
 
@@ -26,11 +26,11 @@ class AgentSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
+    name: AgentName
     type: str = "static"
     params: dict[str, Any] = Field(default_factory=dict)
-    budget: Annotated[float, Field(ge=0)] | None = None
-    value: Annotated[float, Field(ge=0)] = 1.0
+    budget: NonNegativeFloat | None = None
+    value: NonNegativeFloat = 1.0
     strategy: str | None = None
     strategy_params: dict[str, Any] = Field(default_factory=dict)
 
@@ -83,15 +83,3 @@ def build_strategy(spec: AgentSpec, expected_rounds: int, seed: int) -> Any:
         return kind(spec.value, **params)  # type: ignore[call-arg]
     except TypeError as exc:
         raise AgentLoadError(f"agent {spec.name}: strategy {spec.strategy}: {exc}") from None
-
-
-def load_agent_spec(path: str, name: str) -> tuple[AgentSpec, int]:
-    """The spec of agent ``name`` in scenario file ``path``, and the scenario's round count."""
-    data = read_toml(Path(path), "scenario")
-    for entry in data.get("agents", []):
-        if isinstance(entry, dict) and entry.get("name") == name:
-            try:
-                return AgentSpec.model_validate(entry), int(data.get("market", {}).get("rounds", 20))
-            except ValidationError as exc:
-                raise UsageError(f"scenario agent {name}: {describe_validation_error(exc)}") from None
-    raise UsageError(f"scenario {path} has no agent named {name!r}")

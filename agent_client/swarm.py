@@ -1,20 +1,15 @@
-"""Many agents in one process, for load tests: ``python -m agent_client.swarm --count N ...``.
+"""Many agents in one process, for load tests (the command is ``python -m cli.swarm``).
 
 Each agent is a full :class:`AgentRuntime` (its own DEALER and SUB) on one shared ZeroMQ context,
-bidding a random static distribution over ``--support`` tokens. ``--report-json`` writes, per
-agent, how many results it received and how its bids were answered, to check nothing was lost.
+bidding a random static distribution over ``support`` tokens. :func:`summary` says, per agent, how
+many results it received and how its bids were answered, to check nothing was lost.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import logging
-import sys
 from collections import Counter
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +17,6 @@ import zmq.asyncio
 
 from agent_client.builtin import StaticAgent
 from agent_client.runtime import AgentReport, AgentRuntime
-from protocol.cli import configure_logging
 
 log = logging.getLogger(__name__)
 
@@ -68,25 +62,3 @@ def summary(report: AgentReport) -> dict[str, Any]:
         "text_length": len(report.text),
         "verification_failures": report.verification_failures,
     }
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m agent_client.swarm", description=__doc__)
-    parser.add_argument("--market", default="tcp://127.0.0.1:5555")
-    parser.add_argument("--feed", default="tcp://127.0.0.1:5556")
-    parser.add_argument("--count", type=int, required=True, help="number of agents in this process")
-    parser.add_argument("--prefix", default="swarm", help="agent names are PREFIX0, PREFIX1, ...")
-    parser.add_argument("--support", type=int, default=8, help="tokens per agent distribution")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--report-json", type=Path)
-    parser.add_argument("-v", "--verbose", action="count", default=0)
-    args = parser.parse_args(argv)
-    configure_logging(args.verbose)
-    reports = asyncio.run(run_swarm(args.market, args.feed, args.count, args.prefix, args.support, args.seed))
-    if args.report_json:
-        args.report_json.write_text(json.dumps([summary(r) for r in reports]))
-    return 0 if all(r.closed_reason for r in reports) else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

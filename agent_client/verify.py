@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from protocol.draw import expected_token, seed_commitment
-from protocol.messages import MechanismInfo, RoundResult
+from protocol.market_rules import MechanismSettings
+from protocol.messages import RoundResult
 
 
-def result_problems(result: RoundResult, commitment_seen: str | None, mechanism: MechanismInfo) -> list[str]:
+def result_problems(result: RoundResult, commitment_seen: str | None, mechanism: MechanismSettings) -> list[str]:
     """Everything wrong with ``result``: an empty list means it verifies."""
     problems = []
     seed = bytes.fromhex(result.seed)

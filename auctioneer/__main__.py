@@ -1,5 +1,7 @@
+"""``python -m auctioneer``: the ``auctioneer`` command (an entry point; nothing imports this module)."""
+
 import sys
 
-from auctioneer.cli import main
+from cli.main import auctioneer
 
-sys.exit(main())
+sys.exit(auctioneer())

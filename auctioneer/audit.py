@@ -1,4 +1,4 @@
-"""``auctioneer audit``: replay every stored round through the mechanism and check the record.
+"""Auditing a ledger: replay every stored round through the mechanism and check the record.
 
 Per round: round numbers are contiguous, ``sha256(seed)`` equals the commitment, the replayed
 token, aggregate and payments equal the stored ones (and the stored broadcast agrees with the
@@ -7,19 +7,15 @@ rows), and the balances broadcast equal the running sum of payments.
 
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-from rich.console import Console
 
 from auctioneer.ledger import Ledger, StoredRound
-from auctioneer.ledger_cli import open_existing
-from auctioneer.mechanism import SparseDistribution, run_auction, seed_commitment
+from auctioneer.mechanism import SparseDistribution, run_auction
 from auctioneer.settings import MarketSettings
+from protocol.draw import seed_commitment
 
-console = Console()
 TOLERANCE = 1e-9
 
 
@@ -53,7 +49,7 @@ def check_round(
         outcome = run_auction(
             [SparseDistribution(b.tokens, b.probs) for b in stored.bids],
             [b.bid for b in stored.bids],
-            settings.mechanism(),
+            settings,
             stored.seed,
             settings.reference_distribution(),
         )
@@ -96,28 +92,3 @@ def audit_ledger(ledger: Ledger) -> list[RoundVerdict]:
         RoundVerdict(stored.round, check_round(stored, settings, number, balances))
         for number, stored in enumerate(ledger.rounds(), start=1)
     ]
-
-
-def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = subparsers.add_parser("audit", help="replay and verify every stored round", description=__doc__)
-    parser.add_argument("--db", type=Path, default=Path("market.db"), help="the market's SQLite ledger")
-    parser.set_defaults(run=run)
-
-
-def run(args: argparse.Namespace) -> int:
-    with open_existing(args.db) as ledger:
-        verdicts = audit_ledger(ledger)
-    for verdict in verdicts:
-        if verdict.ok:
-            console.print(f"round {verdict.round}: [green]ok[/green]", highlight=False)
-        else:
-            console.print(f"round {verdict.round}: [red]MISMATCH[/red] {'; '.join(verdict.problems)}", highlight=False)
-    failed = [v for v in verdicts if not v.ok]
-    if failed:
-        console.print(
-            f"[bold red]audit failed[/bold red]: first mismatch in round {failed[0].round} "
-            f"({len(failed)} of {len(verdicts)} rounds)"
-        )
-        return 1
-    console.print(f"[bold green]audit passed[/bold green]: {len(verdicts)} rounds verified")
-    return 0

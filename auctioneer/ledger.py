@@ -20,8 +20,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from protocol import decode, encode
-from protocol.messages import MarketClosed, RoundResult
+from protocol import LIMITS, decode, encode
+from protocol.messages import MarketClosed, Message, RoundResult
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,17 @@ class Ledger:
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{path} is not a usable SQLite ledger: {exc}") from None
 
+    @classmethod
+    def open_existing(cls, path: Path) -> Ledger:
+        """Open a ledger that must already hold a market (reading never creates one)."""
+        if not path.is_file():
+            raise LedgerError(f"no ledger at {path} (pass --db PATH of a market's database)")
+        ledger = cls(path)
+        if ledger.definition() is None:
+            ledger.close()
+            raise LedgerError(f"{path} holds no market")
+        return ledger
+
     def close(self) -> None:
         self._db.close()
 
@@ -155,7 +166,7 @@ class Ledger:
         stored = self._meta("closed")
         if stored is None:
             return None
-        message = decode(bytes.fromhex(stored))
+        message = _stored_message(bytes.fromhex(stored))
         assert isinstance(message, MarketClosed)
         return message
 
@@ -213,13 +224,22 @@ class Ledger:
         rows = self._db.execute("SELECT agent, SUM(amount) FROM payments GROUP BY agent ORDER BY agent")
         return {agent: float(total) for agent, total in rows}
 
-    def results_since(self, seq: int, limit: int) -> tuple[list[RoundResult], bool]:
-        """Stored ``round_result`` broadcasts with ``seq`` above ``seq``, oldest first; and whether more remain."""
+    def results_since(self, seq: int, limit: int, max_bytes: int) -> tuple[list[RoundResult], bool]:
+        """Stored ``round_result`` broadcasts with ``seq`` above ``seq``, oldest first, and whether more
+        remain: at most ``limit`` of them and, past the first, at most ``max_bytes`` of them encoded."""
+        results: list[RoundResult] = []
+        size = 0
         rows = self._db.execute(
             "SELECT result FROM rounds WHERE result_seq > ? ORDER BY result_seq LIMIT ?", (seq, limit + 1)
-        ).fetchall()
-        results = [decode(row[0]) for row in rows[:limit]]
-        return [r for r in results if isinstance(r, RoundResult)], len(rows) > limit
+        )
+        for (data,) in rows:
+            size += len(data)
+            if len(results) == limit or (results and size > max_bytes):
+                return results, True
+            message = _stored_message(data)
+            assert isinstance(message, RoundResult)
+            results.append(message)
+        return results, False
 
     def rounds(self) -> Iterator[StoredRound]:
         """Every committed round with its bids and payments, in order."""
@@ -237,6 +257,40 @@ class Ledger:
                     "SELECT agent, amount FROM payments WHERE round = ? ORDER BY agent", (number,)
                 ).fetchall()
             )
-            message = decode(result)
+            message = _stored_message(result)
             assert isinstance(message, RoundResult)
             yield StoredRound(number, token, bytes(seed), commitment, bids, payments, message)
+
+    def document(self) -> dict[str, Any]:
+        """The whole record as JSON-ready data (what ``auctioneer ledger --json`` prints)."""
+        definition = self.definition() or {}
+        rounds = []
+        for stored in self.rounds():
+            result = stored.result
+            rounds.append(
+                {
+                    "round": stored.round,
+                    "token": stored.token,
+                    "distribution": result.distribution.as_mapping() if result.distribution else {},
+                    "bids": {b.agent: {"bid": b.bid, "distribution": b.distribution()} for b in stored.bids},
+                    "payments": stored.payments,
+                    "seed": stored.seed.hex(),
+                    "seed_commitment": stored.seed_commitment,
+                }
+            )
+        prompt = str(definition.get("prompt", ""))
+        closed = self.closed()
+        return {
+            "market": self.market_id(),
+            "prompt": prompt,
+            "text": prompt + "".join(self.tokens()),
+            "closed": closed.reason if closed else None,
+            "settings": definition,
+            "rounds": rounds,
+            "balances": self.balances(),
+        }
+
+
+def _stored_message(data: bytes) -> Message:
+    """A message this ledger wrote: trusted, so decoded without the network's size limits."""
+    return decode(data, LIMITS.stored)

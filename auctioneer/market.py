@@ -16,15 +16,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from auctioneer.ledger import Ledger, LedgerError, StoredBid
-from auctioneer.mechanism import SEED_BYTES, SparseDistribution, run_auction, seed_commitment
-from auctioneer.settings import MarketSettings
-from protocol import ErrorCode, ProtocolError
+from auctioneer.mechanism import SparseDistribution, run_auction
+from auctioneer.settings import ServeSettings
+from protocol import LIMITS, ErrorCode, ProtocolError
+from protocol.draw import SEED_BYTES, seed_commitment
 from protocol.messages import (
     BidAccepted,
     Error,
     Hello,
     MarketClosed,
-    MechanismInfo,
     Message,
     OutcomeDistribution,
     Ping,
@@ -40,6 +40,9 @@ from protocol.messages import (
 log = logging.getLogger(__name__)
 
 LIVENESS_HEARTBEATS = 3
+# A sync_reply carries stored results up to this many bytes (at least one), leaving room for its
+# snapshot within what clients accept from the auctioneer; the rest is paged (``more``).
+SYNC_RESULT_BYTES = LIMITS.from_auctioneer.max_message_bytes // 2
 
 
 @dataclass
@@ -62,13 +65,13 @@ class OpenRound:
 class Market:
     """One market: its agents, its current round and its ledger."""
 
-    def __init__(self, settings: MarketSettings, ledger: Ledger, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, settings: ServeSettings, ledger: Ledger, clock: Callable[[], float] = time.time) -> None:
         self.settings = settings
         self.ledger = ledger
         self.clock = clock
-        self._mechanism = settings.mechanism()
         self._reference = settings.reference_distribution()
-        definition = settings.market_definition()
+        self._mechanism = settings.mechanism()
+        definition = settings.definition()
         stored = ledger.definition()
         if stored is None:
             ledger.create(uuid.uuid4().hex[:12], definition)
@@ -147,7 +150,7 @@ class Market:
             prompt=self.settings.prompt,
             seq=self.seq,
             round=self.current.number if self.current else self.last_round,
-            mechanism=MechanismInfo(**{k: getattr(self._mechanism, k) for k in MechanismInfo.model_fields}),
+            mechanism=self._mechanism,
             budget=self.agents[hello.name].budget,
             spent=self.spent.get(hello.name, 0.0),
             max_bid=self.settings.max_bid,
@@ -157,7 +160,7 @@ class Market:
         )
 
     def _sync(self, request: SyncRequest) -> SyncReply:
-        results, more = self.ledger.results_since(request.since_seq, request.limit)
+        results, more = self.ledger.results_since(request.since_seq, request.limit, SYNC_RESULT_BYTES)
         return SyncReply(
             seq=self.seq,
             last_round=self.last_round,

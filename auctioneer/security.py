@@ -9,6 +9,7 @@ against ``hello``. Unknown keys fail the handshake and never reach the market.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 
 import zmq
@@ -16,16 +17,21 @@ import zmq.asyncio
 import zmq.auth
 from zmq.auth.asyncio import AsyncioAuthenticator
 
-from auctioneer.settings import MarketSettings
-from protocol.cli import UsageError
+from auctioneer.settings import ServeSettings
+from protocol.curve import KeyFileError, load_keypair, load_public_key
+from protocol.fields import AGENT_NAME_PATTERN
 
 log = logging.getLogger(__name__)
 
-SERVER_KEY_NAME = "server"
-
 
 def keygen(out_dir: Path, names: list[str]) -> list[Path]:
-    """Write a keypair per name into ``out_dir``; return the public key files."""
+    """Write a keypair per name into ``out_dir``; return the public key files.
+
+    Names are ``server`` and agent names (an agent's name is its key file's stem).
+    """
+    bad = [name for name in names if not re.fullmatch(AGENT_NAME_PATTERN, name)]
+    if bad:
+        raise KeyFileError(f"invalid key name {bad[0]!r}: use 1 to 64 letters, digits, _ . - (agent names)")
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for name in names:
@@ -35,11 +41,10 @@ def keygen(out_dir: Path, names: list[str]) -> list[Path]:
 
 
 def authorized_names(directory: Path) -> dict[bytes, str]:
-    """Public key -> agent name, from the ``*.key`` files in ``directory``."""
+    """Z85 public key -> agent name, from the ``*.key`` files in ``directory``."""
     names = {}
     for path in sorted(directory.glob("*.key")):
-        public, _ = zmq.auth.load_certificate(path)
-        names[public] = path.stem
+        names[load_public_key(path)] = path.stem
     return names
 
 
@@ -54,24 +59,14 @@ class NamingAuthenticator(AsyncioAuthenticator):
         return self.names.get(zmq.utils.z85.encode(client_public_key), "")
 
 
-def load_server_keys(secret_file: Path) -> tuple[bytes, bytes]:
-    try:
-        public, secret = zmq.auth.load_certificate(secret_file)
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"cannot load the server key {secret_file}: {exc}") from None
-    if secret is None:
-        raise UsageError(f"{secret_file} holds no secret key (use the .key_secret file)")
-    return public, secret
-
-
 class CurveServer:
     """CurveZMQ for the auctioneer's sockets: ``apply`` before binding, ``stop`` before the context ends."""
 
-    def __init__(self, settings: MarketSettings) -> None:
+    def __init__(self, settings: ServeSettings) -> None:
         assert settings.curve_secret is not None and settings.authorized_keys is not None
-        self.public, self.secret = load_server_keys(settings.curve_secret)
+        self.public, self.secret = load_keypair(settings.curve_secret)
         if not settings.authorized_keys.is_dir():
-            raise UsageError(f"--authorized-keys {settings.authorized_keys} is not a directory")
+            raise KeyFileError(f"authorized_keys {settings.authorized_keys} is not a directory")
         self.directory = settings.authorized_keys
         self.names = authorized_names(self.directory)
         self.authenticator: NamingAuthenticator | None = None

@@ -30,6 +30,10 @@ DRAIN_BATCH = 256
 Observer = Callable[[Broadcast], None]
 
 
+class EndpointError(Exception):
+    """An endpoint the auctioneer must bind cannot be bound (in use, or not an address of this host)."""
+
+
 class AuctioneerServer:
     """Serves one :class:`Market` on a market (ROUTER) and a feed (PUB) endpoint."""
 
@@ -64,8 +68,8 @@ class AuctioneerServer:
     async def run(self, close_grace: float | None = None) -> MarketClosed | None:
         """Bind, run rounds until the market closes or :meth:`stop`, then tear everything down."""
         try:
-            self.router.bind(self.settings.market)
-            self.publisher.bind(self.settings.feed)
+            self._bind(self.router, self.settings.market)
+            self._bind(self.publisher, self.settings.feed)
             log.info("market on %s, feed on %s", self.settings.market, self.settings.feed)
             background = [asyncio.create_task(self._serve_requests()), asyncio.create_task(self._heartbeats())]
             rounds = asyncio.create_task(self._run_rounds())
@@ -87,6 +91,13 @@ class AuctioneerServer:
             if self._curve is not None:
                 self._curve.stop()
             self.context.term()
+
+    @staticmethod
+    def _bind(sock: zmq.asyncio.Socket, endpoint: str) -> None:
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            raise EndpointError(f"cannot bind {endpoint}: {exc.strerror}") from None
 
     # --- rounds ---------------------------------------------------------------------------
 

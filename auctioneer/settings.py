@@ -1,109 +1,107 @@
-"""Market settings: one validated model, filled from a TOML file and command-line flags (flags win).
+"""The auctioneer's settings, derived from the protocol's one declaration of a market (``MarketRules``).
 
-The mechanism-defining part (prompt, rules, reference) is stored in the ledger when a market is
-created; restarting on the same database must not change it.
+- :class:`CheckedMechanism`: the mechanism settings, with every rule name checked against the
+  mechanism's registries;
+- :class:`MarketSettings`: a market's public rules plus its private ``seed``;
+- :class:`ServeSettings`: what one ``auctioneer serve`` process needs on top: endpoints, ledger,
+  liveness, request limits, budgets, CurveZMQ.
+
+Keys are the field names everywhere (TOML config, scenario ``[market]``, ``evaluate`` input); the
+command-line flags are generated from the fields. The part that defines a market
+(:meth:`MarketSettings.definition`) is stored in the ledger when the market is created and may not
+change on restart.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import ConfigDict, Field, ValidationError, model_validator
 
-from auctioneer.mechanism import MechanismConfig, MechanismConfigError, Reference, SparseDistribution
-from auctioneer.mechanism.auction import DEFAULT_EPS
-from protocol.cli import UsageError, describe_validation_error, read_toml
-from protocol.codec import DEFAULT_MAX_MESSAGE_BYTES
-from protocol.distribution import DEFAULT_MAX_SUPPORT, Distribution
+from auctioneer.mechanism import MechanismConfigError, Reference, SparseDistribution, check_mechanism
+from protocol.codec import LIMITS
+from protocol.errors import describe_validation_error
+from protocol.fields import NonNegativeFloat, PositiveFloat, SeedHex
+from protocol.market_rules import MarketRules, MechanismSettings
 
-Positive = Annotated[float, Field(gt=0, allow_inf_nan=False)]
-NonNegative = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+SETTINGS_MODEL = ConfigDict(extra="forbid", strict=False, frozen=True)
 
 
-class MarketSettings(BaseModel):
-    """Everything ``auctioneer serve`` needs to run a market."""
+class SettingsError(ValueError):
+    """Settings that cannot run; the message names the setting and says what is wrong."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    market: str = "tcp://127.0.0.1:5555"
-    feed: str = "tcp://127.0.0.1:5556"
-    db: Path = Path("market.db")
-    prompt: str = ""
-    max_tokens: Annotated[int, Field(ge=1)] = 32
-    stop_token: str | None = None
-    round_timeout: Positive = 2.0
-    round_pause: NonNegative = 0.0
-    min_agents: Annotated[int, Field(ge=0)] = 1
-    max_idle_rounds: Annotated[int, Field(ge=1)] = 3
-    aggregation: str = "linear"
-    payment: str = "first_price"
-    mode: str = "sample"
-    temperature: Positive = 1.0
-    eps: Annotated[float, Field(gt=0, lt=1)] = DEFAULT_EPS
-    reference: dict[str, float] | None = None
-    reference_weight: NonNegative = 0.0
-    seed: Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")] | None = None
-    heartbeat_interval: Positive = 1.0
-    max_bid: Positive = 1e9
-    max_support: Annotated[int, Field(ge=1)] = DEFAULT_MAX_SUPPORT
-    max_message_bytes: Annotated[int, Field(ge=1024)] = DEFAULT_MAX_MESSAGE_BYTES
-    budget: NonNegative | None = None
-    budgets: dict[str, NonNegative] = Field(default_factory=dict)
-    curve_secret: Path | None = None
-    authorized_keys: Path | None = None
+class CheckedMechanism(MechanismSettings):
+    """Mechanism settings whose rules exist in this auctioneer's registries."""
 
-    @field_validator("reference")
-    @classmethod
-    def _valid_reference(cls, value: dict[str, float] | None) -> dict[str, float] | None:
-        if value is not None:
-            Distribution.from_mapping(value, max_support=max(len(value), 1))
-        return value
+    model_config = SETTINGS_MODEL
 
     @model_validator(mode="after")
-    def _valid_mechanism(self) -> MarketSettings:
+    def _registered_rules(self) -> CheckedMechanism:
         try:
-            self.mechanism()
+            check_mechanism(self)
         except MechanismConfigError as exc:
             raise ValueError(str(exc)) from None
-        if (self.curve_secret is None) != (self.authorized_keys is None):
-            raise ValueError("CurveZMQ needs both curve_secret and authorized_keys")
         return self
 
-    def mechanism(self) -> MechanismConfig:
-        return MechanismConfig(self.aggregation, self.payment, self.mode, self.temperature, self.eps)
+    def mechanism(self) -> MechanismSettings:
+        """Just the mechanism settings, as the protocol states them to agents."""
+        return MechanismSettings.model_validate(self.model_dump(include=set(MechanismSettings.model_fields)))
+
+
+class MarketSettings(MarketRules, CheckedMechanism):
+    """One market: its public rules and its private seed."""
+
+    model_config = SETTINGS_MODEL
+
+    seed: SeedHex | None = Field(None, description="64 hex chars; derives every round's seed (reproducible markets)")
 
     def reference_distribution(self) -> Reference | None:
         if self.reference is None:
             return None
         return Reference(SparseDistribution.from_mapping(self.reference), self.reference_weight)
 
+    def definition(self) -> dict[str, Any]:
+        """The settings that define the market itself: fixed once the ledger holds the market."""
+        defining = {*MechanismSettings.model_fields, "prompt", "reference", "reference_weight", "seed"}
+        return self.model_dump(mode="json", include=defining)
+
+
+class ServeSettings(MarketSettings):
+    """Everything ``auctioneer serve`` needs to run a market."""
+
+    model_config = SETTINGS_MODEL
+
+    market: str = Field("tcp://127.0.0.1:5555", description="ROUTER endpoint to bind (requests)")
+    feed: str = Field("tcp://127.0.0.1:5556", description="PUB endpoint to bind (broadcasts)")
+    db: Path = Field(Path("market.db"), description="SQLite ledger; reusing it resumes the market")
+    heartbeat_interval: PositiveFloat = Field(
+        1.0, description="seconds between heartbeats", json_schema_extra={"flag": "--heartbeat"}
+    )
+    max_message_bytes: Annotated[int, Field(ge=1024)] = Field(
+        LIMITS.requests.max_message_bytes, description="largest request frame accepted"
+    )
+    budget: NonNegativeFloat | None = Field(None, description="default budget per agent (none: unlimited)")
+    budgets: dict[str, NonNegativeFloat] = Field(default_factory=dict, description="budget per agent name")
+    curve_secret: Path | None = Field(None, description="the server's secret key file (turns CurveZMQ on)")
+    authorized_keys: Path | None = Field(None, description="directory of the agents' public NAME.key files")
+
+    @model_validator(mode="after")
+    def _curve_needs_both_keys(self) -> ServeSettings:
+        if (self.curve_secret is None) != (self.authorized_keys is None):
+            raise ValueError("CurveZMQ needs both curve_secret and authorized_keys")
+        return self
+
     def budget_of(self, agent: str) -> float | None:
         return self.budgets.get(agent, self.budget)
 
-    def market_definition(self) -> dict[str, Any]:
-        """The settings that define the market itself; fixed once the ledger holds a round."""
-        return self.model_dump(
-            mode="json",
-            include={
-                "prompt",
-                "aggregation",
-                "payment",
-                "mode",
-                "temperature",
-                "eps",
-                "reference",
-                "reference_weight",
-                "seed",
-            },
-        )
 
-
-def load_settings(config_file: Path | None, overrides: dict[str, Any]) -> MarketSettings:
-    """Settings from ``config_file`` (TOML, same keys as the flags) with non-None ``overrides`` on top."""
-    values = read_toml(config_file, "config") if config_file is not None else {}
-    values.update({k: v for k, v in overrides.items() if v is not None})
+def load_settings(values: Mapping[str, Any], overrides: Mapping[str, Any]) -> ServeSettings:
+    """Settings from ``values`` (a config file's keys) with the non-None ``overrides`` (flags) on top."""
+    merged = {**values, **{k: v for k, v in overrides.items() if v is not None}}
     try:
-        return MarketSettings.model_validate(values)
+        return ServeSettings.model_validate(merged)
     except ValidationError as exc:
-        raise UsageError(f"setting {describe_validation_error(exc)}") from None
+        raise SettingsError(f"setting {describe_validation_error(exc)}") from None

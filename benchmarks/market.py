@@ -16,10 +16,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from auctioneer.processes import LocalMarket
 from benchmarks.load import LoadResult, drive
 from benchmarks.timing import Figure
 from protocol.sockets import free_tcp_endpoint
+from simulation.processes import LocalMarket
 
 FULL = [(3, 2), (3, 64), (3, 1024), (100, 2), (100, 64), (100, 1024), (1000, 2), (1000, 64), (1000, 1024)]
 QUICK = [(3, 2), (100, 64), (1000, 64)]

@@ -1,4 +1,4 @@
-"""Mechanism benchmark: the numpy mechanism against the pure-Python oracle of ``tests/oracle.py``.
+"""Mechanism benchmark: the numpy mechanism against the pure-Python oracle (``auctioneer.mechanism.oracle``).
 
 For ``first_price`` the oracle runs in full. For ``second_price`` its Myerson integral (a full
 aggregation per quadrature node per agent) is timed on a sample of agents at 128 nodes, the same
@@ -12,9 +12,9 @@ from functools import partial
 
 import numpy as np
 
-from auctioneer.mechanism import MechanismConfig, SparseDistribution, run_auction
+from auctioneer.mechanism import SparseDistribution, oracle, run_auction
 from benchmarks.timing import Figure, best_time
-from tests import oracle
+from protocol.market_rules import MechanismSettings
 
 SEED = bytes(32)
 ORACLE_NODES = 128
@@ -32,7 +32,7 @@ def random_market(
     return dists, rng.uniform(0.1, 5.0, size=n_agents).tolist()
 
 
-def numpy_round(dists: list[SparseDistribution], bids: list[float], config: MechanismConfig) -> None:
+def numpy_round(dists: list[SparseDistribution], bids: list[float], config: MechanismSettings) -> None:
     run_auction(dists, bids, config, SEED)
 
 
@@ -70,7 +70,7 @@ def run(quick: bool = False) -> list[Figure]:
             for payment in ("first_price", "second_price"):
                 if quick and aggregation == "log_linear" and n >= 1000:
                     continue
-                config = MechanismConfig(aggregation=aggregation, payment=payment)
+                config = MechanismSettings(aggregation=aggregation, payment=payment)
                 fast = best_time(partial(numpy_round, sparse, bids, config))
                 slow = oracle_seconds(dists, bids, aggregation, payment)
                 shape = f"{n}x{k}{' dense' if dense else ''}"

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable
 import zmq
 import zmq.asyncio
 
-from protocol.codec import Limits, decode, encode
+from protocol.codec import LIMITS, decode, encode
 from protocol.errors import ProtocolError
 from protocol.messages import Heartbeat, MarketClosed, Message, RoundOpen, RoundResult, SyncReply, SyncRequest
 from protocol.sockets import make_socket
@@ -27,8 +27,7 @@ log = logging.getLogger(__name__)
 
 FeedEvent = SyncReply | RoundOpen | RoundResult | MarketClosed
 SocketSetup = Callable[[zmq.asyncio.Socket], None]
-# Feed results can be large (a 1000-agent round's aggregate); accept up to this much from the auctioneer.
-CLIENT_LIMITS = Limits(max_message_bytes=64 * 1024 * 1024)
+FROM_AUCTIONEER = LIMITS.from_auctioneer
 
 
 class MarketClient:
@@ -47,7 +46,7 @@ class MarketClient:
     def connect(self) -> None:
         """(Re)create the DEALER socket; the routing id stays, so the auctioneer sees the same peer."""
         self.close()
-        sock = make_socket(self.context, zmq.DEALER)
+        sock = make_socket(self.context, zmq.DEALER, max_message_bytes=FROM_AUCTIONEER.max_message_bytes)
         sock.setsockopt(zmq.ROUTING_ID, self.routing_id)
         sock.setsockopt(zmq.RECONNECT_IVL, 100)
         sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
@@ -95,7 +94,7 @@ class MarketClient:
         while True:
             data = await sock.recv()
             try:
-                reply = decode(data, CLIENT_LIMITS)
+                reply = decode(data, FROM_AUCTIONEER)
             except ProtocolError as exc:
                 log.warning("undecodable reply from the auctioneer: %s", exc)
                 continue
@@ -120,7 +119,7 @@ class FeedFollower:
         self.request_timeout = request_timeout
         self.last_seq = 0
         self._endpoint = endpoint
-        self.socket = make_socket(context, zmq.SUB)
+        self.socket = make_socket(context, zmq.SUB, max_message_bytes=FROM_AUCTIONEER.max_message_bytes)
         if setup is not None:
             setup(self.socket)
         self.socket.setsockopt(zmq.SUBSCRIBE, b"")
@@ -143,7 +142,7 @@ class FeedFollower:
                 return
         while True:
             try:
-                message = decode(await self.socket.recv(), CLIENT_LIMITS)
+                message = decode(await self.socket.recv(), FROM_AUCTIONEER)
             except ProtocolError as exc:
                 log.warning("undecodable feed message: %s", exc)
                 continue
@@ -194,3 +193,19 @@ class FeedFollower:
                 log.warning("unexpected reply to sync_request: %s", reply.type)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+async def follow_market(market: str, feed: str, on_event: Callable[[FeedEvent], None]) -> None:
+    """Follow a market as a spectator (no registration) until it closes, calling ``on_event`` for
+    every event in order, gaps filled by resyncs."""
+    context = zmq.asyncio.Context()
+    client = MarketClient(context, market)
+    client.connect()
+    follower = FeedFollower(context, feed, client)
+    try:
+        async for event in follower.events():
+            on_event(event)
+    finally:
+        follower.close()
+        client.close()
+        context.term()

@@ -2,6 +2,11 @@
 
 Decoding is bounded (a maximum message size, msgpack's own length limits, ``strict_map_key``)
 and every failure is a :class:`ProtocolError` with a stable code; nothing else escapes.
+
+How much is accepted depends on who wrote the bytes: :data:`LIMITS` says it once, for requests
+from the network (read by the auctioneer; its settings may change them), for replies and
+broadcasts from the auctioneer (read by agents and observers), and for the ledger's own rows
+(written by the auctioneer itself, never bounded).
 """
 
 from __future__ import annotations
@@ -15,23 +20,36 @@ import msgpack
 from pydantic import ValidationError
 
 from protocol.distribution import DEFAULT_MAX_SUPPORT
-from protocol.errors import ErrorCode, ProtocolError
+from protocol.errors import ErrorCode, ProtocolError, error_message
 from protocol.messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+UNBOUNDED = 2**62
 
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds applied while decoding."""
+    """Bounds applied while decoding: the frame's size and the support of a bid's distribution."""
 
-    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_message_bytes: int
     max_support: int = DEFAULT_MAX_SUPPORT
 
 
-DEFAULT_LIMITS = Limits()
+@dataclass(frozen=True)
+class LimitsByTrust:
+    """Which bounds apply to bytes from each source."""
+
+    requests: Limits
+    from_auctioneer: Limits
+    stored: Limits
+
+
+LIMITS = LimitsByTrust(
+    requests=Limits(max_message_bytes=4 * 1024 * 1024),
+    from_auctioneer=Limits(max_message_bytes=64 * 1024 * 1024),
+    stored=Limits(max_message_bytes=UNBOUNDED, max_support=UNBOUNDED),
+)
 
 
 def encode(message: Message) -> bytes:
@@ -44,7 +62,7 @@ def encode(message: Message) -> bytes:
     return msgpack.packb(body, use_bin_type=True)
 
 
-def unpack_map(data: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+def unpack_map(data: bytes, limits: Limits = LIMITS.requests) -> dict[str, Any]:
     """msgpack bytes to a map, with the size bound; ``MALFORMED`` for anything else."""
     if len(data) > limits.max_message_bytes:
         raise ProtocolError(ErrorCode.TOO_LARGE, f"message of {len(data)} bytes exceeds {limits.max_message_bytes}")
@@ -57,7 +75,7 @@ def unpack_map(data: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     return obj
 
 
-def decode(data: bytes, limits: Limits = DEFAULT_LIMITS, accepted: Collection[str] | None = None) -> Message:
+def decode(data: bytes, limits: Limits = LIMITS.requests, accepted: Collection[str] | None = None) -> Message:
     """Bytes to the typed message they encode, or :class:`ProtocolError`.
 
     ``accepted`` limits the message types this receiver handles; others are ``UNKNOWN_TYPE``.
@@ -85,6 +103,5 @@ def validation_failure(model: type[Message], exc: ValidationError) -> ProtocolEr
     first = exc.errors(include_url=False, include_input=False)[0]
     location = ".".join(str(part) for part in first["loc"])
     top = str(first["loc"][0]) if first["loc"] else ""
-    message = first["msg"].removeprefix("Value error, ")
     code = ErrorCode.MALFORMED if first["type"] == "missing" else model.field_codes.get(top, ErrorCode.MALFORMED)
-    return ProtocolError(code, message, location or None)
+    return ProtocolError(code, error_message(first), location or None)

@@ -1,14 +1,27 @@
-"""The public, verifiable token draw of SPEC.md section 4: seed commitment and the uniform number.
+"""The public, verifiable token draw: seed commitments and the registry of draw modes.
 
-Shared by the auctioneer's mechanism (which draws) and every client (which verifies).
+The draw is part of the contract (SPEC.md section 4): the auctioneer's mechanism draws with these
+functions and every agent and ``auctioneer audit`` recompute the token with the same ones. A mode
+is a function ``(tokens, q, seed, temperature) -> index`` over the aggregate ``q`` with its tokens
+in canonical order (sorted by UTF-8 bytes). ``DRAW_MODES`` is the only registry of modes; a name
+it does not hold is :class:`UnknownDrawMode` everywhere.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
+
+FloatArray = NDArray[np.float64]
+DrawFn = Callable[[Sequence[str], FloatArray, bytes, float], int]
+SEED_BYTES = 32
+
+
+class UnknownDrawMode(ValueError):
+    """A draw mode that this version of the protocol does not define."""
 
 
 def seed_commitment(seed: bytes) -> str:
@@ -22,7 +35,7 @@ def uniform_draw(seed: bytes) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def tempered(q: NDArray[np.float64], temperature: float) -> NDArray[np.float64]:
+def tempered(q: FloatArray, temperature: float) -> FloatArray:
     """``q^(1/T)`` renormalised, computed in log space; zero stays zero."""
     if temperature == 1.0:
         return q
@@ -33,8 +46,8 @@ def tempered(q: NDArray[np.float64], temperature: float) -> NDArray[np.float64]:
     return weights / weights.sum()
 
 
-def sample_index(q: NDArray[np.float64], seed: bytes, temperature: float = 1.0) -> int:
-    """Index (in canonical order) of the first token whose cumulative probability exceeds the draw."""
+def sample_index(tokens: Sequence[str], q: FloatArray, seed: bytes, temperature: float) -> int:
+    """Index of the first token whose cumulative probability (of ``q^(1/T)``) exceeds the uniform draw."""
     draw_from = tempered(q, temperature)
     index = int(np.searchsorted(np.cumsum(draw_from), uniform_draw(seed), side="right"))
     if index >= len(draw_from):
@@ -42,14 +55,28 @@ def sample_index(q: NDArray[np.float64], seed: bytes, temperature: float = 1.0) 
     return index
 
 
-def greedy_index(q: NDArray[np.float64], seed: bytes, temperature: float = 1.0) -> int:
+def greedy_index(tokens: Sequence[str], q: FloatArray, seed: bytes, temperature: float) -> int:
     """Index of the most likely token; ties go to the canonically first."""
     return int(np.argmax(q))
 
 
-def expected_token(tokens: list[str], probs: NDArray[np.float64], seed: bytes, mode: str, temperature: float) -> str:
-    """Recompute a round's token from its published distribution and revealed seed."""
+DRAW_MODES: dict[str, DrawFn] = {
+    "sample": sample_index,
+    "greedy": greedy_index,
+}
+
+
+def draw_function(mode: str) -> DrawFn:
+    """The registered draw of ``mode``; :class:`UnknownDrawMode` if there is none."""
+    try:
+        return DRAW_MODES[mode]
+    except KeyError:
+        raise UnknownDrawMode(f"unknown draw mode {mode!r}; this client knows {', '.join(DRAW_MODES)}") from None
+
+
+def expected_token(tokens: list[str], probs: FloatArray, seed: bytes, mode: str, temperature: float) -> str:
+    """Recompute a round's token from its published distribution (any order) and revealed seed."""
+    draw = draw_function(mode)
     order = sorted(range(len(tokens)), key=tokens.__getitem__)
-    q = probs[order]
-    pick = greedy_index if mode == "greedy" else sample_index
-    return tokens[order[pick(q, seed, temperature)]]
+    canonical = [tokens[i] for i in order]
+    return canonical[draw(canonical, probs[order], seed, temperature)]

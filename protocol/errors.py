@@ -1,12 +1,17 @@
-"""Stable error codes of the wire protocol and the exception that carries one.
+"""Stable error codes of the wire protocol, the exception that carries one, and error wording.
 
 Codes never change meaning; new ones may be added. Every rejected request is answered with an
-``error`` message carrying one of these codes and a human-readable message.
+``error`` message carrying one of these codes and a human-readable message. Validation failures
+are worded once here, for the wire and for every settings loader.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import StrEnum
+from typing import Any
+
+from pydantic import ValidationError
 
 
 class ErrorCode(StrEnum):
@@ -35,3 +40,17 @@ class ProtocolError(Exception):
         self.code = code
         self.message = message
         self.field = field
+
+
+def error_message(error: Mapping[str, Any]) -> str:
+    """The human part of one pydantic error, without pydantic's ``Value error, `` prefix."""
+    return str(error["msg"]).removeprefix("Value error, ")
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """``bids[0].distribution: probabilities sum to 0.9, ...``: the first failure of a model, in one line."""
+    first = exc.errors(include_url=False, include_input=False)[0]
+    path = ""
+    for part in first["loc"]:
+        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
+    return f"{path}: {error_message(first)}" if path else error_message(first)

@@ -8,6 +8,7 @@ string-to-number coercion) and ignore unknown fields, so newer peers can add fie
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
@@ -15,14 +16,10 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from protocol.distribution import Distribution
 from protocol.errors import ErrorCode
+from protocol.fields import AgentName, Count, HexDigest, RequestId, RoundNumber, Seq
+from protocol.market_rules import MechanismSettings
 
 PROTOCOL_VERSION = 1
-
-AgentName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_.\-]{1,64}$")]
-RequestId = Annotated[int, Field(ge=0, lt=2**63)]
-RoundNumber = Annotated[int, Field(ge=1, lt=2**63)]
-Seq = Annotated[int, Field(ge=0, lt=2**63)]
-HexDigest = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
 
 class Message(BaseModel):
@@ -76,6 +73,20 @@ class SealedBid(Message):
         return value
 
 
+def seal_bid(round_number: int, distribution: Mapping[str, float], amount: float, max_support: int) -> SealedBid:
+    """The ``sealed_bid`` for a distribution given as ``{token: probability}``, validated once against
+    ``max_support``; ``ValidationError`` (a ``ValueError``) names what is wrong."""
+    return SealedBid.model_validate(
+        {
+            "round": round_number,
+            "distribution": {"tokens": list(distribution), "probs": list(distribution.values())},
+            "bid": amount,
+        },
+        strict=False,
+        context={"max_support": max_support},
+    )
+
+
 class SyncRequest(Message):
     type: Literal["sync_request"] = "sync_request"
     since_seq: Seq = 0
@@ -89,23 +100,14 @@ class Ping(Message):
 # --- market socket: auctioneer -> agent -------------------------------------------------------
 
 
-class MechanismInfo(BaseModel):
-    model_config = ConfigDict(strict=True, frozen=True, extra="ignore")
-
-    aggregation: str
-    payment: str
-    mode: str
-    temperature: float
-
-
 class Welcome(Message):
     type: Literal["welcome"] = "welcome"
     name: AgentName
     market: str
     prompt: str
     seq: Seq
-    round: Annotated[int, Field(ge=0)]
-    mechanism: MechanismInfo
+    round: Count
+    mechanism: MechanismSettings
     budget: float | None = None
     spent: float = 0.0
     max_bid: float
@@ -153,7 +155,7 @@ class RoundResult(Message):
     bids: dict[str, float]
     payments: dict[str, float]
     balances: dict[str, float]
-    seed: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    seed: HexDigest
     seed_commitment: HexDigest
 
 
@@ -162,7 +164,7 @@ class MarketClosed(Message):
     seq: Seq
     reason: str
     text: str
-    rounds: Annotated[int, Field(ge=0)]
+    rounds: Count
 
 
 class Heartbeat(Message):
@@ -170,11 +172,8 @@ class Heartbeat(Message):
 
     type: Literal["heartbeat"] = "heartbeat"
     seq: Seq
-    round: Annotated[int, Field(ge=0)]
+    round: Count
     time: float
-
-
-FeedMessage = RoundOpen | RoundResult | MarketClosed
 
 
 class SyncReply(Message):
@@ -182,7 +181,7 @@ class SyncReply(Message):
 
     type: Literal["sync_reply"] = "sync_reply"
     seq: Seq
-    last_round: Annotated[int, Field(ge=0)]
+    last_round: Count
     prompt: str
     text: str
     tokens: list[str]

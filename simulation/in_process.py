@@ -15,8 +15,7 @@ from agent_client.agent import Agent, Bid, RoundContext
 from agent_client.scenario import build_agent
 from auctioneer.ledger import Ledger
 from auctioneer.market import Market
-from protocol.distribution import Distribution
-from protocol.messages import Error, Hello, RoundResult, SealedBid
+from protocol.messages import Error, Hello, RoundResult, seal_bid
 from simulation.scenario import Scenario
 
 log = logging.getLogger(__name__)
@@ -54,11 +53,7 @@ class InProcessAgent:
         if not isinstance(decision, Bid):
             return
         try:
-            message = SealedBid(
-                round=number,
-                distribution=Distribution.from_mapping(dict(decision.distribution)),
-                bid=float(decision.amount),
-            )
+            message = seal_bid(number, decision.distribution, float(decision.amount), market.settings.max_support)
         except ValueError as exc:
             log.warning("agent %s: invalid bid in round %d: %s", self.name, number, exc)
             self.refusals += 1

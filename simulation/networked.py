@@ -4,20 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console, Group
-from rich.live import Live
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from auctioneer.settings import ServeSettings
+from protocol.client import FeedEvent, follow_market
+from simulation.processes import LocalMarket
 
-from auctioneer.live_view import MarketView
-from auctioneer.processes import LocalMarket
-from auctioneer.settings import MarketSettings
-from auctioneer.watch import watch
-from protocol.cli import UsageError
-from protocol.client import FeedEvent
-from protocol.messages import RoundResult
+MARKET_TIMEOUT = 3600.0
+
+
+class SimulationFailed(RuntimeError):
+    """A process of a live simulation failed; the message says where its logs are."""
 
 
 def toml_value(value: Any) -> str:
@@ -28,7 +27,7 @@ def toml_value(value: Any) -> str:
     return json.dumps(str(value))
 
 
-def settings_toml(settings: MarketSettings) -> str:
+def settings_toml(settings: ServeSettings) -> str:
     """The settings as a config file for ``auctioneer serve`` (TOML)."""
     scalars, tables = [], []
     for key, value in settings.model_dump(mode="json", exclude={"market", "feed", "db"}).items():
@@ -42,27 +41,15 @@ def settings_toml(settings: MarketSettings) -> str:
     return "\n".join(scalars) + "\n\n" + "\n".join(tables)
 
 
-class FollowView(MarketView):
-    """The spectator view plus a progress bar over the scenario's rounds."""
-
-    def __init__(self, rounds: int) -> None:
-        super().__init__()
-        self.progress = Progress(TextColumn("rounds"), BarColumn(), MofNCompleteColumn())
-        self.task = self.progress.add_task("rounds", total=rounds)
-
-    def apply(self, event: FeedEvent) -> None:
-        super().apply(event)
-        if isinstance(event, RoundResult):
-            self.progress.update(self.task, completed=event.round)
-
-    def render(self) -> Group:
-        return Group(super().render(), self.progress)
-
-
 def run_networked(
-    scenario_file: Path, settings: MarketSettings, agents: list[str], seed: int, out: Path, console: Console
+    scenario_file: Path,
+    settings: ServeSettings,
+    agents: list[str],
+    seed: int,
+    out: Path,
+    on_event: Callable[[FeedEvent], None],
 ) -> None:
-    """Serve the market and run every agent as its own process; show the market live until it closes."""
+    """Serve the market and run every agent as its own process; ``on_event`` sees the market until it closes."""
     config = out / "market.toml"
     config.write_text(settings_toml(settings))
     market = LocalMarket()
@@ -71,12 +58,10 @@ def run_networked(
         market.start_agent(
             name, ["--scenario", str(scenario_file), "--scenario-seed", str(seed)], out / f"agent-{name}.log"
         )
-    view = FollowView(settings.max_tokens)
     try:
-        with Live(view.render(), console=console, refresh_per_second=8) as live:
-            asyncio.run(asyncio.wait_for(watch(market.market, market.feed, view, live), timeout=3600))
+        asyncio.run(asyncio.wait_for(follow_market(market.market, market.feed, on_event), MARKET_TIMEOUT))
         codes = market.wait(timeout=60)
     finally:
         market.stop()
     if any(codes):
-        raise UsageError(f"a market process failed (exit codes {codes}); see the logs in {out}")
+        raise SimulationFailed(f"a market process failed (exit codes {codes}); see the logs in {out}")

@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 
 from auctioneer.ledger import Ledger
-from auctioneer.ledger_cli import ledger_document
 from simulation.scenario import Scenario
 
 KL_FLOOR = 1e-12
@@ -30,8 +29,8 @@ def kl_divergence(p: dict[str, float], q: dict[str, float]) -> float:
 
 def summarize(db: Path, scenario: Scenario) -> dict[str, Any]:
     """The summary of one run, computed from its ledger."""
-    with Ledger(db) as ledger:
-        document = ledger_document(ledger)
+    with Ledger.open_existing(db) as ledger:
+        document = ledger.document()
     rounds = document["rounds"]
     values = {a.name: a.value for a in scenario.agents}
     agents: dict[str, Any] = {}

@@ -1,4 +1,10 @@
-"""Scenario files: a TOML description of a market (``[market]``) and its agents (``[[agents]]``)."""
+"""Scenario files: a TOML description of a market (``[market]``) and its agents (``[[agents]]``).
+
+``[market]`` takes every public setting of a market (the same keys as ``auctioneer serve``'s config
+file: the mechanism, the reference, the prompt, the timing) plus ``rounds``, the market's length,
+which also sets ``max_tokens`` and ``max_idle_rounds``. ``payment`` may be a list: the scenario is
+then run once per payment rule and the rules are compared.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +14,54 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agent_client.scenario import AgentSpec
-from auctioneer.settings import MarketSettings
-from protocol.cli import UsageError, describe_validation_error, read_toml
+from auctioneer.mechanism import PAYMENTS
+from auctioneer.settings import SETTINGS_MODEL, CheckedMechanism, ServeSettings
+from protocol.errors import describe_validation_error
+from protocol.market_rules import MarketRules
+
+SET_BY_SCENARIO = {
+    "max_tokens": "rounds",
+    "max_idle_rounds": "rounds",
+    "min_agents": "the [[agents]] list",
+}
 
 
-class MarketSpec(BaseModel):
-    """The market of a scenario; keys as in ``auctioneer serve``'s config file."""
+class ScenarioError(ValueError):
+    """A scenario that cannot run; the message names the file or the setting."""
 
-    model_config = ConfigDict(extra="forbid")
 
-    prompt: str = ""
-    rounds: Annotated[int, Field(ge=1)] = 20
-    aggregation: str = "linear"
-    payment: str | list[str] = "first_price"  # a list runs the scenario once per payment rule
-    mode: str = "sample"
-    temperature: Annotated[float, Field(gt=0)] = 1.0
-    reference: dict[str, float] | None = None
-    reference_weight: Annotated[float, Field(ge=0)] = 0.0
-    stop_token: str | None = None
-    round_timeout: Annotated[float, Field(gt=0)] = 2.0
+class ScenarioMarket(MarketRules, CheckedMechanism):
+    """A scenario's ``[market]``: a market's public rules plus its length in ``rounds``."""
+
+    model_config = SETTINGS_MODEL
+
+    rounds: Annotated[int, Field(ge=1)] = Field(20, description="how many rounds the market runs")
+    payment_rules: list[str] = Field(default_factory=list, description="payment rules to compare (from a list)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _payment_list(cls, data: Any) -> Any:
+        """``payment = ["first_price", "second_price"]`` runs the scenario once per rule."""
+        if isinstance(data, dict) and isinstance(data.get("payment"), list):
+            rules = data["payment"]
+            return {**data, "payment": rules[0] if rules else "", "payment_rules": rules}
+        return data
+
+    @model_validator(mode="after")
+    def _checked(self) -> ScenarioMarket:
+        for name, source in SET_BY_SCENARIO.items():
+            if name in self.model_fields_set:
+                raise ValueError(f"{name} is set by {source} in a scenario")
+        unknown = [rule for rule in self.payment_rules if rule not in PAYMENTS]
+        if unknown:
+            raise ValueError(f"unknown payment {unknown[0]!r}; choose one of {', '.join(sorted(PAYMENTS))}")
+        return self
 
 
 class Scenario(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    market: MarketSpec = Field(default_factory=MarketSpec)
+    market: ScenarioMarket = Field(default_factory=ScenarioMarket)
     agents: list[AgentSpec]
 
     @model_validator(mode="after")
@@ -44,48 +73,45 @@ class Scenario(BaseModel):
             raise ValueError("a scenario needs at least one agent")
         return self
 
-    def payment_rules(self) -> list[str]:
-        payment = self.market.payment
-        return [payment] if isinstance(payment, str) else list(payment)
+    @classmethod
+    def from_document(cls, document: dict[str, Any], origin: Path) -> Scenario:
+        """The scenario a parsed TOML document describes; :class:`ScenarioError` names what is wrong."""
+        try:
+            return cls.model_validate(document)
+        except ValidationError as exc:
+            raise ScenarioError(f"scenario {origin}: {describe_validation_error(exc)}") from None
+
+    def payments(self) -> list[str]:
+        """The payment rules to run: the list given, or the one rule."""
+        return self.market.payment_rules or [self.market.payment]
 
     def with_payment(self, payment: str) -> Scenario:
         return self.model_copy(update={"market": self.market.model_copy(update={"payment": payment})})
 
-    def settings(self, db: Path, seed: str, rounds: int | None = None, **network: Any) -> MarketSettings:
-        """The auctioneer's settings for this scenario (a single payment rule)."""
-        market = self.market
+    def settings(self, db: Path, seed: str, rounds: int | None = None, **process: Any) -> ServeSettings:
+        """The auctioneer's settings for this scenario (its current payment rule) with ``process`` settings."""
+        length = rounds or self.market.rounds
+        rules = self.market.model_dump(exclude={"rounds", "payment_rules"})
         try:
-            return MarketSettings(
-                db=db,
-                prompt=market.prompt,
-                max_tokens=rounds or market.rounds,
-                stop_token=market.stop_token,
-                round_timeout=market.round_timeout,
-                min_agents=len(self.agents),
-                max_idle_rounds=rounds or market.rounds,
-                aggregation=market.aggregation,
-                payment=self.payment_rules()[0],
-                mode=market.mode,
-                temperature=market.temperature,
-                reference=market.reference,
-                reference_weight=market.reference_weight,
-                seed=seed,
-                budgets={a.name: a.budget for a in self.agents if a.budget is not None},
-                **network,
+            return ServeSettings.model_validate(
+                {
+                    **rules,
+                    "db": db,
+                    "seed": seed,
+                    "max_tokens": length,
+                    "max_idle_rounds": length,
+                    "min_agents": len(self.agents),
+                    "budgets": {a.name: a.budget for a in self.agents if a.budget is not None},
+                    **process,
+                }
             )
         except ValidationError as exc:
-            raise UsageError(f"scenario [market] {describe_validation_error(exc)}") from None
+            raise ScenarioError(f"scenario [market] {describe_validation_error(exc)}") from None
 
     def agent(self, name: str) -> AgentSpec:
         for spec in self.agents:
             if spec.name == name:
                 return spec
-        raise UsageError(f"the scenario has no agent named {name!r} (it has {', '.join(a.name for a in self.agents)})")
-
-
-def load_scenario(path: Path) -> Scenario:
-    data = read_toml(path, "scenario")
-    try:
-        return Scenario.model_validate(data)
-    except ValidationError as exc:
-        raise UsageError(f"scenario {path}: {describe_validation_error(exc)}") from None
+        raise ScenarioError(
+            f"the scenario has no agent named {name!r} (it has {', '.join(a.name for a in self.agents)})"
+        )

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.market_harness import MarketRun
+from tests.helpers import MarketRun
 
 
 @pytest.fixture

@@ -65,7 +65,7 @@ def test_fresh_seed_when_none_given() -> None:
         ({"bids": [{"agent": "a", "bid": 1, "distribution": {"x": 0.5}}]}, "bids[0].distribution"),
         ({"bids": []}, "needs at least one bid"),
         ({"bids": [{"agent": "a", "bid": 1, "distribution": {"x": 1}}] * 2}, "at most once"),
-        ({"reference": {"distribution": {"x": 1}, "weight": -1}}, "reference.weight"),
+        ({"reference": {"distribution": {"x": 1}, "weight": -1}}, "reference_weight"),
     ],
 )
 def test_invalid_input_names_the_field(change: dict[str, Any], field: str) -> None:

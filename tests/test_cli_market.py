@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.market_harness import MarketRun, read_ledger, run_cli, static_agent
+from tests.helpers import MarketRun, read_ledger, run_cli, static_agent
 
 
 def test_demo_reproduces_the_article_live(tmp_path: Path) -> None:

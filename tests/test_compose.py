@@ -13,10 +13,10 @@ from pathlib import Path
 
 import yaml
 
-from agent_client.cli import build_parser as agent_parser
-from auctioneer.cli import build_parser as auctioneer_parser
+from cli.agent import build_parser as agent_parser
+from cli.main import auctioneer_parser
 from protocol.sockets import free_tcp_endpoint
-from tests.market_harness import read_ledger
+from tests.helpers import read_ledger
 
 ROOT = Path(__file__).resolve().parents[1]
 PARSERS = {"auctioneer": auctioneer_parser, "agent-client": agent_parser}

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from tests.market_harness import MarketRun, committed_rounds, read_ledger, run_cli, static_agent, wait_until
+from tests.helpers import MarketRun, committed_rounds, read_ledger, run_cli, static_agent, wait_until
 
 KILLS = 20
 

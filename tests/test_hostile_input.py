@@ -6,9 +6,8 @@ import time
 
 from protocol import decode, encode
 from protocol.messages import BidAccepted, Error, Hello, Ping, SealedBid, Welcome
+from tests.helpers import BID, MarketRun, RawPeer, open_round, read_ledger, run_cli, static_agent, wait_until
 from tests.hostile_corpus import DROPPED, corpus
-from tests.market_harness import MarketRun, RawPeer, read_ledger, run_cli, static_agent, wait_until
-from tests.test_market_protocol import BID, open_round
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 

@@ -14,7 +14,7 @@ import pytest
 from agent_client import RoundContext
 from agent_client.llm import shape_distribution
 from agent_client.llm.http import OpenAICompatibleAgent, OpenAICompatibleModel
-from tests.market_harness import MarketRun, read_ledger, static_agent
+from tests.helpers import MarketRun, read_ledger, static_agent
 
 NEXT = {" Language": math.log(0.6), " Vision": math.log(0.3), " Models": math.log(0.1)}
 

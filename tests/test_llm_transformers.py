@@ -11,7 +11,7 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 from agent_client.llm.hf import TransformersModel  # noqa: E402
-from tests.market_harness import MarketRun, read_ledger, static_agent  # noqa: E402
+from tests.helpers import MarketRun, read_ledger, static_agent  # noqa: E402
 
 CORPUS = [
     "Mechanism Design for Large Language Models",

@@ -11,7 +11,7 @@ import time
 
 import psutil
 
-from tests.market_harness import MarketRun, committed_rounds, read_ledger
+from tests.helpers import MarketRun, committed_rounds, read_ledger
 
 FULL = os.environ.get("TOKEN_AUCTION_SOAK") == "full"
 AGENTS, ROUNDS, PROCESSES = (300, 500, 3) if FULL else (60, 60, 2)

@@ -6,8 +6,8 @@ import signal
 
 import pytest
 
-from auctioneer.evaluate import RoundSpec, evaluate_round
-from tests.market_harness import MarketRun, committed_rounds, read_ledger, static_agent, wait_until
+from auctioneer.evaluate import RoundInput, evaluate_round
+from tests.helpers import MarketRun, committed_rounds, read_ledger, static_agent, wait_until
 
 AGENTS = {
     "alice": static_agent("Large=0.8,Generative=0.2", 1),
@@ -31,7 +31,7 @@ def test_ledger_matches_evaluate_round_by_round(market_run: MarketRun) -> None:
     totals: dict[str, float] = {}
     for stored in ledger["rounds"]:
         assert sorted(stored["bids"]) == ["alice", "bob", "carol"]
-        spec = RoundSpec.model_validate(
+        spec = RoundInput.model_validate(
             {
                 "payment": "second_price",
                 "seed": stored["seed"],

@@ -9,7 +9,6 @@ import pytest
 import zmq.asyncio
 
 from agent_client import AgentRuntime, StaticAgent
-from protocol import Distribution
 from protocol.client import FeedFollower, MarketClient
 from protocol.messages import (
     BidAccepted,
@@ -18,16 +17,13 @@ from protocol.messages import (
     MarketClosed,
     Ping,
     Pong,
-    RoundOpen,
     RoundResult,
     SealedBid,
     SyncReply,
     SyncRequest,
     Welcome,
 )
-from tests.market_harness import MarketRun, RawPeer, committed_rounds, read_ledger, static_agent, wait_until
-
-BID = Distribution.from_mapping({"x": 1.0})
+from tests.helpers import BID, MarketRun, RawPeer, committed_rounds, open_round, read_ledger, static_agent, wait_until
 
 
 @pytest.fixture
@@ -37,17 +33,6 @@ def peer(market_run: MarketRun) -> Iterator[RawPeer]:
         yield raw
     finally:
         raw.close()
-
-
-def open_round(peer: RawPeer) -> RoundOpen:
-    """Wait (via sync) until a round is open, and return its announcement."""
-    for _ in range(200):
-        reply = peer.request(SyncRequest(since_seq=0, limit=1))
-        assert isinstance(reply, SyncReply)
-        if reply.open_round is not None:
-            return reply.open_round
-        asyncio.run(asyncio.sleep(0.05))
-    raise AssertionError("no round opened")
 
 
 def test_duplicate_late_and_unregistered_bids_are_refused(market_run: MarketRun, peer: RawPeer) -> None:

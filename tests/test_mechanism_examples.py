@@ -7,12 +7,15 @@ import math
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
-from auctioneer.mechanism import MechanismConfig, MechanismConfigError, uniform_draw
+from auctioneer.mechanism import MechanismConfigError, check_mechanism
 from auctioneer.mechanism.aggregation import AGGREGATIONS, AggregationRule, linear_aggregate
 from auctioneer.mechanism.payments import PaymentInputs, quadrature_second_price
-from tests.mechanism_helpers import run_instance
-from tests.strategies import Instance
+from auctioneer.settings import CheckedMechanism
+from protocol.draw import uniform_draw
+from protocol.market_rules import MechanismSettings
+from tests.helpers import Instance, run_instance
 
 ARTICLE = Instance([{"Large": 0.8, "Generative": 0.2}, {"Large": 1.0}, {"Generative": 1.0}], [1.0, 2.0, 2.0], None, 0.0)
 
@@ -102,9 +105,16 @@ def test_a_new_rule_is_one_function_plus_one_registry_line(monkeypatch: pytest.M
     assert np.all((outcome.payments > 0) & (outcome.payments < np.asarray(ARTICLE.bids)))
 
 
-@pytest.mark.parametrize(
-    "setting", [{"aggregation": "median"}, {"payment": "vcg"}, {"mode": "beam"}, {"temperature": 0.0}]
-)
-def test_unknown_settings_are_refused(setting: dict[str, object]) -> None:
-    with pytest.raises(MechanismConfigError):
-        MechanismConfig(**setting)  # type: ignore[arg-type]
+UNKNOWN_RULES = [{"aggregation": "median"}, {"payment": "vcg"}, {"mode": "beam"}]
+
+
+@pytest.mark.parametrize("setting", UNKNOWN_RULES)
+def test_the_mechanism_refuses_unknown_rules(setting: dict[str, str]) -> None:
+    with pytest.raises(MechanismConfigError, match="unknown"):
+        check_mechanism(MechanismSettings(**setting))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("setting", [*UNKNOWN_RULES, {"temperature": 0.0}, {"eps": 1.0}])
+def test_settings_refuse_unknown_rules_and_values_out_of_range(setting: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        CheckedMechanism(**setting)  # type: ignore[arg-type]

@@ -7,9 +7,8 @@ import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from tests import oracle
-from tests.mechanism_helpers import run_instance
-from tests.strategies import Instance, distributions, instances
+from auctioneer.mechanism import oracle
+from tests.helpers import Instance, distributions, instances, run_instance
 
 AGGREGATIONS = ["linear", "log_linear"]
 

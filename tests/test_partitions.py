@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.market_harness import committed_rounds, read_ledger, wait_until
+from tests.helpers import committed_rounds, read_ledger, wait_until
 
 pytestmark = pytest.mark.netns
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from protocol import Distribution, ErrorCode, Limits, ProtocolError, decode, encode
+from protocol import Distribution, ErrorCode, Limits, MechanismSettings, ProtocolError, decode, encode
 from protocol.messages import (
     MESSAGE_TYPES,
     BidAccepted,
@@ -22,7 +22,6 @@ from protocol.messages import (
     Heartbeat,
     Hello,
     MarketClosed,
-    MechanismInfo,
     Message,
     OutcomeDistribution,
     Ping,
@@ -65,7 +64,7 @@ EVERY_MESSAGE: list[Message] = [
         budget=10.0,
         max_bid=1e9,
         max_support=4096,
-        mechanism=MechanismInfo(aggregation="linear", payment="first_price", mode="sample", temperature=1.0),
+        mechanism=MechanismSettings(aggregation="linear", payment="first_price", mode="sample", temperature=1.0),
         heartbeat_interval=1.0,
         re=1,
     ),
@@ -175,9 +174,9 @@ def test_rejections_carry_their_code(frame: bytes, code: ErrorCode) -> None:
 def test_support_over_the_configured_maximum_is_refused() -> None:
     tokens = [f"t{i}" for i in range(20)]
     frame = bid_frame(distribution={"tokens": tokens, "probs": [1 / 20] * 20})
-    assert isinstance(decode(frame, Limits(max_support=20)), SealedBid)
+    assert isinstance(decode(frame, Limits(max_message_bytes=2**20, max_support=20)), SealedBid)
     with pytest.raises(ProtocolError) as caught:
-        decode(frame, Limits(max_support=19))
+        decode(frame, Limits(max_message_bytes=2**20, max_support=19))
     assert caught.value.code == ErrorCode.INVALID_DISTRIBUTION and "maximum of 19" in caught.value.message
 
 

@@ -6,7 +6,7 @@ verification), 500 to a process.
 
 from __future__ import annotations
 
-from tests.market_harness import MarketRun, read_ledger
+from tests.helpers import MarketRun, read_ledger
 
 AGENTS, ROUNDS, PROCESSES = 1000, 3, 2
 

@@ -10,8 +10,7 @@ import pytest
 
 from simulation.in_process import run_in_process
 from simulation.report import summarize
-from simulation.scenario import load_scenario
-from tests.market_harness import read_ledger, run_cli
+from tests.helpers import load_scenario, read_ledger, run_cli
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 

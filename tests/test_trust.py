@@ -11,11 +11,12 @@ import zmq
 import zmq.auth
 
 from agent_client.verify import result_problems
-from protocol import decode
-from protocol.messages import BidAccepted, Error, Hello, MechanismInfo, RoundResult, SealedBid, Welcome
-from tests.market_harness import MarketRun, RawPeer, read_ledger, run_cli, static_agent
+from protocol import decode, encode
+from protocol.market_rules import MechanismSettings
+from protocol.messages import BidAccepted, Error, Hello, RoundResult, SealedBid, Welcome
+from tests.helpers import BID, MarketRun, RawPeer, open_round, read_ledger, run_cli, static_agent
 
-LINEAR_SAMPLE = MechanismInfo(aggregation="linear", payment="first_price", mode="sample", temperature=1.0)
+LINEAR_SAMPLE = MechanismSettings(aggregation="linear", payment="first_price", mode="sample", temperature=1.0)
 
 
 @pytest.fixture
@@ -76,28 +77,33 @@ def test_unknown_keys_and_plain_peers_get_nothing(market_run: MarketRun, keys: P
         str(keys.parent / "authorized"),
     )
     context = zmq.Context()
-    try:
-        unknown = context.socket(zmq.DEALER)
-        public, secret = zmq.auth.load_certificate(keys / "mallory.key_secret")
-        unknown.curve_publickey, unknown.curve_secretkey = public, secret
-        server_key = zmq.auth.load_certificate(keys / "server.key")[0]
-        unknown.curve_serverkey = server_key
-        plain = context.socket(zmq.DEALER)
-        feed = context.socket(zmq.SUB)
-        feed.curve_publickey, feed.curve_secretkey, feed.curve_serverkey = public, secret, server_key
-        feed.setsockopt(zmq.SUBSCRIBE, b"")
-        for sock in (unknown, plain, feed):
-            sock.setsockopt(zmq.LINGER, 0)
-        unknown.connect(market_run.market)
-        plain.connect(market_run.market)
-        feed.connect(market_run.feed)
-        time.sleep(0.3)
-        from protocol import encode
+    server_key = zmq.auth.load_certificate(keys / "server.key")[0]
 
-        for sock in (unknown, plain):
+    def curve_socket(kind: int, name: str | None) -> zmq.Socket[bytes]:
+        sock = context.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        if name is not None:
+            public, secret = zmq.auth.load_certificate(keys / f"{name}.key_secret")
+            sock.curve_publickey, sock.curve_secretkey, sock.curve_serverkey = public, secret, server_key
+        if kind == zmq.SUB:
+            sock.setsockopt(zmq.SUBSCRIBE, b"")
+        return sock
+
+    try:
+        unknown, plain, alice = (curve_socket(zmq.DEALER, name) for name in ("mallory", None, "alice"))
+        unknown_feed, alice_feed = (curve_socket(zmq.SUB, name) for name in ("mallory", "alice"))
+        for sock in (unknown, plain, alice):
+            sock.connect(market_run.market)
+        for sock in (unknown_feed, alice_feed):
+            sock.connect(market_run.feed)
+        time.sleep(0.3)
+        for sock in (unknown, plain, alice):
             sock.send(encode(Hello(name="alice")), zmq.NOBLOCK)
+        # Positive control in the same run: the authorised key is welcomed and hears the heartbeats.
+        assert alice.poll(10_000) and isinstance(decode(alice.recv()), Welcome)
+        assert alice_feed.poll(5_000), "the authorised subscriber heard nothing"
         assert not unknown.poll(1500) and not plain.poll(100)
-        assert not feed.poll(1000), "an unauthorised subscriber received the feed (heartbeats every 0.1 s)"
+        assert not unknown_feed.poll(1000), "an unauthorised subscriber received the feed (heartbeats every 0.1 s)"
     finally:
         context.destroy(linger=0)
 
@@ -121,8 +127,6 @@ def test_budget_exceeded_is_a_typed_error(market_run: MarketRun) -> None:
     try:
         welcome = peer.request(Hello(name="spender"))
         assert isinstance(welcome, Welcome) and welcome.budget == 1.0
-        from tests.test_market_protocol import BID, open_round
-
         number = open_round(peer).round
         over = peer.request(SealedBid(round=number, distribution=BID, bid=1.5))
         assert isinstance(over, Error) and over.code == "BUDGET_EXCEEDED"

@@ -1,34 +1,31 @@
-"""The token auction mechanism of MECHANISM.md: pure numpy over arrays, no networking, no storage.
+"""The token auction mechanism of docs/mechanism.md: pure numpy over arrays, no networking, no storage.
 
-Entry point: :func:`run_auction`. Rules are looked up by name in ``AGGREGATIONS``, ``PAYMENTS``
-and ``SELECTION_MODES``; adding a rule is one function plus one registry line.
+Entry point: :func:`run_auction`, configured by the protocol's :class:`MechanismSettings`. Rules
+are looked up by name in ``AGGREGATIONS`` and ``PAYMENTS`` (and draw modes in the protocol's
+``DRAW_MODES``); adding a rule is one function plus one registry line. ``reference`` holds the
+slow, obviously-correct implementation the tests and benchmarks compare against.
 """
 
 from auctioneer.mechanism.aggregation import AGGREGATIONS, AggregationRule
 from auctioneer.mechanism.auction import (
     AuctionOutcome,
-    MechanismConfig,
     MechanismConfigError,
     Reference,
+    check_mechanism,
     run_auction,
 )
 from auctioneer.mechanism.payments import PAYMENTS, total_variation
-from auctioneer.mechanism.selection import SEED_BYTES, SELECTION_MODES, seed_commitment, uniform_draw
 from auctioneer.mechanism.vocabulary import SparseDistribution
 
 __all__ = [
     "AGGREGATIONS",
     "PAYMENTS",
-    "SEED_BYTES",
-    "SELECTION_MODES",
     "AggregationRule",
     "AuctionOutcome",
-    "MechanismConfig",
     "MechanismConfigError",
     "Reference",
     "SparseDistribution",
+    "check_mechanism",
     "run_auction",
-    "seed_commitment",
     "total_variation",
-    "uniform_draw",
 ]

@@ -6,7 +6,7 @@ deterministic given its inputs and the round seed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -14,39 +14,26 @@ from numpy.typing import ArrayLike
 
 from auctioneer.mechanism.aggregation import AGGREGATIONS, bid_weights
 from auctioneer.mechanism.payments import PAYMENTS, PaymentInputs, total_variation
-from auctioneer.mechanism.selection import SELECTION_MODES, choose_token, seed_commitment
+from auctioneer.mechanism.selection import choose_token
 from auctioneer.mechanism.vocabulary import FloatArray, SparseDistribution, dense_matrix
-
-DEFAULT_EPS = 1e-6
+from protocol.draw import DRAW_MODES, seed_commitment
+from protocol.market_rules import MechanismSettings
 
 
 class MechanismConfigError(ValueError):
-    """A mechanism setting names no registered rule or is out of range."""
+    """A mechanism setting names no registered rule, or rules that cannot run together."""
 
 
-def _check_choice(kind: str, value: str, known: dict[str, object]) -> None:
-    if value not in known:
-        raise MechanismConfigError(f"unknown {kind} {value!r}; choose one of {', '.join(sorted(known))}")
+def _registered(kind: str, name: str, registry: Mapping[str, object]) -> None:
+    if name not in registry:
+        raise MechanismConfigError(f"unknown {kind} {name!r}; choose one of {', '.join(sorted(registry))}")
 
 
-@dataclass(frozen=True)
-class MechanismConfig:
-    """Which rules run and how: names refer to the registries of each rule kind."""
-
-    aggregation: str = "linear"
-    payment: str = "first_price"
-    mode: str = "sample"
-    temperature: float = 1.0
-    eps: float = DEFAULT_EPS
-
-    def __post_init__(self) -> None:
-        _check_choice("aggregation", self.aggregation, dict(AGGREGATIONS))
-        _check_choice("payment", self.payment, dict(PAYMENTS))
-        _check_choice("mode", self.mode, dict(SELECTION_MODES))
-        if not (np.isfinite(self.temperature) and self.temperature > 0):
-            raise MechanismConfigError(f"temperature must be a positive number, got {self.temperature}")
-        if not (0 < self.eps < 1):
-            raise MechanismConfigError(f"eps must be in (0, 1), got {self.eps}")
+def check_mechanism(settings: MechanismSettings) -> None:
+    """Raise :class:`MechanismConfigError` unless every rule ``settings`` names is registered."""
+    _registered("aggregation", settings.aggregation, AGGREGATIONS)
+    _registered("payment", settings.payment, PAYMENTS)
+    _registered("mode", settings.mode, DRAW_MODES)
 
 
 @dataclass(frozen=True)
@@ -79,11 +66,12 @@ class AuctionOutcome:
 def run_auction(
     distributions: Sequence[SparseDistribution],
     bids: ArrayLike,
-    config: MechanismConfig,
+    config: MechanismSettings,
     seed: bytes,
     reference: Reference | None = None,
 ) -> AuctionOutcome:
     """Run one round: ``q`` from the aggregation, the token from ``q`` and ``seed``, payments."""
+    check_mechanism(config)
     bid_array = np.asarray(bids, dtype=np.float64).reshape(-1)
     if len(bid_array) != len(distributions):
         raise ValueError(f"{len(distributions)} distributions but {len(bid_array)} bids")

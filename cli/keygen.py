@@ -7,15 +7,10 @@ files; give each agent its ``NAME.key_secret`` and ``server.key``.
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
-from rich.console import Console
-
-from protocol.cli import UsageError
-
-console = Console()
-NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+from auctioneer.security import keygen
+from cli.console import stdout
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -26,11 +21,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def run(args: argparse.Namespace) -> int:
-    from auctioneer.security import keygen
-
-    bad = [n for n in args.names if not NAME.match(n)]
-    if bad:
-        raise UsageError(f"invalid key name {bad[0]!r}: use letters, digits, _ . - (agent names)")
     for public in keygen(args.out, args.names):
-        console.print(f"wrote {public} and {public.with_suffix('.key_secret')}")
+        stdout.print(f"wrote {public} and {public.with_suffix('.key_secret')}")
     return 0

@@ -1,8 +1,10 @@
-"""A slow, obviously-correct pure-Python reading of MECHANISM.md: the oracle for the numpy code.
+"""A slow, obviously-correct pure-Python reading of docs/mechanism.md: the oracle for the numpy code.
 
-Dicts and loops only, straight from the formulas; no numpy, no shared code with the mechanism.
-The Myerson integral is computed by composite Simpson's rule (in ``u = ln(1 + s / B_-i)``, where
-the allocation changes on the scale of ``B_-i``) with many intervals.
+The tests check the mechanism against it and the benchmarks measure the mechanism's speedup over it.
+Dicts and loops only, straight from the formulas; no numpy, no code shared with the rest of this
+package (whose ``__init__`` does not import it). The Myerson integral is computed by composite
+Simpson's rule (in ``u = ln(1 + s / B_-i)``, where the allocation changes on the scale of ``B_-i``)
+with many intervals.
 """
 
 from __future__ import annotations

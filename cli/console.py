@@ -1,40 +1,54 @@
-"""Conventions shared by the command-line tools of both sides (``auctioneer``, ``agent-client``).
+"""What every command shares: the consoles, logging, reading TOML files, and one line per user mistake.
 
-A user mistake raises :class:`UsageError` and becomes one red line on stderr and exit status 2;
-no traceback. Logging goes to stderr through rich.
+A mistake the user can fix (a :class:`UsageError`, or one of the libraries' errors in
+:data:`USER_ERRORS`) becomes one red line on stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import tomllib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
 
+from agent_client.loading import AgentLoadError
+from auctioneer.evaluate import RoundInputError
+from auctioneer.ledger import LedgerError
+from auctioneer.server import EndpointError
+from auctioneer.settings import SettingsError
+from protocol.curve import KeyFileError
+from simulation.networked import SimulationFailed
+from simulation.scenario import ScenarioError
+
+stdout = Console()
 stderr = Console(stderr=True)
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
 
 
 class UsageError(Exception):
     """A mistake the user can fix; its message is the one line they will see."""
 
 
-def describe_validation_error(exc: ValidationError) -> str:
-    """``bids[0].distribution: probabilities sum to 0.9, ...`` for a pydantic error."""
-    first = exc.errors(include_url=False, include_input=False)[0]
-    path = ""
-    for part in first["loc"]:
-        path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
-    message = first["msg"].removeprefix("Value error, ")
-    return f"{path}: {message}" if path else message
+USER_ERRORS: tuple[type[Exception], ...] = (
+    UsageError,
+    AgentLoadError,
+    EndpointError,
+    KeyFileError,
+    LedgerError,
+    RoundInputError,
+    ScenarioError,
+    SettingsError,
+    SimulationFailed,
+)
 
 
 def read_toml(path: Path, what: str) -> dict[str, Any]:
@@ -55,17 +69,22 @@ def configure_logging(verbosity: int) -> None:
 
 
 def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> int:
-    """Parse ``argv`` and run the chosen subcommand's ``run(args) -> int``."""
+    """Parse ``argv`` and run the chosen command's ``run(args) -> int``."""
     args = parser.parse_args(argv)
     configure_logging(getattr(args, "verbose", 0))
     command: Callable[[argparse.Namespace], int] = args.run
     try:
-        return command(args)
-    except UsageError as exc:
+        code = command(args)
+        sys.stdout.flush()
+        return code
+    except USER_ERRORS as exc:
         stderr.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         return EXIT_USAGE
     except KeyboardInterrupt:
         stderr.print("interrupted")
-        return 130
-    finally:
-        sys.stdout.flush()
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (``auctioneer ledger --json | head``): stop quietly, as the Python
+        # documentation advises (stdout to /dev/null so the interpreter's last flush cannot fail).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1

@@ -1,4 +1,4 @@
-"""The ``agent-client`` command: run one agent (static, phrase, or your own class) in a market."""
+"""The ``agent-client`` command: run one agent (static, phrase, your own class, or a scenario's) in a market."""
 
 from __future__ import annotations
 
@@ -6,23 +6,19 @@ import argparse
 import asyncio
 import json
 import signal
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from agent_client.agent import Agent
 from agent_client.builtin import PhraseAgent, StaticAgent
-from agent_client.loading import AgentLoadError, load_agent, parse_params
+from agent_client.loading import load_agent, parse_params
 from agent_client.runtime import GIVE_UP_AFTER, AgentRejected, AgentReport, AgentRuntime, AuctioneerLost
 from agent_client.scenario import build_agent as build_scenario_agent
-from agent_client.scenario import load_agent_spec
-from protocol.cli import UsageError, run_command
+from agent_client.security import curve_client_setup
+from cli.console import UsageError, read_toml, stdout
 from protocol.client import SocketSetup
-
-console = Console()
+from simulation.scenario import Scenario
 
 
 def parse_distribution(text: str) -> dict[str, float]:
@@ -80,16 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def build_agent(args: argparse.Namespace) -> Agent:
     if args.scenario:
-        spec, rounds = load_agent_spec(args.scenario, args.name)
-        try:
-            return build_scenario_agent(spec, rounds, args.scenario_seed)
-        except AgentLoadError as exc:
-            raise UsageError(str(exc)) from None
+        path = Path(args.scenario)
+        scenario = Scenario.from_document(read_toml(path, "scenario"), path)
+        return build_scenario_agent(scenario.agent(args.name), scenario.market.rounds, args.scenario_seed)
     if args.agent:
-        try:
-            return load_agent(args.agent, parse_params(args.param))
-        except AgentLoadError as exc:
-            raise UsageError(str(exc)) from None
+        return load_agent(args.agent, parse_params(args.param))
     if args.bid is None:
         raise UsageError("--bid is required with --distribution and --phrase")
     if args.bid < 0:
@@ -107,8 +98,6 @@ def curve_setup(args: argparse.Namespace) -> SocketSetup | None:
         return None
     if not (args.curve_secret and args.server_key):
         raise UsageError("CurveZMQ needs both --curve-secret and --server-key")
-    from agent_client.security import curve_client_setup
-
     return curve_client_setup(args.curve_secret, args.server_key)
 
 
@@ -121,10 +110,10 @@ def print_report(report: AgentReport) -> None:
         table.add_row(
             str(number), "-" if r.bid is None else f"{r.bid:.4g}", r.status, repr(r.token), f"{r.payment:.4g}"
         )
-    console.print(table)
-    console.print(f"market closed ({report.closed_reason}): {report.text!r}")
+    stdout.print(table)
+    stdout.print(f"market closed ({report.closed_reason}): {report.text!r}")
     if report.verification_failures:
-        console.print(f"[bold red]{report.verification_failures} round(s) FAILED verification[/bold red]")
+        stdout.print(f"[bold red]{report.verification_failures} round(s) FAILED verification[/bold red]")
 
 
 async def run_until_closed(runtime: AgentRuntime) -> AgentReport:
@@ -155,14 +144,6 @@ def run(args: argparse.Namespace) -> int:
     if args.report_json:
         args.report_json.write_text(json.dumps(report.as_dict(), indent=2))
     if report.closed_reason is None:
-        console.print("[yellow]stopped before the market closed[/yellow]")
+        stdout.print("[yellow]stopped before the market closed[/yellow]")
         return 1
     return 0 if report.verification_failures == 0 else 1
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    return run_command(build_parser(), argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,4 +1,10 @@
-"""Running real markets in tests: auctioneer and agent processes on free loopback ports, a real ledger."""
+"""Test helpers, all in one place.
+
+- Real markets: auctioneer and agent processes on free loopback ports with a real ledger
+  (:class:`MarketRun`), a raw DEALER for protocol-level tests (:class:`RawPeer`), waiting and reading.
+- Random auction instances for hypothesis (:func:`instances`) and running the numpy mechanism on one
+  (:func:`run_instance`).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +12,27 @@ import json
 import subprocess
 import sys
 import time
+import tomllib
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hypothesis import strategies as st
+
 from auctioneer.ledger import Ledger
-from auctioneer.ledger_cli import ledger_document
-from auctioneer.processes import LocalMarket
+from auctioneer.mechanism import AuctionOutcome, Reference, SparseDistribution, run_auction
+from protocol import Distribution
+from protocol.market_rules import MechanismSettings
+from protocol.messages import RoundOpen, SyncReply, SyncRequest
+from simulation.processes import LocalMarket
+from simulation.scenario import Scenario
 
 FAST = ["--heartbeat", "0.2", "--round-timeout", "1.0"]
+BID = Distribution.from_mapping({"x": 1.0})
+SEED = bytes(range(32))
+
+# --- real markets -----------------------------------------------------------------------------
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
@@ -26,8 +44,8 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str =
 
 
 def read_ledger(db: Path) -> dict[str, Any]:
-    with Ledger(db) as ledger:
-        return ledger_document(ledger)
+    with Ledger.open_existing(db) as ledger:
+        return ledger.document()
 
 
 def committed_rounds(db: Path) -> int:
@@ -62,7 +80,7 @@ class MarketRun(LocalMarket):
         return self.processes[-1]
 
     def swarms(self, processes: int, agents: int, *extra: str) -> list[subprocess.Popen[bytes]]:
-        """``processes`` agent swarms (``python -m agent_client.swarm``) of ``agents`` each, reporting
+        """``processes`` agent swarms (``python -m cli.swarm``) of ``agents`` each, reporting
         to ``swarm{i}.json`` and logging to ``swarm{i}.log`` in this run's directory."""
         started = []
         for i in range(processes):
@@ -72,7 +90,7 @@ class MarketRun(LocalMarket):
                         [
                             sys.executable,
                             "-m",
-                            "agent_client.swarm",
+                            "cli.swarm",
                             "--market",
                             self.market,
                             "--feed",
@@ -131,3 +149,75 @@ class RawPeer:
     def close(self) -> None:
         self.socket.close(linger=0)
         self.context.term()
+
+
+def open_round(peer: RawPeer) -> RoundOpen:
+    """Wait (via sync) until a round is open, and return its announcement."""
+    for _ in range(200):
+        reply = peer.request(SyncRequest(since_seq=0, limit=1))
+        assert isinstance(reply, SyncReply)
+        if reply.open_round is not None:
+            return reply.open_round
+        time.sleep(0.05)
+    raise AssertionError("no round opened")
+
+
+def load_scenario(path: Path) -> Scenario:
+    return Scenario.from_document(tomllib.loads(path.read_text()), path)
+
+
+# --- random auction instances -----------------------------------------------------------------
+
+TOKENS = ["a", "b", " Large", "Generative", " the", "é", "日本", "\U0001f600", "Z", " z"]
+
+
+@dataclass
+class Instance:
+    dists: list[dict[str, float]]
+    bids: list[float]
+    reference: dict[str, float] | None
+    reference_weight: float
+
+    @property
+    def rows(self) -> list[dict[str, float]]:
+        return self.dists + ([self.reference] if self.reference is not None else [])
+
+    @property
+    def row_bids(self) -> list[float]:
+        return self.bids + ([self.reference_weight] if self.reference is not None else [])
+
+
+@st.composite
+def distributions(draw: st.DrawFn) -> dict[str, float]:
+    support = draw(st.lists(st.sampled_from(TOKENS), min_size=1, max_size=5, unique=True))
+    raw = draw(st.lists(st.floats(0.05, 1.0), min_size=len(support), max_size=len(support)))
+    total = sum(raw)
+    return {t: w / total for t, w in zip(support, raw, strict=True)}
+
+
+bid_values = st.one_of(st.just(0.0), st.floats(0.01, 10.0))
+
+
+@st.composite
+def instances(draw: st.DrawFn, max_agents: int = 5, with_reference: bool = True) -> Instance:
+    n = draw(st.integers(1, max_agents))
+    dists = [draw(distributions()) for _ in range(n)]
+    bids = draw(st.lists(bid_values, min_size=n, max_size=n))
+    reference = draw(st.none() | distributions()) if with_reference else None
+    weight = draw(bid_values) if reference is not None else 0.0
+    return Instance(dists, bids, reference, weight)
+
+
+def run_instance(
+    instance: Instance, aggregation: str = "linear", payment: str = "first_price", seed: bytes = SEED, **config: Any
+) -> AuctionOutcome:
+    reference = None
+    if instance.reference is not None:
+        reference = Reference(SparseDistribution.from_mapping(instance.reference), instance.reference_weight)
+    return run_auction(
+        [SparseDistribution.from_mapping(d) for d in instance.dists],
+        instance.bids,
+        MechanismSettings(aggregation=aggregation, payment=payment, **config),
+        seed,
+        reference,
+    )

@@ -13,17 +13,36 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.progress import Progress
+from rich.console import Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from protocol.cli import UsageError
+from cli.console import UsageError, read_toml, stdout
+from cli.live_view import MarketView
+from protocol.client import FeedEvent
+from protocol.messages import RoundResult
 from simulation.in_process import run_in_process
 from simulation.networked import run_networked
 from simulation.report import aggregate_runs, plot, summarize
-from simulation.scenario import Scenario, load_scenario
+from simulation.scenario import Scenario
 
-console = Console()
+
+class FollowView(MarketView):
+    """The spectator view plus a progress bar over the scenario's rounds."""
+
+    def __init__(self, rounds: int) -> None:
+        super().__init__()
+        self.progress = Progress(TextColumn("rounds"), BarColumn(), MofNCompleteColumn())
+        self.task = self.progress.add_task("rounds", total=rounds)
+
+    def apply(self, event: FeedEvent) -> None:
+        super().apply(event)
+        if isinstance(event, RoundResult):
+            self.progress.update(self.task, completed=event.round)
+
+    def render(self) -> Group:
+        return Group(super().render(), self.progress)
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -65,9 +84,9 @@ def print_summary(summary: dict[str, object]) -> None:
             fmt(agent["mean_tv"]),
             fmt(agent["mean_kl"]),
         )
-    console.print(table)
+    stdout.print(table)
     text = str(summary["text"])
-    console.print(f"text: {text if len(text) <= 300 else '...' + text[-300:]!r}", highlight=False)
+    stdout.print(f"text: {text if len(text) <= 300 else '...' + text[-300:]!r}", highlight=False)
 
 
 def run_once(args: argparse.Namespace, scenario: Scenario, run_dir: Path, seed: int) -> dict[str, Any]:
@@ -78,29 +97,36 @@ def run_once(args: argparse.Namespace, scenario: Scenario, run_dir: Path, seed: 
         raise UsageError(f"{db} exists; pick a new --out (simulations never reuse a ledger)")
     if args.in_process:
         rounds = args.rounds or scenario.market.rounds
-        with Progress(console=console, transient=True) as progress:
+        with Progress(console=stdout, transient=True) as progress:
             task = progress.add_task(f"{run_dir.name}", total=rounds)
             run_in_process(scenario, db, market_seed(seed), args.rounds, lambda n: progress.update(task, completed=n))
     else:
         settings = scenario.settings(db, market_seed(seed), args.rounds)
-        run_networked(args.scenario.resolve(), settings, [a.name for a in scenario.agents], seed, run_dir, console)
+        view = FollowView(settings.max_tokens)
+        with Live(view.render(), console=stdout, refresh_per_second=8) as live:
+
+            def show(event: FeedEvent) -> None:
+                view.apply(event)
+                live.update(view.render())
+
+            run_networked(args.scenario.resolve(), settings, [a.name for a in scenario.agents], seed, run_dir, show)
     summary = summarize(db, scenario)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     plots = plot(summary, run_dir)
     print_summary(summary)
-    console.print(f"wrote {db}, summary.json and {len(plots)} plots in {run_dir}")
+    stdout.print(f"wrote {db}, summary.json and {len(plots)} plots in {run_dir}")
     return summary
 
 
 def run(args: argparse.Namespace) -> int:
-    scenario = load_scenario(args.scenario)
+    scenario = Scenario.from_document(read_toml(args.scenario, "scenario"), args.scenario)
     if args.repeat < 1 or (args.rounds is not None and args.rounds < 1):
         raise UsageError("--repeat and --rounds must be at least 1")
-    rules = scenario.payment_rules()
+    rules = scenario.payments()
     overall: dict[str, Any] = {}
     for rule in rules:
         rule_dir = args.out / rule if len(rules) > 1 else args.out
-        console.rule(f"payment = {rule}")
+        stdout.rule(f"payment = {rule}")
         summaries = [
             run_once(
                 args, scenario.with_payment(rule), rule_dir / f"run-{k}" if args.repeat > 1 else rule_dir, args.seed + k
@@ -110,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
         if args.repeat > 1:
             overall[rule] = aggregate_runs(summaries)
             (rule_dir / "summary.json").write_text(json.dumps(overall[rule], indent=2))
-            console.print(
+            stdout.print(
                 f"{rule}, {args.repeat} runs: revenue {overall[rule]['revenue']['mean']:.4g} "
                 f"± {overall[rule]['revenue']['std']:.3g}, welfare {overall[rule]['welfare']['mean']:.4g} "
                 f"± {overall[rule]['welfare']['std']:.3g}"
@@ -145,4 +171,4 @@ def print_comparison(by_rule: dict[str, Any]) -> None:
                 else f"{figure(mean_bid) / max(figure(agent.get('value', 1.0) or 1.0), 1e-12):.2f}"
             )
         table.add_row(rule, f"{figure(summary['revenue']):.4g}", f"{figure(summary['welfare']):.4g}", *ratios)
-    console.print(table)
+    stdout.print(table)

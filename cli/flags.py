@@ -1,0 +1,80 @@
+"""Command-line flags generated from the settings models: one flag per scalar field, never restated.
+
+``--max-tokens`` sets ``max_tokens``; a field may name its own flag (``json_schema_extra``'s
+``flag``); the help text is the field's ``description``; rule names offer the registries' names as
+choices. Mapping fields (``reference``, ``budgets``) are set in a config file only. Flags left out
+are ``None``, so a config file's values stand unless a flag is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import types
+import typing
+from collections.abc import Collection, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+
+from auctioneer.mechanism import AGGREGATIONS, PAYMENTS
+from protocol.draw import DRAW_MODES
+
+CHOICES: dict[str, Collection[str]] = {"aggregation": AGGREGATIONS, "payment": PAYMENTS, "mode": DRAW_MODES}
+SCALARS = (str, int, float, Path)
+
+
+def _scalar_type(annotation: Any) -> type | None:
+    """``float`` for ``float``, ``float | None`` or ``Annotated[float, ...]``; None for anything else."""
+    if typing.get_origin(annotation) is typing.Annotated:
+        return _scalar_type(typing.get_args(annotation)[0])
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+        return _scalar_type(options[0]) if len(options) == 1 else None
+    return annotation if annotation in SCALARS else None
+
+
+def flag_of(name: str, field: FieldInfo) -> str:
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    return str(extra.get("flag") or "--" + name.replace("_", "-"))
+
+
+def flag_fields(model: type[BaseModel], exclude: Iterable[str] = ()) -> dict[str, FieldInfo]:
+    """The fields of ``model`` that have a flag, in declaration order."""
+    skipped = set(exclude)
+    return {
+        name: field
+        for name, field in model.model_fields.items()
+        if name not in skipped and _scalar_type(field.annotation) is not None
+    }
+
+
+def add_settings_flags(
+    parser: argparse.ArgumentParser, model: type[BaseModel], exclude: Iterable[str] = (), title: str = "settings"
+) -> None:
+    """Add a flag for every scalar field of ``model``; :func:`settings_values` reads them back."""
+    group = parser.add_argument_group(title)
+    fields = flag_fields(model, exclude)
+    for name, field in fields.items():
+        scalar = _scalar_type(field.annotation)
+        assert scalar is not None  # flag_fields keeps scalar fields only
+        choices = sorted(CHOICES[name]) if name in CHOICES else None
+        group.add_argument(flag_of(name, field), dest=name, type=scalar, choices=choices, help=field.description)
+    parser.set_defaults(settings_fields=tuple(fields))
+
+
+def settings_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings the user gave as flags (flags left out are not included)."""
+    names: tuple[str, ...] = getattr(args, "settings_fields", ())
+    return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def as_arguments(model: type[BaseModel], values: Mapping[str, Any]) -> list[str]:
+    """``["--max-tokens", "12", ...]``: settings written as the flags of ``model`` (for a child process)."""
+    fields = model.model_fields
+    arguments: list[str] = []
+    for name, value in values.items():
+        if value is not None:
+            arguments += [flag_of(name, fields[name]), str(value)]
+    return arguments

@@ -1,0 +1,39 @@
+"""``python -m cli.swarm --count N ...``: many agents in one process, for load tests.
+
+``--report-json`` writes, per agent, how many results it received and how its bids were answered.
+Exits 0 when every agent saw its market close.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from agent_client.swarm import run_swarm, summary
+from cli.console import configure_logging
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m cli.swarm", description=__doc__)
+    parser.add_argument("--market", default="tcp://127.0.0.1:5555")
+    parser.add_argument("--feed", default="tcp://127.0.0.1:5556")
+    parser.add_argument("--count", type=int, required=True, help="number of agents in this process")
+    parser.add_argument("--prefix", default="swarm", help="agent names are PREFIX0, PREFIX1, ...")
+    parser.add_argument("--support", type=int, default=8, help="tokens per agent distribution")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--report-json", type=Path)
+    parser.add_argument("-v", "--verbose", action="count", default=0)
+    args = parser.parse_args(argv)
+    configure_logging(args.verbose)
+    reports = asyncio.run(run_swarm(args.market, args.feed, args.count, args.prefix, args.support, args.seed))
+    if args.report_json:
+        args.report_json.write_text(json.dumps([summary(r) for r in reports]))
+    return 0 if all(r.closed_reason for r in reports) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

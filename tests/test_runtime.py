@@ -1,0 +1,148 @@
+"""The agent runtime against a real auctioneer served in-process (same event loop, real sockets on loopback)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import zmq
+import zmq.asyncio
+
+from agent_client import AgentRuntime, FunctionAgent, StaticAgent
+from agent_client.agent import Bid, RoundContext
+from agent_client.runtime import AgentRejected
+from auctioneer.ledger import Ledger
+from auctioneer.serve import serve
+from auctioneer.settings import ServeSettings
+from protocol import decode, encode
+from protocol.client import FeedEvent, MarketClient, follow_market
+from protocol.market_rules import MechanismSettings
+from protocol.messages import MarketClosed, RoundResult, SyncReply, SyncRequest, Welcome
+from protocol.sockets import free_tcp_endpoint
+
+MARKET_TIMEOUT = 120
+
+
+def market_settings(tmp_path: Path, **values: Any) -> ServeSettings:
+    return ServeSettings.model_validate(
+        {
+            "db": tmp_path / "market.db",
+            "market": free_tcp_endpoint(),
+            "feed": free_tcp_endpoint(),
+            "heartbeat_interval": 0.2,
+            "seed": "cd" * 32,
+            **values,
+        }
+    )
+
+
+def runtime(settings: ServeSettings, name: str, agent: Any) -> AgentRuntime:
+    return AgentRuntime(agent, name, settings.market, settings.feed)
+
+
+async def test_runtimes_trade_and_a_slow_agent_only_misses_rounds(tmp_path: Path) -> None:
+    settings = market_settings(tmp_path, min_agents=2, max_tokens=4, round_timeout=1.0, prompt="Go:")
+
+    def slow(context: RoundContext) -> Bid:
+        time.sleep(1.5)  # longer than a round: abandoned at every deadline
+        return Bid({"s": 1.0}, 5.0)
+
+    async with asyncio.timeout(MARKET_TIMEOUT):
+        server = asyncio.create_task(serve(settings))
+        quick = runtime(settings, "quick", StaticAgent({"a": 0.7, "b": 0.3}, 1.0))
+        sleepy = runtime(settings, "sleepy", FunctionAgent(slow))
+        reports = await asyncio.gather(quick.run(), sleepy.run())
+        closed = await server
+    assert isinstance(closed, MarketClosed) and closed.reason == "max_tokens"
+    with Ledger.open_existing(settings.db) as ledger:
+        document = ledger.document()
+    assert all(set(r["bids"]) == {"quick"} for r in document["rounds"])
+    quick_report, sleepy_report = reports
+    assert [r.status for r in quick_report.rounds.values()] == ["accepted"] * 4
+    assert {r.status for r in sleepy_report.rounds.values()} <= {"missed (too slow)", "missed (still thinking)"}
+    for report in reports:
+        assert (report.text, report.closed_reason, report.verification_failures) == (document["text"], "max_tokens", 0)
+    assert quick_report.spent == pytest.approx(4.0)
+
+
+async def test_a_market_whose_draw_the_client_cannot_verify_is_refused(tmp_path: Path) -> None:
+    endpoint = free_tcp_endpoint()
+    context = zmq.asyncio.Context()
+    router = context.socket(zmq.ROUTER)
+    router.bind(endpoint)
+
+    async def auctioneer_from_the_future() -> None:
+        peer, request = await router.recv_multipart()
+        hello = decode(request)
+        mechanism = MechanismSettings(mode="beam_search")
+        welcome = Welcome(
+            name="a",
+            market="m",
+            prompt="",
+            seq=0,
+            round=0,
+            mechanism=mechanism,
+            max_bid=1.0,
+            max_support=8,
+            heartbeat_interval=1.0,
+            re=hello.id,
+        )
+        await router.send_multipart([peer, encode(welcome)])
+
+    try:
+        answering = asyncio.create_task(auctioneer_from_the_future())
+        agent = AgentRuntime(StaticAgent({"x": 1.0}, 1.0), "a", endpoint, free_tcp_endpoint(), context=context)
+        with pytest.raises(AgentRejected, match="beam_search"):
+            await asyncio.wait_for(agent.run(), 30)
+        await answering
+    finally:
+        router.close(linger=0)
+        context.term()
+
+
+def huge_distribution(prefix: str, size: int) -> dict[str, float]:
+    return {f"{prefix}{i}": 1.0 / size for i in range(size)}
+
+
+async def test_rounds_larger_than_a_request_still_sync_and_followers_catch_up(tmp_path: Path) -> None:
+    """Two bids of 160k disjoint tokens make a 5 MB result: over the 4 MiB request limit, which must
+    not apply to the auctioneer's own ledger rows nor to what it sends."""
+    support = 160_000
+    settings = market_settings(
+        tmp_path, min_agents=2, max_tokens=3, round_timeout=30, max_support=support, max_message_bytes=16 * 2**20
+    )
+    seen: list[FeedEvent] = []
+    second_result = asyncio.Event()
+
+    def observe(message: Any) -> None:
+        if isinstance(message, RoundResult) and message.round == 2:
+            second_result.set()
+
+    async with asyncio.timeout(MARKET_TIMEOUT):
+        server = asyncio.create_task(serve(settings, observe))
+        agents = [
+            runtime(settings, name, StaticAgent(huge_distribution(f" {name}", support), 1.0))
+            for name in ("left", "right")
+        ]
+        trading = asyncio.gather(*(a.run() for a in agents))
+        await second_result.wait()
+        context = zmq.asyncio.Context()
+        client = MarketClient(context, settings.market)
+        client.connect()
+        try:
+            reply = await client.request(SyncRequest(since_seq=0), 30)
+        finally:
+            client.close()
+            context.term()
+        assert isinstance(reply, SyncReply)
+        assert [r.round for r in reply.results] == [1, 2]
+        assert len(encode(reply.results[0])) > 4 * 2**20
+        await follow_market(settings.market, settings.feed, seen.append)
+        reports = await trading
+        await server
+    results = [event.round for event in seen if isinstance(event, RoundResult)]
+    assert results == [1, 2, 3] and isinstance(seen[-1], MarketClosed)
+    assert all(r.verification_failures == 0 and r.closed_reason == "max_tokens" for r in reports)

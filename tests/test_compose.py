@@ -9,6 +9,7 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -60,3 +61,9 @@ def test_compose_services_run_as_local_processes(tmp_path: Path) -> None:
     ledger = read_ledger(tmp_path / "m.db")
     assert ledger["text"].startswith("Mechanism Design for")
     assert sorted(ledger["rounds"][0]["bids"]) == ["agent1", "agent2", "agent3"]
+
+
+def test_the_image_holds_every_package_the_commands_import() -> None:
+    packaged = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    copied = {line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")}
+    assert {name.rstrip("*") for name in packaged} <= copied

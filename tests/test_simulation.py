@@ -10,6 +10,7 @@ import pytest
 
 from simulation.in_process import run_in_process
 from simulation.report import summarize
+from simulation.scenario import Scenario, ScenarioError
 from tests.helpers import load_scenario, read_ledger, run_cli
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -97,3 +98,12 @@ def test_bad_scenarios_get_one_line(tmp_path: Path, content: str, message: str) 
     path.write_text(content)
     result = run_cli("-m", "auctioneer", "simulate", str(path), "--in-process", "--out", str(tmp_path / "o"))
     assert result.returncode == 2 and message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_scenario_takes_every_public_market_setting(tmp_path: Path) -> None:
+    document = {"market": {"eps": 1e-3, "aggregation": "log_linear", "max_bid": 5.0}, "agents": [{"name": "a"}]}
+    settings = Scenario.from_document(document, tmp_path / "s.toml").settings(tmp_path / "l.db", "ab" * 32, rounds=7)
+    assert (settings.eps, settings.aggregation, settings.max_bid) == (1e-3, "log_linear", 5.0)
+    assert (settings.max_tokens, settings.max_idle_rounds, settings.min_agents) == (7, 7, 1)
+    with pytest.raises(ScenarioError, match="max_tokens is set by rounds"):
+        Scenario.from_document({"market": {"max_tokens": 3}, "agents": [{"name": "a"}]}, tmp_path / "s.toml")

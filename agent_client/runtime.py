@@ -17,7 +17,7 @@ import zmq
 import zmq.asyncio
 
 from agent_client.agent import Agent, Bid, RoundContext, is_async
-from agent_client.verify import result_problems
+from agent_client.verify import OwnBid, result_problems
 from protocol.client import FeedEvent, FeedFollower, MarketClient, SocketSetup
 from protocol.distribution import DEFAULT_MAX_SUPPORT
 from protocol.draw import UnknownDrawMode, draw_function
@@ -113,6 +113,9 @@ class AgentRuntime:
         self.heartbeat_interval = 1.0
         self.mechanism: MechanismSettings | None = None
         self.max_support = DEFAULT_MAX_SUPPORT
+        self.reference_weight = 0.0
+        self._sent: dict[int, OwnBid] = {}
+        self._acknowledged: set[int] = set()
         self.recent: deque[RoundResult] = deque(maxlen=history)
         self._commitments: dict[int, str] = {}
         self._decided_round = 0
@@ -194,6 +197,7 @@ class AgentRuntime:
         self.heartbeat_interval = welcome.heartbeat_interval
         self.mechanism = welcome.mechanism
         self.max_support = welcome.max_support
+        self.reference_weight = welcome.reference_weight
         log.info("registered as %s in market %s", self.name, welcome.market)
 
     async def _heartbeat(self) -> None:
@@ -238,8 +242,16 @@ class AgentRuntime:
             self.report.text = event.text
             self.report.spent = event.balances.get(self.name, self.report.spent)
         elif isinstance(event, RoundOpen):
+            previous = self._commitments.get(event.round)
             self._commitments[event.round] = event.seed_commitment
-            if event.round > self._decided_round:
+            reopened = previous is not None and previous != event.seed_commitment
+            if reopened:
+                # The auctioneer restarted and opened this round afresh: a bid it acknowledged before
+                # is gone with the old round, so decide and bid again.
+                log.warning("round %d was reopened (the auctioneer restarted): bidding again", event.round)
+                self._sent.pop(event.round, None)
+                self._acknowledged.discard(event.round)
+            if event.round > self._decided_round or reopened:
                 self._decided_round = event.round
                 task = asyncio.create_task(self._decide_and_bid(event))
                 self._tasks.add(task)
@@ -252,7 +264,14 @@ class AgentRuntime:
 
     def _apply_result(self, result: RoundResult) -> None:
         assert self.mechanism is not None
-        problems = result_problems(result, self._commitments.pop(result.round, None), self.mechanism)
+        own = self._sent.pop(result.round, None)
+        acknowledged = result.round in self._acknowledged
+        self._acknowledged.discard(result.round)
+        if self.name not in result.bids and not acknowledged:
+            own = None  # sent but never acknowledged: it may not have arrived, nothing to check
+        problems = result_problems(
+            result, self._commitments.pop(result.round, None), self.mechanism, own, self.reference_weight
+        )
         for problem in problems:
             log.error("round %d FAILED VERIFICATION: %s", result.round, problem)
         self.report.verification_failures += bool(problems)
@@ -303,6 +322,8 @@ class AgentRuntime:
             log.error("round %d: the agent's bid is invalid: %s", announcement.round, exc)
             return
         record.bid = float(bid.amount)
+        # Known before the reply: the result may be broadcast before the acknowledgement is read.
+        self._sent[announcement.round] = OwnBid(self.name, dict(bid.distribution), float(bid.amount))
         left = max(remaining - (time.monotonic() - started), 0.05) + DEADLINE_MARGIN * announcement.timeout
         try:
             reply = await self.client.request(message, left)
@@ -311,8 +332,11 @@ class AgentRuntime:
             return
         if isinstance(reply, BidAccepted):
             record.status = "accepted"
+            if announcement.round > self.applied_round:
+                self._acknowledged.add(announcement.round)
         elif isinstance(reply, Error):
             record.status = reply.code
+            self._sent.pop(announcement.round, None)
             log.warning("round %d: bid refused: %s %s", announcement.round, reply.code, reply.message)
 
     async def _ask_agent(self, context: RoundContext, remaining: float, record: RoundRecord) -> Bid | None:

@@ -1,7 +1,7 @@
 """Auditing a ledger: replay every stored round through the mechanism and check the record.
 
 Per round: round numbers are contiguous, ``sha256(seed)`` equals the commitment, the replayed
-token, aggregate and payments equal the stored ones (and the stored broadcast agrees with the
+token, aggregate, payments and sponsors equal the stored ones (and the stored broadcast agrees with the
 rows), and the balances broadcast equal the running sum of payments.
 """
 
@@ -31,6 +31,10 @@ class RoundVerdict:
 
 def _close(a: float, b: float) -> bool:
     return abs(a - b) <= TOLERANCE * max(1.0, abs(a), abs(b))
+
+
+def _same_shares(a: dict[str, float], b: dict[str, float]) -> bool:
+    return set(a) == set(b) and all(_close(a[k], b[k]) for k in a)
 
 
 def check_round(
@@ -68,8 +72,11 @@ def check_round(
                 problems.append(f"{agent} was charged {charged} but the mechanism says {amount:.12g}")
         if set(stored.payments) - set(replayed):
             problems.append(f"payments for agents without bids: {sorted(set(stored.payments) - set(replayed))}")
-    elif stored.token is not None or stored.payments:
-        problems.append("a round without bids has a token or payments")
+        sponsors = outcome.sponsors_by_name([b.agent for b in stored.bids])
+        if not _same_shares(sponsors, stored.sponsors) or not _same_shares(sponsors, result.sponsors):
+            problems.append(f"sponsors {stored.sponsors} but the mechanism says {sponsors}")
+    elif stored.token is not None or stored.payments or stored.sponsors:
+        problems.append("a round without bids has a token, payments or sponsors")
     if (
         result.token != stored.token
         or set(result.payments) != set(stored.payments)

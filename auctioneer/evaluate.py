@@ -89,6 +89,7 @@ def describe_outcome(outcome: AuctionOutcome, agents: list[str]) -> dict[str, An
         "token": outcome.token,
         "payments": dict(zip(agents, outcome.payments.tolist(), strict=True)),
         "allocations": dict(zip(agents, outcome.allocations.tolist(), strict=True)),
+        "sponsors": outcome.sponsors_by_name(agents),
         "seed": outcome.seed.hex(),
         "seed_commitment": outcome.seed_commitment,
     }

@@ -2,8 +2,8 @@
 
 Tables: ``meta`` (market definition, feed sequence, closing), ``rounds`` (one row per committed
 round, with the exact ``round_result`` broadcast), ``bids`` and ``payments`` (one row per bidder per
-round). Rounds, bids and payments are append-only, enforced by triggers. Balances are not stored:
-they are the sum of payments.
+round), ``sponsors`` (who pulled each round's token, by share). Rounds, bids, payments and sponsors
+are append-only, enforced by triggers. Balances are not stored: they are the sum of payments.
 """
 
 from __future__ import annotations
@@ -50,6 +50,12 @@ CREATE TABLE IF NOT EXISTS payments (
     amount REAL NOT NULL CHECK (amount >= 0),
     PRIMARY KEY (round, agent)
 );
+CREATE TABLE IF NOT EXISTS sponsors (
+    round INTEGER NOT NULL REFERENCES rounds(round),
+    sponsor TEXT NOT NULL,
+    share REAL NOT NULL CHECK (share > 0 AND share <= 1),
+    PRIMARY KEY (round, sponsor)
+);
 CREATE TRIGGER IF NOT EXISTS rounds_append_only BEFORE UPDATE ON rounds
     BEGIN SELECT RAISE(ABORT, 'rounds are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS rounds_no_delete BEFORE DELETE ON rounds
@@ -60,6 +66,10 @@ CREATE TRIGGER IF NOT EXISTS payments_append_only BEFORE UPDATE ON payments
     BEGIN SELECT RAISE(ABORT, 'payments are append-only'); END;
 CREATE TRIGGER IF NOT EXISTS payments_no_delete BEFORE DELETE ON payments
     BEGIN SELECT RAISE(ABORT, 'payments are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS sponsors_append_only BEFORE UPDATE ON sponsors
+    BEGIN SELECT RAISE(ABORT, 'sponsors are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS sponsors_no_delete BEFORE DELETE ON sponsors
+    BEGIN SELECT RAISE(ABORT, 'sponsors are append-only'); END;
 """
 
 
@@ -86,6 +96,7 @@ class StoredRound:
     seed_commitment: str
     bids: list[StoredBid]
     payments: dict[str, float]
+    sponsors: dict[str, float]
     result: RoundResult
 
 
@@ -202,6 +213,10 @@ class Ledger:
                 "INSERT INTO payments(round, agent, amount) VALUES (?, ?, ?)",
                 [(result.round, agent, amount) for agent, amount in result.payments.items()],
             )
+            db.executemany(
+                "INSERT INTO sponsors(round, sponsor, share) VALUES (?, ?, ?)",
+                [(result.round, sponsor, share) for sponsor, share in result.sponsors.items()],
+            )
             self._set_meta(db, "seq", str(max(self.last_seq(), result.seq)))
 
     def last_round(self) -> int:
@@ -257,9 +272,14 @@ class Ledger:
                     "SELECT agent, amount FROM payments WHERE round = ? ORDER BY agent", (number,)
                 ).fetchall()
             )
+            sponsors = dict(
+                self._db.execute(
+                    "SELECT sponsor, share FROM sponsors WHERE round = ? ORDER BY sponsor", (number,)
+                ).fetchall()
+            )
             message = _stored_message(result)
             assert isinstance(message, RoundResult)
-            yield StoredRound(number, token, bytes(seed), commitment, bids, payments, message)
+            yield StoredRound(number, token, bytes(seed), commitment, bids, payments, sponsors, message)
 
     def document(self) -> dict[str, Any]:
         """The whole record as JSON-ready data (what ``auctioneer ledger --json`` prints)."""
@@ -274,6 +294,7 @@ class Ledger:
                     "distribution": result.distribution.as_mapping() if result.distribution else {},
                     "bids": {b.agent: {"bid": b.bid, "distribution": b.distribution()} for b in stored.bids},
                     "payments": stored.payments,
+                    "sponsors": stored.sponsors,
                     "seed": stored.seed.hex(),
                     "seed_commitment": stored.seed_commitment,
                 }

@@ -156,6 +156,7 @@ class Market:
             max_bid=self.settings.max_bid,
             max_support=self.settings.max_support,
             heartbeat_interval=self.settings.heartbeat_interval,
+            reference_weight=self.settings.effective_reference_weight,
             re=hello.id,
         )
 
@@ -253,6 +254,7 @@ class Market:
         token: str | None = None
         distribution: OutcomeDistribution | None = None
         payments: dict[str, float] = {}
+        sponsors: dict[str, float] = {}
         if bids:
             outcome = run_auction(
                 [SparseDistribution(b.distribution.tokens, b.distribution.probs) for b in bids],
@@ -264,6 +266,7 @@ class Market:
             token = outcome.token
             distribution = OutcomeDistribution.from_arrays(outcome.vocab, outcome.distribution)
             payments = dict(zip(names, outcome.payments.tolist(), strict=True))
+            sponsors = outcome.sponsors_by_name(names)
         spent = dict(self.spent)
         for name, amount in payments.items():
             spent[name] = spent.get(name, 0.0) + amount
@@ -278,6 +281,7 @@ class Market:
             balances=spent,
             seed=current.seed.hex(),
             seed_commitment=current.announcement.seed_commitment,
+            sponsors=sponsors,
         )
         stored = [
             StoredBid(name, b.bid, b.distribution.tokens, b.distribution.probs)

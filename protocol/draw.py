@@ -1,10 +1,15 @@
-"""The public, verifiable token draw: seed commitments and the registry of draw modes.
+"""The public, verifiable token draw: seed commitments, the registry of draw modes, the race noise.
 
 The draw is part of the contract (SPEC.md section 4): the auctioneer's mechanism draws with these
 functions and every agent and ``auctioneer audit`` recompute the token with the same ones. A mode
 is a function ``(tokens, q, seed, temperature) -> index`` over the aggregate ``q`` with its tokens
 in canonical order (sorted by UTF-8 bytes). ``DRAW_MODES`` is the only registry of modes; a name
 it does not hold is :class:`UnknownDrawMode` everywhere.
+
+``stable`` is an exponential race: every token draws its own noise ``E_t`` from the seed and its
+own bytes, and the winner is ``argmax_t [ln q(t) - T ln E_t]``. It samples exactly from
+``q^(1/T)``, and a token's noise never depends on the rest of the support, so raising one bid moves
+the winner monotonically (docs/mechanism.md section 5).
 """
 
 from __future__ import annotations
@@ -60,10 +65,46 @@ def greedy_index(tokens: Sequence[str], q: FloatArray, seed: bytes, temperature:
     return int(np.argmax(q))
 
 
+def race_noise(tokens: Sequence[str], seed: bytes) -> FloatArray:
+    """``ln E_t`` per token: ``U_t = (int(sha256(seed + b"race" + utf8(t))[:8], big-endian) + 0.5) / 2**64``
+    and ``E_t = -ln U_t`` (an exponential variable of the seed and the token alone)."""
+    keyed = hashlib.sha256(seed + b"race")
+    draws = np.empty(len(tokens))
+    for k, token in enumerate(tokens):
+        digest = keyed.copy()
+        digest.update(token.encode("utf-8"))
+        draws[k] = int.from_bytes(digest.digest()[:8], "big")
+    uniform = (draws + 0.5) / 2**64
+    return np.log(-np.log(uniform))
+
+
+def race_winner(q: FloatArray, log_noise: FloatArray, temperature: float) -> int:
+    """``argmax_t [ln q(t) - T ln E_t]`` over tokens with ``q(t) > 0``; ties to the canonically first."""
+    scores = np.full(len(q), -np.inf)
+    positive = q > 0
+    scores[positive] = np.log(q[positive]) - temperature * log_noise[positive]
+    return int(np.argmax(scores))
+
+
+def stable_index(tokens: Sequence[str], q: FloatArray, seed: bytes, temperature: float) -> int:
+    """The exponential race keyed by the seed and each token's bytes: exactly a draw from ``q^(1/T)``."""
+    return race_winner(q, race_noise(tokens, seed), temperature)
+
+
 DRAW_MODES: dict[str, DrawFn] = {
     "sample": sample_index,
     "greedy": greedy_index,
+    "stable": stable_index,
 }
+
+
+def log_race_noise(mode: str, tokens: Sequence[str], seed: bytes) -> FloatArray:
+    """``ln E_t`` as the monotone modes use it: the race noise under ``stable``, zero under ``greedy``."""
+    if mode == "greedy":
+        return np.zeros(len(tokens))
+    if mode == "stable":
+        return race_noise(tokens, seed)
+    raise UnknownDrawMode(f"mode {mode!r} is not monotone in the bids: only greedy and stable have race noise")
 
 
 def draw_function(mode: str) -> DrawFn:

@@ -113,6 +113,7 @@ class Welcome(Message):
     max_bid: float
     max_support: int
     heartbeat_interval: float
+    reference_weight: float = 0.0
 
 
 class BidAccepted(Message):
@@ -157,6 +158,7 @@ class RoundResult(Message):
     balances: dict[str, float]
     seed: HexDigest
     seed_commitment: HexDigest
+    sponsors: dict[str, float] = {}
 
 
 class MarketClosed(Message):

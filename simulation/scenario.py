@@ -14,7 +14,7 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agent_client.scenario import AgentSpec
-from auctioneer.mechanism import PAYMENTS
+from auctioneer.mechanism import MechanismConfigError, check_mechanism
 from auctioneer.settings import SETTINGS_MODEL, CheckedMechanism, ServeSettings
 from protocol.errors import describe_validation_error
 from protocol.market_rules import MarketRules
@@ -52,9 +52,11 @@ class ScenarioMarket(MarketRules, CheckedMechanism):
         for name, source in SET_BY_SCENARIO.items():
             if name in self.model_fields_set:
                 raise ValueError(f"{name} is set by {source} in a scenario")
-        unknown = [rule for rule in self.payment_rules if rule not in PAYMENTS]
-        if unknown:
-            raise ValueError(f"unknown payment {unknown[0]!r}; choose one of {', '.join(sorted(PAYMENTS))}")
+        for rule in self.payment_rules:
+            try:
+                check_mechanism(self.model_copy(update={"payment": rule}))
+            except MechanismConfigError as exc:
+                raise ValueError(str(exc)) from None
         return self
 
 

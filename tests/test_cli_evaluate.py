@@ -59,6 +59,7 @@ def test_fresh_seed_when_none_given() -> None:
     "change,field",
     [
         ({"payment": "vickrey"}, "payment"),
+        ({"payment": "critical_bid"}, "critical_bid needs mode greedy or stable"),
         ({"temperature": 0}, "temperature"),
         ({"seed": "xyz"}, "seed"),
         ({"bids": [{"agent": "a", "bid": -1, "distribution": {"x": 1}}]}, "bids[0].bid"),

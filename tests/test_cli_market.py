@@ -60,6 +60,7 @@ def test_ledger_json_and_table(market_run: MarketRun) -> None:
     assert document["text"] == "Hi!!" and document["balances"] == {"a": 3.0}
     assert document["rounds"][1]["bids"] == {"a": {"bid": 1.5, "distribution": {"!": 1.0}}}
     assert set(document["rounds"][0]) == {
+        "sponsors",
         "round",
         "token",
         "distribution",
@@ -90,6 +91,7 @@ def test_custom_agent_from_examples(market_run: MarketRun) -> None:
         (["-m", "auctioneer", "serve", "--payment", "vickrey"], "invalid choice"),
         (["-m", "auctioneer", "serve", "--seed", "nothex", "--db", "/tmp/x-never.db"], "setting seed"),
         (["-m", "auctioneer", "serve", "--config", "/nonexistent.toml"], "cannot read config"),
+        (["-m", "auctioneer", "serve", "--payment", "critical_bid"], "critical_bid needs mode greedy or stable"),
         (["-m", "auctioneer", "ledger", "--db", "/nonexistent.db"], "no ledger at"),
         (["-m", "agent_client", "--name", "a", "--distribution", "x=1"], "--bid is required"),
         (["-m", "agent_client", "--name", "a", "--distribution", "x", "--bid", "1"], "token=probability"),
@@ -102,6 +104,14 @@ def test_user_mistakes_get_one_actionable_line(argv: list[str], message: str) ->
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_a_config_file_asking_critical_bid_with_sample_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "market.toml"
+    config.write_text('payment = "critical_bid"\nmode = "sample"\n')
+    result = run_cli("-m", "auctioneer", "serve", "--config", str(config), "--db", str(tmp_path / "m.db"))
+    assert result.returncode == 2 and "critical_bid needs mode greedy or stable, not sample" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.db").exists()
 
 
 def test_restarting_with_different_mechanism_is_refused(market_run: MarketRun) -> None:

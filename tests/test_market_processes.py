@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from auctioneer.evaluate import RoundInput, evaluate_round
-from tests.helpers import MarketRun, committed_rounds, read_ledger, static_agent, wait_until
+from tests.helpers import MarketRun, committed_rounds, read_ledger, run_cli, static_agent, wait_until
 
 AGENTS = {
     "alice": static_agent("Large=0.8,Generative=0.2", 1),
@@ -21,9 +21,11 @@ def start_agents(run: MarketRun, agents: dict[str, list[str]]) -> None:
         run.agent(name, *args)
 
 
-def test_ledger_matches_evaluate_round_by_round(market_run: MarketRun) -> None:
-    market_run.serve("--min-agents", "3", "--max-tokens", "5", "--payment", "second_price", "--prompt", "Go:")
+@pytest.mark.parametrize("payment,mode", [("second_price", "sample"), ("critical_bid", "stable")])
+def test_ledger_matches_evaluate_round_by_round(market_run: MarketRun, payment: str, mode: str) -> None:
+    market_run.serve("--min-agents", "3", "--max-tokens", "5", "--payment", payment, "--mode", mode, "--prompt", "Go:")
     start_agents(market_run, AGENTS)
+    # Agents exit 1 if any result fails their checks (the draw, their own charge and sponsor share).
     assert market_run.wait(timeout=60) == [0, 0, 0, 0], market_run.logs()
     ledger = read_ledger(market_run.db)
     assert [r["round"] for r in ledger["rounds"]] == [1, 2, 3, 4, 5]
@@ -33,7 +35,8 @@ def test_ledger_matches_evaluate_round_by_round(market_run: MarketRun) -> None:
         assert sorted(stored["bids"]) == ["alice", "bob", "carol"]
         spec = RoundInput.model_validate(
             {
-                "payment": "second_price",
+                "payment": payment,
+                "mode": mode,
                 "seed": stored["seed"],
                 "bids": [
                     {"agent": a, "bid": b["bid"], "distribution": b["distribution"]} for a, b in stored["bids"].items()
@@ -44,10 +47,14 @@ def test_ledger_matches_evaluate_round_by_round(market_run: MarketRun) -> None:
         assert stored["token"] == expected["token"]
         assert stored["distribution"] == pytest.approx(expected["distribution"], abs=1e-12)
         assert stored["payments"] == pytest.approx(expected["payments"], abs=1e-12)
+        assert stored["sponsors"] == pytest.approx(expected["sponsors"], abs=1e-12)
+        assert sum(stored["sponsors"].values()) == pytest.approx(1.0)
         assert stored["seed_commitment"] == expected["seed_commitment"]
         for agent, paid in stored["payments"].items():
             totals[agent] = totals.get(agent, 0.0) + paid
     assert ledger["balances"] == pytest.approx(totals)
+    assert any(paid > 0 for paid in totals.values())
+    assert run_cli("-m", "auctioneer", "audit", "--db", str(market_run.db)).returncode == 0
 
 
 def test_rounds_go_on_without_a_killed_agent(market_run: MarketRun) -> None:

@@ -83,7 +83,8 @@ def test_quadrature_agrees_with_linear_closed_form(panels: int, nodes: int) -> N
     bids = rng.exponential(1.0, size=30)
     bids[:3] = [1e-4, 50.0, 0.0]
     q = linear_aggregate(matrix, bids / bids.sum(), 1e-6)
-    inputs = PaymentInputs(matrix, bids, 30, q, "linear", 1e-6)
+    vocab = [f"t{k:02d}" for k in range(12)]
+    inputs = PaymentInputs(matrix, bids, 30, q, "linear", 1e-6, vocab, int(np.argmax(q)), bytes(32), "greedy", 1.0)
     closed = run_auction_closed_form(inputs)
     np.testing.assert_allclose(quadrature_second_price(inputs, panels, nodes), closed, atol=1e-9, rtol=1e-9)
 

@@ -112,7 +112,13 @@ async def test_rounds_larger_than_a_request_still_sync_and_followers_catch_up(tm
     not apply to the auctioneer's own ledger rows nor to what it sends."""
     support = 160_000
     settings = market_settings(
-        tmp_path, min_agents=2, max_tokens=3, round_timeout=30, max_support=support, max_message_bytes=16 * 2**20
+        tmp_path,
+        min_agents=2,
+        max_tokens=3,
+        round_timeout=30,
+        max_support=support,
+        max_message_bytes=16 * 2**20,
+        heartbeat_interval=1.0,
     )
     seen: list[FeedEvent] = []
     second_result = asyncio.Event()

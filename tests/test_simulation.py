@@ -88,6 +88,7 @@ def test_agent_client_runs_a_scenario_agent(tmp_path: Path) -> None:
     [
         ("[market]\nrounds = 0\n[[agents]]\nname = 'a'\n", "rounds"),
         ("[[agents]]\nname = 'a'\nstrategy = 'psychic'\n", "unknown strategy"),
+        ("[market]\npayment = ['first_price', 'critical_bid']\n[[agents]]\nname = 'a'\n", "needs mode greedy"),
         ("[[agents]]\nname = 'a'\ntype = 'robot'\n", "agent type"),
         ("agents = []\n", "at least one agent"),
         ("[market\n", "not valid TOML"),

@@ -4,7 +4,9 @@ Every rule is a function ``aggregate(P, weights, eps) -> q`` over a dense matrix
 participant, the operator's reference distribution included as a row) and normalised weights
 ``lambda_i = b_i / B``. Second-price payments also need the counterfactual aggregate with one
 agent's bid replaced by ``s``; a rule may provide a vectorised ``counterfactual`` for that, or the
-generic (slow, looping) one is used. A new rule is one function plus one ``AGGREGATIONS`` line.
+generic (slow, looping) one is used. Critical-bid payments need the rule's ``lines``: the winner at
+agent ``i``'s bid ``s`` is ``argmax_t (a_t + s c_t)`` (docs/mechanism.md section 5); a rule without
+lines cannot be combined with ``critical_bid``. A new rule is one function plus one ``AGGREGATIONS`` line.
 """
 
 from __future__ import annotations
@@ -20,6 +22,10 @@ AggregateFn = Callable[[FloatArray, FloatArray, float], FloatArray]
 # counterfactual(P, bids, agent_rows, s, eps) -> q with shape (len(agent_rows), s.shape[1], |V|):
 # the aggregate when row ``agent_rows[a]`` bids ``s[a, k]`` instead of ``bids[agent_rows[a]]``.
 CounterfactualFn = Callable[[FloatArray, FloatArray, np.ndarray, FloatArray, float], FloatArray]
+# lines(P, bids, log_noise, temperature, eps) -> a function of agent rows giving (a, c), each
+# (len(rows), |V|); the terms shared by every agent are computed once, when ``lines`` is called.
+LinesOf = Callable[[np.ndarray], tuple[FloatArray, FloatArray]]
+LinesFn = Callable[[FloatArray, FloatArray, FloatArray, float, float], LinesOf]
 
 
 def bid_weights(bids: FloatArray, n_agents: int) -> FloatArray:
@@ -80,12 +86,45 @@ def linear_counterfactual(
     return (others[:, None, :] + s[:, :, None] * own[:, None, :]) / (others_total[:, None, None] + s[:, :, None])
 
 
+def linear_lines(
+    matrix: FloatArray, bids: FloatArray, log_noise: FloatArray, temperature: float, eps: float
+) -> LinesOf:
+    """``a_t = (sum_{j != i} b_j p_j(t)) / E_t^T`` (the reference included) and ``c_t = p_i(t) / E_t^T``."""
+    scale = np.exp(-temperature * log_noise)
+    total = bids @ matrix
+
+    def of(rows: np.ndarray) -> tuple[FloatArray, FloatArray]:
+        own = matrix[rows]
+        return (total - bids[rows, None] * own) * scale, own * scale
+
+    return of
+
+
+def log_linear_lines(
+    matrix: FloatArray, bids: FloatArray, log_noise: FloatArray, temperature: float, eps: float
+) -> LinesOf:
+    """``a_t = sum_{j != i} b_j ln p~_j(t) - T B_-i ln E_t`` (the reference included) and
+    ``c_t = ln p~_i(t) - T ln E_t``."""
+    log_p = smoothed_log(matrix, eps)
+    total = bids @ log_p
+    bid_total = float(bids.sum())
+    shift = temperature * log_noise
+
+    def of(rows: np.ndarray) -> tuple[FloatArray, FloatArray]:
+        own = log_p[rows]
+        rest = bid_total - bids[rows]
+        return total - bids[rows, None] * own - rest[:, None] * shift, own - shift
+
+    return of
+
+
 @dataclass(frozen=True)
 class AggregationRule:
-    """A registered aggregation: the rule itself and, optionally, its fast counterfactual."""
+    """A registered aggregation: the rule itself and, optionally, its fast counterfactual and its lines."""
 
     aggregate: AggregateFn
     counterfactual: CounterfactualFn | None = None
+    lines: LinesFn | None = None
 
     def counterfactuals(
         self, matrix: FloatArray, bids: FloatArray, agent_rows: np.ndarray, s: FloatArray, eps: float
@@ -103,6 +142,6 @@ class AggregationRule:
 
 
 AGGREGATIONS: dict[str, AggregationRule] = {
-    "linear": AggregationRule(linear_aggregate, linear_counterfactual),
-    "log_linear": AggregationRule(log_linear_aggregate, log_linear_counterfactual),
+    "linear": AggregationRule(linear_aggregate, linear_counterfactual, linear_lines),
+    "log_linear": AggregationRule(log_linear_aggregate, log_linear_counterfactual, log_linear_lines),
 }

@@ -1,7 +1,8 @@
-"""One round of the token auction, end to end: aggregate, choose the token, charge payments.
+"""One round of the token auction, end to end: aggregate, draw the token, charge payments, name sponsors.
 
 ``run_auction`` is the mechanism's single entry point; it is pure (numpy, no I/O) and
-deterministic given its inputs and the round seed.
+deterministic given its inputs and the round seed. The token is drawn with the protocol's public
+draw (``protocol.draw``), so anyone can recompute it from the published aggregate and seed.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from auctioneer.mechanism.aggregation import AGGREGATIONS, bid_weights
-from auctioneer.mechanism.payments import PAYMENTS, PaymentInputs, total_variation
-from auctioneer.mechanism.selection import choose_token
+from auctioneer.mechanism.payments import PAYMENT_MODES, PAYMENTS, PaymentInputs, total_variation
 from auctioneer.mechanism.vocabulary import FloatArray, SparseDistribution, dense_matrix
-from protocol.draw import DRAW_MODES, seed_commitment
+from protocol.critical_bid import REFERENCE_SPONSOR
+from protocol.draw import DRAW_MODES, draw_function, seed_commitment
 from protocol.market_rules import MechanismSettings
 
 
@@ -30,10 +31,19 @@ def _registered(kind: str, name: str, registry: Mapping[str, object]) -> None:
 
 
 def check_mechanism(settings: MechanismSettings) -> None:
-    """Raise :class:`MechanismConfigError` unless every rule ``settings`` names is registered."""
+    """Raise :class:`MechanismConfigError` unless every rule ``settings`` names is registered and
+    the rules can run together."""
     _registered("aggregation", settings.aggregation, AGGREGATIONS)
     _registered("payment", settings.payment, PAYMENTS)
     _registered("mode", settings.mode, DRAW_MODES)
+    modes = PAYMENT_MODES.get(settings.payment)
+    if modes is not None and settings.mode not in modes:
+        raise MechanismConfigError(
+            f"payment {settings.payment} needs mode {' or '.join(modes)}, not {settings.mode} "
+            f"(it charges for the drawn token, and only those draws move monotonically with a bid)"
+        )
+    if settings.payment == "critical_bid" and AGGREGATIONS[settings.aggregation].lines is None:
+        raise MechanismConfigError(f"payment critical_bid is not defined for aggregation {settings.aggregation}")
 
 
 @dataclass(frozen=True)
@@ -46,13 +56,16 @@ class Reference:
 
 @dataclass(frozen=True)
 class AuctionOutcome:
-    """What a round decided. ``payments`` and ``allocations`` follow the order of the bids given."""
+    """What a round decided. ``payments``, ``allocations`` and ``sponsors`` follow the order of the
+    bids given; ``reference_share`` is the reference's part in pulling the token."""
 
     vocab: list[str]
     distribution: FloatArray
     token: str
     payments: FloatArray
     allocations: FloatArray
+    sponsors: FloatArray
+    reference_share: float
     seed: bytes
     seed_commitment: str = field(init=False)
 
@@ -61,6 +74,13 @@ class AuctionOutcome:
 
     def distribution_mapping(self) -> dict[str, float]:
         return dict(zip(self.vocab, self.distribution.tolist(), strict=True))
+
+    def sponsors_by_name(self, agents: Sequence[str]) -> dict[str, float]:
+        """Every positive share of the pull on the token, the reference's under its reserved name."""
+        shares = {name: share for name, share in zip(agents, self.sponsors.tolist(), strict=True) if share > 0}
+        if self.reference_share > 0:
+            shares[REFERENCE_SPONSOR] = self.reference_share
+        return shares
 
 
 def run_auction(
@@ -85,17 +105,39 @@ def run_auction(
     vocab, matrix = dense_matrix(rows)
     n_agents = len(distributions)
     outcome = AGGREGATIONS[config.aggregation].aggregate(matrix, bid_weights(row_bids, n_agents), config.eps)
+    winner = draw_function(config.mode)(vocab, outcome, seed, config.temperature)
     if row_bids.sum() > 0:
-        payments = PAYMENTS[config.payment](
-            PaymentInputs(matrix, row_bids, n_agents, outcome, config.aggregation, config.eps)
+        inputs = PaymentInputs(
+            matrix,
+            row_bids,
+            n_agents,
+            outcome,
+            config.aggregation,
+            config.eps,
+            vocab,
+            winner,
+            seed,
+            config.mode,
+            config.temperature,
         )
+        payments = PAYMENTS[config.payment](inputs)
     else:
         payments = np.zeros(n_agents)
+    shares = sponsor_shares(matrix, row_bids, winner)
     return AuctionOutcome(
         vocab=vocab,
         distribution=outcome,
-        token=choose_token(vocab, outcome, seed, config.mode, config.temperature),
+        token=vocab[winner],
         payments=payments,
         allocations=1.0 - total_variation(matrix[:n_agents], outcome),
+        sponsors=shares[:n_agents],
+        reference_share=float(shares[n_agents:].sum()),
         seed=seed,
     )
+
+
+def sponsor_shares(matrix: FloatArray, bids: FloatArray, winner: int) -> FloatArray:
+    """Who pulled the drawn token: row ``i``'s share ``b_i p_i(w) / sum_j b_j p_j(w)`` (0 for all if nobody did)."""
+    pull = bids * matrix[:, winner]
+    total = float(pull.sum())
+    return pull / total if total > 0 else np.zeros_like(pull)

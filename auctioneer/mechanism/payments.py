@@ -1,7 +1,10 @@
-"""Payment rules: what each agent is charged once the outcome distribution ``q`` is known.
+"""Payment rules: what each agent is charged once the outcome distribution ``q`` and the token are known.
 
-``first_price`` charges the bid, ``none`` charges nothing, and ``second_price`` charges the
-Myerson payment for the allocation ``x_i(s) = 1 - TV(p_i, q(s, b_-i))``::
+``first_price`` charges the bid, ``none`` charges nothing, ``critical_bid`` charges the lowest bid
+at which the drawn token would still have been drawn (docs/mechanism.md section 5: lines from the
+aggregation rule, the envelope step from ``protocol.critical_bid``; only under the monotone draws
+``stable`` and ``greedy``), and ``second_price`` charges the Myerson payment for the allocation
+``x_i(s) = 1 - TV(p_i, q(s, b_-i))``::
 
     z_i = b_i x_i(b_i) - ∫_0^{b_i} x_i(s) ds
 
@@ -24,6 +27,8 @@ import numpy as np
 
 from auctioneer.mechanism.aggregation import AGGREGATIONS
 from auctioneer.mechanism.vocabulary import FloatArray
+from protocol.critical_bid import critical_bids
+from protocol.draw import log_race_noise
 
 QUADRATURE_PANELS = 16
 QUADRATURE_NODES = 8
@@ -34,7 +39,8 @@ _MAX_BLOCK_ELEMENTS = 4_000_000
 @dataclass(frozen=True)
 class PaymentInputs:
     """Everything a payment rule may look at. Rows ``0..n_agents-1`` are paying agents; any rows
-    after them (the operator's reference) take part in aggregation but never pay."""
+    after them (the operator's reference) take part in aggregation but never pay. ``vocab`` is in
+    canonical order and ``winner`` is the drawn token's column."""
 
     matrix: FloatArray
     bids: FloatArray
@@ -42,6 +48,11 @@ class PaymentInputs:
     outcome: FloatArray
     aggregation: str
     eps: float
+    vocab: list[str]
+    winner: int
+    seed: bytes
+    mode: str
+    temperature: float
 
     @property
     def agent_bids(self) -> FloatArray:
@@ -127,8 +138,35 @@ def second_price(inputs: PaymentInputs) -> FloatArray:
     return SECOND_PRICE_CLOSED_FORMS.get(inputs.aggregation, quadrature_second_price)(inputs)
 
 
+def critical_bid(inputs: PaymentInputs) -> FloatArray:
+    """The lowest bid at which the drawn token would still have won, for every agent at once.
+
+    O(N |V|): the lines of each block of agents, then one envelope step; 0 for a zero bid and for an
+    agent alone with no reference (``B_-i = 0``).
+    """
+    lines_fn = AGGREGATIONS[inputs.aggregation].lines
+    assert lines_fn is not None  # check_mechanism refuses critical_bid for rules without lines
+    b = inputs.agent_bids
+    payments = np.zeros(inputs.n_agents)
+    active_rows = np.flatnonzero((b > 0) & (float(inputs.bids.sum()) - b > 0))
+    if not len(active_rows):
+        return payments
+    log_noise = log_race_noise(inputs.mode, inputs.vocab, inputs.seed)
+    lines_of = lines_fn(inputs.matrix, inputs.bids, log_noise, inputs.temperature, inputs.eps)
+    block = max(1, _MAX_BLOCK_ELEMENTS // max(inputs.matrix.shape[1], 1))
+    for start in range(0, len(active_rows), block):
+        rows = active_rows[start : start + block]
+        a, c = lines_of(rows)
+        payments[rows] = critical_bids(a, c, inputs.winner)
+    return np.clip(payments, 0.0, b)
+
+
 PAYMENTS: dict[str, PaymentFn] = {
     "first_price": first_price,
     "second_price": second_price,
+    "critical_bid": critical_bid,
     "none": no_payment,
 }
+# Rules that charge for the drawn token need a draw that moves monotonically with each bid.
+MONOTONE_MODES = ("greedy", "stable")
+PAYMENT_MODES: dict[str, tuple[str, ...]] = {"critical_bid": MONOTONE_MODES}

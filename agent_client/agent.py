@@ -10,6 +10,7 @@ import inspect
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
+from protocol.market_rules import MechanismSettings
 from protocol.messages import RoundResult
 
 
@@ -34,6 +35,7 @@ class RoundContext:
     spent: float
     timeout: float
     recent: tuple[RoundResult, ...] = field(default=())
+    mechanism: MechanismSettings | None = None
 
     @property
     def remaining_budget(self) -> float | None:

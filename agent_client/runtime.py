@@ -303,6 +303,7 @@ class AgentRuntime:
             spent=self.report.spent,
             timeout=timeout,
             recent=tuple(self.recent),
+            mechanism=self.mechanism,
         )
 
     async def _decide_and_bid(self, announcement: RoundOpen) -> None:

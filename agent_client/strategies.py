@@ -3,7 +3,9 @@
 A strategy sets the amount; the agent it wraps (``StrategicAgent``) still says what it wants.
 Each strategy sees every result, so it can learn. The learning bidder uses EXP3 (bandit
 multiplicative weights, a standard no-regret rule) over bids ``m x value`` for multipliers ``m``,
-from the utility it observes: ``value x (1 - TV(p, q)) - payment``.
+from the utility it observes. Under rules that charge for expected influence that is
+``value x (1 - TV(p, q)) - payment``; under rules that charge for the token actually written
+(``EX_POST_PAYMENTS``) it is the realised ``value x p(w) - payment``, ``w`` the written token.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from collections.abc import Mapping, Sequence
 
 from agent_client.agent import Agent, Bid, DecideResult, RoundContext
 from protocol.messages import RoundResult
+
+EX_POST_PAYMENTS = frozenset({"critical_bid"})
 
 
 class BiddingStrategy:
@@ -114,13 +118,19 @@ class LearningBidder(BiddingStrategy):
         self.log_weights[arm] += self.learning_rate * gain / probability
 
 
-def observed_utility(value: float, wanted: Mapping[str, float], result: RoundResult, name: str) -> float:
-    """``value x (1 - TV(p, q)) - payment`` for one round's published outcome."""
-    if result.distribution is None:
+def observed_utility(
+    value: float, wanted: Mapping[str, float], result: RoundResult, name: str, ex_post: bool = False
+) -> float:
+    """One round's utility from its published outcome: ``value x p(w) - payment`` if ``ex_post``,
+    else ``value x (1 - TV(p, q)) - payment``."""
+    if result.distribution is None or result.token is None:
         return 0.0
+    payment = result.payments.get(name, 0.0)
+    if ex_post:
+        return value * wanted.get(result.token, 0.0) - payment
     q = result.distribution.as_mapping()
     tv = 0.5 * sum(abs(wanted.get(t, 0.0) - q.get(t, 0.0)) for t in set(wanted) | set(q))
-    return value * (1.0 - tv) - result.payments.get(name, 0.0)
+    return value * (1.0 - tv) - payment
 
 
 class StrategicAgent(Agent):
@@ -147,7 +157,8 @@ class StrategicAgent(Agent):
         self.inner.observe(result, context)
         bid = self._pending.pop(result.round, None)
         if bid is not None and context.name in result.bids:
-            utility = observed_utility(self.value, bid.distribution, result, context.name)
+            ex_post = context.mechanism is not None and context.mechanism.payment in EX_POST_PAYMENTS
+            utility = observed_utility(self.value, bid.distribution, result, context.name, ex_post)
             self.strategy.learn(bid.amount, utility, context)
 
 

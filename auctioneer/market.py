@@ -70,7 +70,7 @@ class Market:
         self.ledger = ledger
         self.clock = clock
         self._reference = settings.reference_distribution()
-        self._mechanism = settings.mechanism()
+        self.mechanism = settings.mechanism()
         definition = settings.definition()
         stored = ledger.definition()
         if stored is None:
@@ -150,7 +150,7 @@ class Market:
             prompt=self.settings.prompt,
             seq=self.seq,
             round=self.current.number if self.current else self.last_round,
-            mechanism=self._mechanism,
+            mechanism=self.mechanism,
             budget=self.agents[hello.name].budget,
             spent=self.spent.get(hello.name, 0.0),
             max_bid=self.settings.max_bid,
@@ -259,7 +259,7 @@ class Market:
             outcome = run_auction(
                 [SparseDistribution(b.distribution.tokens, b.distribution.probs) for b in bids],
                 [b.bid for b in bids],
-                self._mechanism,
+                self.mechanism,
                 current.seed,
                 self._reference,
             )

@@ -24,7 +24,7 @@ from protocol.client import FeedEvent
 from protocol.messages import RoundResult
 from simulation.in_process import run_in_process
 from simulation.networked import run_networked
-from simulation.report import aggregate_runs, plot, summarize
+from simulation.report import aggregate_runs, headline, learned_bid_ratio, plot, plot_comparison, summarize
 from simulation.scenario import Scenario
 
 
@@ -145,30 +145,23 @@ def run(args: argparse.Namespace) -> int:
             overall[rule] = summaries[0]
     if len(rules) > 1:
         print_comparison(overall)
+        (args.out / "comparison.json").write_text(json.dumps(overall, indent=2))
+        stdout.print(f"wrote {plot_comparison(overall, args.out)} and comparison.json")
     return 0
 
 
 def print_comparison(by_rule: dict[str, Any]) -> None:
-    table = Table(title="payment rules compared (mean bid / value per agent)")
-    table.add_column("payment")
-    table.add_column("revenue", justify="right")
-    table.add_column("welfare", justify="right")
+    table = Table(title="payment rules compared (learned bid / value per agent)")
+    for column in ("payment", "revenue", "welfare", "realised welfare"):
+        table.add_column(column, justify="left" if column == "payment" else "right")
     names = list(next(iter(by_rule.values()))["agents"])
     for name in names:
         table.add_column(name, justify="right")
     for rule, summary in by_rule.items():
-
-        def figure(value: Any) -> float:
-            return float(value["mean"]) if isinstance(value, dict) else float(value)
-
-        ratios = []
-        for name in names:
-            agent = summary["agents"][name]
-            mean_bid = agent.get("mean_bid")
-            ratios.append(
-                "-"
-                if mean_bid is None
-                else f"{figure(mean_bid) / max(figure(agent.get('value', 1.0) or 1.0), 1e-12):.2f}"
-            )
-        table.add_row(rule, f"{figure(summary['revenue']):.4g}", f"{figure(summary['welfare']):.4g}", *ratios)
+        ratios = [learned_bid_ratio(summary["agents"][name]) for name in names]
+        table.add_row(
+            rule,
+            *(f"{headline(summary[key]):.4g}" for key in ("revenue", "welfare", "realised_welfare")),
+            *("-" if ratio is None else f"{ratio:.2f}" for ratio in ratios),
+        )
     stdout.print(table)

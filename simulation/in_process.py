@@ -44,6 +44,7 @@ class InProcessAgent:
             spent=market.spent.get(self.name, 0.0),
             timeout=market.settings.round_timeout,
             recent=tuple(self.recent),
+            mechanism=market.mechanism,
         )
 
     def bid(self, market: Market, number: int) -> None:

@@ -1,8 +1,11 @@
 """What a simulated market did, from its ledger: ``summary.json`` figures and PNG plots.
 
-Per agent: bids, payments, utility ``Σ value x (1 - TV(p_i, q)) - payment``, mean TV and
-KL(p_i || q) between its distribution and the outcome, and its influence (allocation) per round.
-Welfare is ``Σ_i Σ_rounds value_i x (1 - TV(p_i, q))``; revenue is the sum of payments.
+Per agent: bids, payments, the expected utility ``Σ value x (1 - TV(p_i, q)) - payment`` and the
+realised utility ``Σ value x p_i(w) - payment`` (``w`` the token written: what an ex-post rule such
+as ``critical_bid`` charges for), mean TV and KL(p_i || q) between its distribution and the
+outcome, and its influence (allocation) per round. Welfare is ``Σ_i Σ_rounds value_i x (1 - TV(p_i,
+q))``, realised welfare ``Σ_i Σ_rounds value_i x p_i(w)``; revenue is the sum of payments. With
+several payment rules, :func:`plot_comparison` draws them side by side.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from auctioneer.ledger import Ledger
 from simulation.scenario import Scenario
 
 KL_FLOOR = 1e-12
+SETTLED_SHARE = 0.4  # "learned" bids: the mean over this last share of the rounds
 
 
 def total_variation(p: dict[str, float], q: dict[str, float]) -> float:
@@ -40,7 +44,7 @@ def summarize(db: Path, scenario: Scenario) -> dict[str, Any]:
         payments: list[float] = []
         tvs: list[float] = []
         kls: list[float] = []
-        utility = 0.0
+        utility = realised_value = 0.0
         for r in rounds:
             entry = r["bids"].get(name)
             paid = r["payments"].get(name, 0.0)
@@ -54,6 +58,7 @@ def summarize(db: Path, scenario: Scenario) -> dict[str, Any]:
             kls.append(kl_divergence(entry["distribution"], r["distribution"]))
             influence.append(1.0 - tv)
             utility += value * (1.0 - tv) - paid
+            realised_value += value * entry["distribution"].get(r["token"], 0.0)
         agents[name] = {
             "value": value,
             "bids": bids,
@@ -61,7 +66,10 @@ def summarize(db: Path, scenario: Scenario) -> dict[str, Any]:
             "influence": influence,
             "total_paid": sum(payments),
             "mean_bid": float(np.mean([b for b in bids if b is not None])) if tvs else None,
+            "settled_bid": settled_mean(bids),
             "utility": utility,
+            "realised_value": realised_value,
+            "realised_utility": realised_value - sum(payments),
             "mean_tv": float(np.mean(tvs)) if tvs else None,
             "mean_kl": float(np.mean(kls)) if kls else None,
         }
@@ -73,8 +81,18 @@ def summarize(db: Path, scenario: Scenario) -> dict[str, Any]:
         "revenue": sum(revenue_per_round),
         "revenue_per_round": revenue_per_round,
         "welfare": sum(a["value"] * sum(x for x in a["influence"] if x is not None) for a in agents.values()),
+        "realised_welfare": sum(a["realised_value"] for a in agents.values()),
         "agents": agents,
     }
+
+
+AGGREGATED = ("total_paid", "utility", "realised_utility", "mean_bid", "settled_bid", "mean_tv", "mean_kl")
+
+
+def settled_mean(bids: list[float | None]) -> float | None:
+    """The mean bid over the last ``SETTLED_SHARE`` of the rounds (where learners have settled)."""
+    tail = [b for b in bids[int(len(bids) * (1 - SETTLED_SHARE)) :] if b is not None]
+    return float(np.mean(tail)) if tail else None
 
 
 def aggregate_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -88,11 +106,15 @@ def aggregate_runs(runs: list[dict[str, Any]]) -> dict[str, Any]:
         "runs": len(runs),
         "revenue": spread([r["revenue"] for r in runs]),
         "welfare": spread([r["welfare"] for r in runs]),
+        "realised_welfare": spread([r["realised_welfare"] for r in runs]),
         "agents": {
             name: {
-                key: spread([r["agents"][name][key] for r in runs if r["agents"][name][key] is not None])
-                for key in ("total_paid", "utility", "mean_bid", "mean_tv", "mean_kl")
-                if any(r["agents"][name][key] is not None for r in runs)
+                "value": runs[0]["agents"][name]["value"],
+                **{
+                    key: spread([r["agents"][name][key] for r in runs if r["agents"][name][key] is not None])
+                    for key in AGGREGATED
+                    if any(r["agents"][name][key] is not None for r in runs)
+                },
             }
             for name in names
         },
@@ -159,3 +181,52 @@ def plot(summary: dict[str, Any], out: Path) -> list[Path]:
     title = f"Bids ({window}-round mean; dotted: value)" if window > 1 else "Bids over rounds (dotted: value)"
     save(figure, "bids.png", title, "bid")
     return written
+
+
+def headline(value: Any) -> float:
+    """A figure of one run, or the mean of a figure over repeated runs."""
+    return float(value["mean"]) if isinstance(value, dict) else float(value)
+
+
+def learned_bid_ratio(agent: dict[str, Any]) -> float | None:
+    """The settled bid over the agent's value."""
+    settled = agent.get("settled_bid")
+    if settled is None or not agent["value"]:
+        return None
+    return headline(settled) / float(agent["value"])
+
+
+def plot_comparison(by_rule: dict[str, dict[str, Any]], out: Path) -> Path:
+    """``comparison.png``: revenue and welfare per payment rule, and each agent's learned bid over value."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rules = list(by_rule)
+    names = list(next(iter(by_rule.values()))["agents"])
+    figure, (money, bids) = plt.subplots(1, 2, figsize=(11, 4.6))
+    width = 0.8 / 3
+    positions = np.arange(len(rules))
+    for k, (key, label) in enumerate(
+        [("revenue", "revenue"), ("welfare", "welfare (expected)"), ("realised_welfare", "welfare (realised)")]
+    ):
+        money.bar(positions + (k - 1) * width, [headline(by_rule[r][key]) for r in rules], width, label=label)
+    money.set_xticks(positions, rules)
+    money.set_title("Revenue and welfare")
+    width = 0.8 / max(len(names), 1)
+    for k, name in enumerate(names):
+        ratios = [learned_bid_ratio(by_rule[r]["agents"][name]) or 0.0 for r in rules]
+        value = by_rule[rules[0]]["agents"][name]["value"]
+        bids.bar(positions + (k - (len(names) - 1) / 2) * width, ratios, width, label=f"{name} (value {value:g})")
+    bids.axhline(1.0, color="black", linestyle=":", linewidth=1)
+    bids.set_xticks(positions, rules)
+    bids.set_title(f"Learned bid / value (last {SETTLED_SHARE:.0%} of rounds)")
+    for axes in (money, bids):
+        axes.grid(alpha=0.3, axis="y")
+        axes.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=3, frameon=False)
+    figure.tight_layout()
+    path = out / "comparison.png"
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -35,6 +35,7 @@ def test_reproduces_the_article() -> None:
     assert out["seed"] == "ab" * 32
     assert out["seed_commitment"] == "9a2db2e23f1504cd056606553ac049c5e718e8f9ce9233876df1a7a1821af885"
     assert out["token"] == "Large"
+    assert out["sponsors"] == pytest.approx({"a1": 0.8 / 2.8, "a2": 2.0 / 2.8})
 
 
 def test_batch_from_file_answers_in_order(tmp_path: Path) -> None:

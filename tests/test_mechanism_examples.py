@@ -13,7 +13,7 @@ from auctioneer.mechanism import MechanismConfigError, check_mechanism
 from auctioneer.mechanism.aggregation import AGGREGATIONS, AggregationRule, linear_aggregate
 from auctioneer.mechanism.payments import PaymentInputs, quadrature_second_price
 from auctioneer.settings import CheckedMechanism
-from protocol.draw import uniform_draw
+from protocol.draw import race_noise, uniform_draw
 from protocol.market_rules import MechanismSettings
 from tests.helpers import Instance, run_instance
 
@@ -32,6 +32,20 @@ def test_article_example_second_price_closed_form() -> None:
     assert z[0] == pytest.approx(0.3 * 4 * (math.log(1 + 1 / 4) - 1 / 5))
     # Agent 2: q_-2 = (Large 0.8/3, Generative 2.2/3), TV = 1 - 0.8/3, B_-2 = 3.
     assert z[1] == pytest.approx((1 - 0.8 / 3) * 3 * (math.log(1 + 2 / 3) - 2 / 5))
+
+
+def test_article_example_critical_bid_under_stable_and_greedy() -> None:
+    seed = bytes.fromhex("ab" * 32)
+    stable = run_instance(ARTICLE, payment="critical_bid", seed=seed, mode="stable")
+    log_generative, log_large = race_noise(["Generative", "Large"], seed)
+    assert stable.token == "Large"
+    # Agent 2's lines cross where 2.2 / E_Generative = (0.8 + s) / E_Large.
+    crossing = 2.2 * math.exp(log_large - log_generative) - 0.8
+    assert stable.payments.tolist() == pytest.approx([0.0, crossing, 0.0], abs=1e-12)
+    assert crossing == pytest.approx(1.0602, abs=1e-4)
+    assert stable.sponsors.tolist() == pytest.approx([0.8 / 2.8, 2.0 / 2.8, 0.0])
+    greedy = run_instance(ARTICLE, payment="critical_bid", seed=seed, mode="greedy")
+    assert (greedy.token, greedy.payments.tolist()) == ("Large", pytest.approx([0.0, 1.4, 0.0], abs=1e-12))
 
 
 def test_token_draw_is_the_specified_hash() -> None:

@@ -108,3 +108,29 @@ def test_a_scenario_takes_every_public_market_setting(tmp_path: Path) -> None:
     assert (settings.max_tokens, settings.max_idle_rounds, settings.min_agents) == (7, 7, 1)
     with pytest.raises(ScenarioError, match="max_tokens is set by rounds"):
         Scenario.from_document({"market": {"max_tokens": 3}, "agents": [{"name": "a"}]}, tmp_path / "s.toml")
+
+
+def test_learners_bid_about_their_value_under_critical_bid(tmp_path: Path) -> None:
+    scenario = load_scenario(EXAMPLES / "payment-rules.toml").with_payment("critical_bid")
+    db = run_in_process(scenario, tmp_path / "ledger.db", "cd" * 32, rounds=None)
+    summary = summarize(db, scenario)
+    ratios = {name: settled_bid_ratio(summary, name, last=800) for name in ("red", "blue", "green")}
+    assert all(0.6 <= r <= 1.4 for r in ratios.values()), ratios
+    assert 0 < summary["revenue"] < sum(sum(b for b in a["bids"] if b) for a in summary["agents"].values())
+
+
+def test_simulate_compares_payment_rules(tmp_path: Path) -> None:
+    out = tmp_path / "rules"
+    result = run_cli(
+        "-m", "auctioneer", "simulate", str(EXAMPLES / "payment-rules.toml"), "--in-process", "--rounds", "40",
+        "--out", str(out), timeout=180,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    comparison = json.loads((out / "comparison.json").read_text())
+    assert list(comparison) == ["first_price", "second_price", "critical_bid"]
+    for rule, summary in comparison.items():
+        assert summary["rounds"] == 40 and summary["settings"]["payment"] == rule
+        assert summary["realised_welfare"] == pytest.approx(
+            sum(a["realised_value"] for a in summary["agents"].values())
+        )
+    assert (out / "comparison.png").stat().st_size > 10_000

@@ -153,6 +153,20 @@ def test_audit_passes_then_catches_a_tampered_payment(market_run: MarketRun) -> 
     assert "round 2: ok" in tampered.stdout and "round 3: MISMATCH" in tampered.stdout
 
 
+def test_audit_catches_misattributed_sponsors(market_run: MarketRun) -> None:
+    market_run.serve("--min-agents", "2", "--max-tokens", "3", "--payment", "critical_bid", "--mode", "stable")
+    market_run.agent("a", *static_agent("x=0.7,y=0.3", 1))
+    market_run.agent("b", *static_agent("y=0.6,x=0.4", 2))
+    assert market_run.wait(60) == [0, 0, 0], market_run.logs()
+    with sqlite3.connect(market_run.db) as db:
+        db.execute("DROP TRIGGER sponsors_append_only")
+        db.execute("UPDATE sponsors SET share = share / 2 WHERE round = 2")
+    audit = run_cli("-m", "auctioneer", "audit", "--db", str(market_run.db))
+    assert audit.returncode == 1
+    assert "round 1: ok" in audit.stdout and "round 2: MISMATCH sponsors" in audit.stdout
+    assert "round 3: ok" in audit.stdout
+
+
 def test_agents_verify_results_and_flag_forgeries(market_run: MarketRun) -> None:
     market_run.serve("--min-agents", "1", "--max-tokens", "2")
     market_run.agent("a", *static_agent("x=0.5,y=0.5", 1))

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 from protocol.market_rules import MechanismSettings
-from protocol.messages import RoundResult
+from protocol.messages import MarketInfo, RoundResult
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,12 @@ class Bid:
 
 @dataclass(frozen=True)
 class RoundContext:
-    """What an agent knows when a round opens."""
+    """What an agent knows when a round of one of its markets opens.
+
+    ``budget``, ``spent`` and ``reserved`` are the agent's across the whole exchange (what its bids
+    in other open rounds hold is ``reserved``); ``decisions`` counts the rounds it was asked about
+    so far, in every market (budget pacing uses it); ``recent`` holds this market's latest results.
+    """
 
     name: str
     round: int
@@ -35,11 +40,17 @@ class RoundContext:
     spent: float
     timeout: float
     recent: tuple[RoundResult, ...] = field(default=())
-    mechanism: MechanismSettings | None = None
+    market: MarketInfo | None = None
+    reserved: float = 0.0
+    decisions: int = 0
+
+    @property
+    def mechanism(self) -> MechanismSettings | None:
+        return self.market.rules if self.market is not None else None
 
     @property
     def remaining_budget(self) -> float | None:
-        return None if self.budget is None else max(self.budget - self.spent, 0.0)
+        return None if self.budget is None else max(self.budget - self.spent - self.reserved, 0.0)
 
     @property
     def generated(self) -> str:

@@ -1,8 +1,15 @@
-"""The agent runtime: registration, heartbeats, reconnects, resync, and calling the user's agent.
+"""The agent runtime: registration with the exchange, heartbeats, reconnects, every market the agent
+is invited to, and calling the user's agent.
 
-User code never blocks the network tasks: sync ``decide`` methods run in a worker thread, async
-ones as tasks, and both are abandoned at the round deadline (a slow agent just misses the round).
-Every result is verified against the seed commitment announced at round open.
+An agent registers once. It follows every open market that invites it (``welcome`` lists them,
+``market_opened`` notices add new ones) on one feed socket, each market resynced on its own gaps,
+and decides once per (market, round), concurrently across markets. User code never blocks the
+network tasks: sync ``decide`` methods run in worker threads (one at a time per market), async ones
+as tasks, and both are abandoned at the round deadline (a slow agent just misses the round). Every
+result is verified (SPEC section 4): the commitment, the draw, and the agent's own bid, charge and
+sponsor share. A round reopened after an auctioneer restart (same number, new commitment) is bid again.
+
+The runtime ends when every market it joined has closed (and it joined one), unless ``stay``.
 """
 
 from __future__ import annotations
@@ -19,14 +26,16 @@ import zmq.asyncio
 from agent_client.agent import Agent, Bid, RoundContext, is_async
 from agent_client.verify import OwnBid, result_problems
 from protocol.client import FeedEvent, FeedFollower, MarketClient, SocketSetup
-from protocol.distribution import DEFAULT_MAX_SUPPORT
 from protocol.draw import UnknownDrawMode, draw_function
-from protocol.market_rules import MechanismSettings
 from protocol.messages import (
     BidAccepted,
     Error,
     Hello,
     MarketClosed,
+    MarketEnded,
+    MarketInfo,
+    MarketList,
+    MarketOpened,
     Ping,
     Pong,
     RoundOpen,
@@ -63,26 +72,72 @@ class RoundRecord:
 
 
 @dataclass
-class AgentReport:
-    """Everything one agent saw of a market (``as_dict`` for JSON)."""
+class MarketReport:
+    """One market as this agent saw it."""
 
-    name: str
+    market: str
     rounds: dict[int, RoundRecord] = field(default_factory=dict)
     text: str = ""
     closed_reason: str | None = None
-    spent: float = 0.0
-    verification_failures: int = 0
-    resyncs: int = 0
 
     def record(self, number: int) -> RoundRecord:
         return self.rounds.setdefault(number, RoundRecord(number))
 
+
+@dataclass
+class AgentReport:
+    """Everything one agent saw of the exchange (``as_dict`` for JSON)."""
+
+    name: str
+    markets: dict[str, MarketReport] = field(default_factory=dict)
+    spent: float = 0.0
+    verification_failures: int = 0
+    resyncs: int = 0
+
+    def market(self, market: str) -> MarketReport:
+        return self.markets.setdefault(market, MarketReport(market))
+
+    def only(self) -> MarketReport:
+        """The report of the one market this agent took part in."""
+        if len(self.markets) != 1:
+            raise ValueError(f"{self.name} took part in {len(self.markets)} markets")
+        return next(iter(self.markets.values()))
+
+    @property
+    def all_closed(self) -> bool:
+        return bool(self.markets) and all(m.closed_reason is not None for m in self.markets.values())
+
     def as_dict(self) -> dict[str, object]:
-        return {**asdict(self), "rounds": [asdict(self.rounds[n]) for n in sorted(self.rounds)]}
+        return {
+            "name": self.name,
+            "spent": self.spent,
+            "verification_failures": self.verification_failures,
+            "resyncs": self.resyncs,
+            "markets": [
+                {**asdict(report), "rounds": [asdict(report.rounds[n]) for n in sorted(report.rounds)]}
+                for report in self.markets.values()
+            ],
+        }
+
+
+@dataclass
+class MarketState:
+    """What the runtime tracks of one market it takes part in."""
+
+    info: MarketInfo
+    report: MarketReport
+    recent: deque[RoundResult]
+    tokens: list[str] = field(default_factory=list)
+    applied_round: int = 0
+    decided_round: int = 0
+    commitments: dict[int, str] = field(default_factory=dict)
+    sent: dict[int, OwnBid] = field(default_factory=dict)
+    acknowledged: set[int] = field(default_factory=set)
+    thinking: asyncio.Future[Bid | None] | None = None
 
 
 class AgentRuntime:
-    """Runs one agent in one market until the market closes."""
+    """Runs one agent in an exchange until its markets close (or forever, with ``stay``)."""
 
     def __init__(
         self,
@@ -95,6 +150,7 @@ class AgentRuntime:
         history: int = 16,
         give_up_after: float = GIVE_UP_AFTER,
         context: zmq.asyncio.Context | None = None,
+        stay: bool = False,
     ) -> None:
         self.agent = agent
         self.name = name
@@ -102,41 +158,34 @@ class AgentRuntime:
         self.feed_endpoint = feed
         self.setup = setup
         self.request_timeout = request_timeout
+        self.history = history
         self.give_up_after = give_up_after
+        self.stay = stay
         self._shared_context = context
         self._last_contact = time.monotonic()
         self.report = AgentReport(name)
-        self.prompt = ""
-        self.tokens: list[str] = []
-        self.applied_round = 0
         self.budget: float | None = None
         self.heartbeat_interval = 1.0
-        self.mechanism: MechanismSettings | None = None
-        self.max_support = DEFAULT_MAX_SUPPORT
-        self.reference_weight = 0.0
-        self._sent: dict[int, OwnBid] = {}
-        self._acknowledged: set[int] = set()
-        self.recent: deque[RoundResult] = deque(maxlen=history)
-        self._commitments: dict[int, str] = {}
-        self._decided_round = 0
-        self._thinking: asyncio.Future[Bid | None] | None = None
+        self.markets: dict[str, MarketState] = {}
+        self._decisions = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._follower: FeedFollower | None = None
         self._stopping = False
 
     async def run(self) -> AgentReport:
-        """Register, follow the market, bid every round; return this agent's report at market close."""
+        """Register, follow the markets, bid in their rounds; return this agent's report."""
         context = self._shared_context or zmq.asyncio.Context()
         self.client = MarketClient(context, self.market_endpoint, self.setup)
         self.client.connect()
-        follower: FeedFollower | None = None
         heartbeat: asyncio.Task[None] | None = None
         try:
-            await self._register()
-            follower = FeedFollower(context, self.feed_endpoint, self.client, self.setup, self.request_timeout)
-            self._follower = follower
+            welcome = await self._register()
+            self._follower = FeedFollower(
+                context, self.feed_endpoint, self.client, self.setup, self.request_timeout, welcome.exchange_seq
+            )
+            self._welcomed(welcome)
             heartbeat = asyncio.create_task(self._heartbeat())
-            following = asyncio.create_task(self._follow(follower))
+            following = asyncio.create_task(self._follow(self._follower))
             await asyncio.wait({following, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
             if heartbeat.done():  # the heartbeat only ends by giving up (or being refused)
                 following.cancel()
@@ -152,20 +201,27 @@ class AgentRuntime:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            if follower is not None:
-                follower.close()
+            if self._follower is not None:
+                self._follower.close()
             self.client.close()
             if self._shared_context is None:
                 context.term()
         return self.report
 
     async def _follow(self, follower: FeedFollower) -> None:
+        if self._finished():
+            return
         async for event in follower.events():
             self._apply(event)
+            if self._finished():
+                return
+
+    def _finished(self) -> bool:
+        return not self.stay and self.report.all_closed
 
     # --- registration and liveness ------------------------------------------------------------
 
-    async def _register(self) -> None:
+    async def _register(self) -> Welcome:
         delay = 0.1
         while True:
             try:
@@ -178,8 +234,7 @@ class AgentRuntime:
             else:
                 self._last_contact = time.monotonic()
                 if isinstance(reply, Welcome):
-                    self._welcomed(reply)
-                    return
+                    return reply
                 if isinstance(reply, Error) and reply.code != "NAME_TAKEN":
                     raise AgentRejected(f"{reply.code}: {reply.message}")
                 log.info("registration refused (%s); retrying in %.1fs", getattr(reply, "code", reply.type), delay)
@@ -187,18 +242,28 @@ class AgentRuntime:
             delay = min(delay * 2, 5.0)
 
     def _welcomed(self, welcome: Welcome) -> None:
-        try:
-            draw_function(welcome.mechanism.mode)
-        except UnknownDrawMode as exc:
-            raise AgentRejected(f"cannot verify this market's draw: {exc}") from None
-        self.prompt = welcome.prompt
         self.budget = welcome.budget
         self.report.spent = welcome.spent
         self.heartbeat_interval = welcome.heartbeat_interval
-        self.mechanism = welcome.mechanism
-        self.max_support = welcome.max_support
-        self.reference_weight = welcome.reference_weight
-        log.info("registered as %s in market %s", self.name, welcome.market)
+        for info in welcome.markets:
+            self._join(info)
+        log.info("registered as %s with %d open market(s) to join", self.name, len(welcome.markets))
+
+    def _join(self, info: MarketInfo) -> None:
+        """Take part in a market: follow its feed (a sync brings its state first)."""
+        if info.id in self.markets or (info.agents is not None and self.name not in info.agents):
+            return
+        report = self.report.market(info.id)
+        self.markets[info.id] = MarketState(info, report, deque(maxlen=self.history))
+        try:
+            draw_function(info.rules.mode)
+        except UnknownDrawMode as exc:
+            report.closed_reason = f"refused: cannot verify its draw ({exc})"
+            self.report.verification_failures += 1
+            log.error("not trading in market %s: %s", info.id, exc)
+            return
+        assert self._follower is not None
+        self._follower.follow(info.id)
 
     async def _heartbeat(self) -> None:
         """Ping every interval; reconnect and re-register when the auctioneer goes silent or forgets us."""
@@ -219,12 +284,14 @@ class AgentRuntime:
             self.client.connect()
             if self._follower is not None:
                 self._follower.reconnect()  # what was broadcast meanwhile comes back through a resync
-            await self._register()
+            self._welcomed(await self._register())
             return
         self._last_contact = time.monotonic()
         if isinstance(reply, Error) and reply.code == "NOT_REGISTERED":
-            await self._register()
-        elif not isinstance(reply, Pong):
+            self._welcomed(await self._register())
+        elif isinstance(reply, Pong):
+            self.report.spent = reply.spent
+        else:
             log.debug("unexpected reply to ping: %s", reply.type)
 
     def _check_not_lost(self) -> None:
@@ -235,96 +302,132 @@ class AgentRuntime:
     # --- the feed -------------------------------------------------------------------------------
 
     def _apply(self, event: FeedEvent) -> None:
+        if isinstance(event, MarketOpened):
+            self._join(event.market)
+            return
+        if isinstance(event, MarketList):
+            for status in event.markets:
+                if status.closed is None:
+                    self._join(status.market)
+                elif status.market.id in self.markets:
+                    self._closed(self.markets[status.market.id], status.closed, status.text)
+            return
+        if isinstance(event, MarketEnded):
+            if event.market in self.markets:
+                self._closed(self.markets[event.market], event.reason, None)
+            return
+        state = self.markets.get(event.market or "")
+        if state is None:
+            return
         if isinstance(event, SyncReply):
             self.report.resyncs += 1
-            self.tokens = list(event.tokens)
-            self.applied_round = max(self.applied_round, event.last_round)
-            self.report.text = event.text
-            self.report.spent = event.balances.get(self.name, self.report.spent)
+            state.tokens = list(event.tokens)
+            state.applied_round = max(state.applied_round, event.last_round)
+            state.report.text = event.text
         elif isinstance(event, RoundOpen):
-            previous = self._commitments.get(event.round)
-            self._commitments[event.round] = event.seed_commitment
-            reopened = previous is not None and previous != event.seed_commitment
-            if reopened:
-                # The auctioneer restarted and opened this round afresh: a bid it acknowledged before
-                # is gone with the old round, so decide and bid again.
-                log.warning("round %d was reopened (the auctioneer restarted): bidding again", event.round)
-                self._sent.pop(event.round, None)
-                self._acknowledged.discard(event.round)
-            if event.round > self._decided_round or reopened:
-                self._decided_round = event.round
-                task = asyncio.create_task(self._decide_and_bid(event))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+            self._round_opened(state, event)
         elif isinstance(event, RoundResult):
-            self._apply_result(event)
+            self._apply_result(state, event)
         elif isinstance(event, MarketClosed):
-            self.report.closed_reason = event.reason
-            self.report.text = event.text
+            self._closed(state, event.reason, event.text)
 
-    def _apply_result(self, result: RoundResult) -> None:
-        assert self.mechanism is not None
-        own = self._sent.pop(result.round, None)
-        acknowledged = result.round in self._acknowledged
-        self._acknowledged.discard(result.round)
+    def _closed(self, state: MarketState, reason: str, text: str | None) -> None:
+        if state.report.closed_reason is None:
+            state.report.closed_reason = reason
+        if text is not None:
+            state.report.text = text
+
+    def _round_opened(self, state: MarketState, announcement: RoundOpen) -> None:
+        previous = state.commitments.get(announcement.round)
+        state.commitments[announcement.round] = announcement.seed_commitment
+        reopened = previous is not None and previous != announcement.seed_commitment
+        if reopened:
+            # The auctioneer restarted and opened this round afresh: a bid it acknowledged before
+            # is gone with the old round, so decide and bid again.
+            log.warning("round %d of %s was reopened (the auctioneer restarted): bidding again", announcement.round,
+                        state.info.id)  # fmt: skip
+            state.sent.pop(announcement.round, None)
+            state.acknowledged.discard(announcement.round)
+        if announcement.round > state.decided_round or reopened:
+            state.decided_round = announcement.round
+            task = asyncio.create_task(self._decide_and_bid(state, announcement))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    def _apply_result(self, state: MarketState, result: RoundResult) -> None:
+        own = state.sent.pop(result.round, None)
+        acknowledged = result.round in state.acknowledged
+        state.acknowledged.discard(result.round)
         if self.name not in result.bids and not acknowledged:
             own = None  # sent but never acknowledged: it may not have arrived, nothing to check
+        rules = state.info.rules
         problems = result_problems(
-            result, self._commitments.pop(result.round, None), self.mechanism, own, self.reference_weight
+            result, state.commitments.pop(result.round, None), rules, own, rules.effective_reference_weight
         )
         for problem in problems:
-            log.error("round %d FAILED VERIFICATION: %s", result.round, problem)
+            log.error("market %s round %d FAILED VERIFICATION: %s", state.info.id, result.round, problem)
         self.report.verification_failures += bool(problems)
-        if result.round > self.applied_round:
-            self.applied_round = result.round
+        if result.round > state.applied_round:
+            state.applied_round = result.round
             if result.token is not None:
-                self.tokens.append(result.token)
-        record = self.report.record(result.round)
+                state.tokens.append(result.token)
+        record = state.report.record(result.round)
         record.token = result.token
         record.payment = result.payments.get(self.name, 0.0)
-        self.report.text = result.text
-        self.report.spent = result.balances.get(self.name, self.report.spent)
-        self.recent.append(result)
+        if own is not None:  # a payment for a bid of this run (the welcome and pongs count the others)
+            self.report.spent += record.payment
+        state.report.text = result.text
+        state.recent.append(result)
         try:
-            self.agent.observe(result, self._context(result.round, 0.0))
+            self.agent.observe(result, self._context(state, result.round, 0.0))
         except Exception:
-            log.exception("agent.observe failed in round %d", result.round)
+            log.exception("agent.observe failed in market %s round %d", state.info.id, result.round)
 
     # --- deciding and bidding -----------------------------------------------------------------
 
-    def _context(self, number: int, timeout: float) -> RoundContext:
+    def _reserved(self) -> float:
+        return sum(bid.amount for state in self.markets.values() for bid in state.sent.values())
+
+    def _context(self, state: MarketState, number: int, timeout: float) -> RoundContext:
+        prompt = state.info.rules.prompt
         return RoundContext(
             name=self.name,
             round=number,
-            prompt=self.prompt,
-            text=self.prompt + "".join(self.tokens),
-            tokens=tuple(self.tokens),
+            prompt=prompt,
+            text=prompt + "".join(state.tokens),
+            tokens=tuple(state.tokens),
             budget=self.budget,
             spent=self.report.spent,
             timeout=timeout,
-            recent=tuple(self.recent),
-            mechanism=self.mechanism,
+            recent=tuple(state.recent),
+            market=state.info,
+            reserved=self._reserved(),
+            decisions=self._decisions,
         )
 
-    async def _decide_and_bid(self, announcement: RoundOpen) -> None:
+    async def _decide_and_bid(self, state: MarketState, announcement: RoundOpen) -> None:
         remaining = min(announcement.timeout, announcement.deadline - time.time()) * (1 - DEADLINE_MARGIN)
-        record = self.report.record(announcement.round)
+        record = state.report.record(announcement.round)
         if remaining <= 0:
             record.status = "missed (joined late)"
             return
         started = time.monotonic()
-        bid = await self._ask_agent(self._context(announcement.round, remaining), remaining, record)
+        self._decisions += 1
+        bid = await self._ask_agent(state, self._context(state, announcement.round, remaining), remaining, record)
         if bid is None:
             return
+        market = state.info
         try:
-            message = seal_bid(announcement.round, bid.distribution, float(bid.amount), self.max_support)
+            message = seal_bid(
+                announcement.round, bid.distribution, float(bid.amount), market.rules.max_support, market.id
+            )
         except ValueError as exc:
             record.status = "invalid (not sent)"
-            log.error("round %d: the agent's bid is invalid: %s", announcement.round, exc)
+            log.error("market %s round %d: the agent's bid is invalid: %s", market.id, announcement.round, exc)
             return
         record.bid = float(bid.amount)
         # Known before the reply: the result may be broadcast before the acknowledgement is read.
-        self._sent[announcement.round] = OwnBid(self.name, dict(bid.distribution), float(bid.amount))
+        state.sent[announcement.round] = OwnBid(self.name, dict(bid.distribution), float(bid.amount))
         left = max(remaining - (time.monotonic() - started), 0.05) + DEADLINE_MARGIN * announcement.timeout
         try:
             reply = await self.client.request(message, left)
@@ -333,27 +436,30 @@ class AgentRuntime:
             return
         if isinstance(reply, BidAccepted):
             record.status = "accepted"
-            if announcement.round > self.applied_round:
-                self._acknowledged.add(announcement.round)
+            if announcement.round > state.applied_round:
+                state.acknowledged.add(announcement.round)
         elif isinstance(reply, Error):
             record.status = reply.code
-            self._sent.pop(announcement.round, None)
-            log.warning("round %d: bid refused: %s %s", announcement.round, reply.code, reply.message)
+            state.sent.pop(announcement.round, None)
+            log.warning("market %s round %d: bid refused: %s %s", market.id, announcement.round, reply.code,
+                        reply.message)  # fmt: skip
 
-    async def _ask_agent(self, context: RoundContext, remaining: float, record: RoundRecord) -> Bid | None:
+    async def _ask_agent(
+        self, state: MarketState, context: RoundContext, remaining: float, record: RoundRecord
+    ) -> Bid | None:
         try:
             if is_async(self.agent):
                 outcome = self.agent.decide(context)
                 assert asyncio.iscoroutine(outcome) or isinstance(outcome, asyncio.Future)
                 return await asyncio.wait_for(outcome, remaining)
-            if self._thinking is not None and not self._thinking.done():
+            if state.thinking is not None and not state.thinking.done():
                 record.status = "missed (still thinking)"
                 return None
-            self._thinking = asyncio.get_running_loop().run_in_executor(None, self.agent.decide, context)  # type: ignore[arg-type]
-            return await asyncio.wait_for(asyncio.shield(self._thinking), remaining)
+            state.thinking = asyncio.get_running_loop().run_in_executor(None, self.agent.decide, context)  # type: ignore[arg-type]
+            return await asyncio.wait_for(asyncio.shield(state.thinking), remaining)
         except TimeoutError:
             record.status = "missed (too slow)"
         except Exception:
             record.status = "agent error"
-            log.exception("round %d: agent.decide raised", context.round)
+            log.exception("market %s round %d: agent.decide raised", state.info.id, context.round)
         return None

@@ -39,7 +39,8 @@ class Fixed(BiddingStrategy):
 
 
 class BudgetPaced(BiddingStrategy):
-    """Spreads what is left of the budget evenly over the rounds expected to remain."""
+    """Spreads what is left of the budget evenly over the rounds expected to remain, across every
+    market the agent bids in (``expected_rounds`` counts them all)."""
 
     def __init__(self, budget: float, expected_rounds: int) -> None:
         self.budget = float(budget)
@@ -47,8 +48,8 @@ class BudgetPaced(BiddingStrategy):
 
     def amount(self, context: RoundContext) -> float:
         budget = self.budget if context.budget is None else min(self.budget, context.budget)
-        remaining = max(budget - context.spent, 0.0)
-        return remaining / max(self.expected_rounds - context.round + 1, 1)
+        remaining = max(budget - context.spent - context.reserved, 0.0)
+        return remaining / max(self.expected_rounds - context.decisions + 1, 1)
 
 
 class Truthful(BiddingStrategy):

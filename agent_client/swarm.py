@@ -52,13 +52,13 @@ async def run_swarm(market: str, feed: str, count: int, prefix: str, support: in
 
 
 def summary(report: AgentReport) -> dict[str, Any]:
-    statuses = Counter(r.status for r in report.rounds.values())
+    """Per agent, over every market it took part in: results received, how its bids were answered."""
+    rounds = [r for market in report.markets.values() for r in market.rounds.values()]
     return {
         "name": report.name,
-        "results": sum(1 for r in report.rounds.values() if r.token is not None),
-        "rounds_seen": sorted(report.rounds),
-        "statuses": dict(statuses),
-        "closed": report.closed_reason,
-        "text_length": len(report.text),
+        "markets": len(report.markets),
+        "results": sum(1 for r in rounds if r.token is not None),
+        "statuses": dict(Counter(r.status for r in rounds)),
+        "closed": report.all_closed,
         "verification_failures": report.verification_failures,
     }

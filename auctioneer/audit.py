@@ -1,8 +1,10 @@
-"""Auditing a ledger: replay every stored round through the mechanism and check the record.
+"""Auditing an exchange's ledger: replay every stored round through the mechanism, check every budget.
 
-Per round: round numbers are contiguous, ``sha256(seed)`` equals the commitment, the replayed
-token, aggregate, payments and sponsors equal the stored ones (and the stored broadcast agrees with the
-rows), and the balances broadcast equal the running sum of payments.
+Per round of every market: round numbers are contiguous, ``sha256(seed)`` equals the commitment,
+the replayed token, aggregate, payments and sponsors equal the stored ones (a live reference's
+distribution is replayed from its row), the stored broadcast agrees with the rows, and the
+balances broadcast equal the running sum of the market's payments. Per agent: what it paid across
+the exchange never exceeds its budget.
 """
 
 from __future__ import annotations
@@ -11,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from auctioneer.ledger import Ledger, StoredRound
-from auctioneer.mechanism import SparseDistribution, run_auction
+from auctioneer.ledger import Ledger, StoredMarket, StoredRound
+from auctioneer.mechanism import Reference, SparseDistribution, run_auction
 from auctioneer.settings import MarketSettings
 from protocol.draw import seed_commitment
 
@@ -21,6 +23,7 @@ TOLERANCE = 1e-9
 
 @dataclass(frozen=True)
 class RoundVerdict:
+    market: str
     round: int
     problems: list[str]
 
@@ -49,13 +52,18 @@ def check_round(
         problems.append("sha256(seed) does not match the seed commitment")
     if result.seed != stored.seed.hex() or result.seed_commitment != stored.seed_commitment:
         problems.append("the broadcast seed differs from the stored one")
-    if stored.bids:
+    bids = [b for b in stored.bids if not b.reference]
+    live_reference = next((b for b in stored.bids if b.reference), None)
+    reference = settings.reference_distribution()
+    if live_reference is not None:
+        reference = Reference(SparseDistribution(live_reference.tokens, live_reference.probs), live_reference.bid)
+    if bids:
         outcome = run_auction(
-            [SparseDistribution(b.tokens, b.probs) for b in stored.bids],
-            [b.bid for b in stored.bids],
+            [SparseDistribution(b.tokens, b.probs) for b in bids],
+            [b.bid for b in bids],
             settings,
             stored.seed,
-            settings.reference_distribution(),
+            reference,
         )
         if outcome.token != stored.token:
             problems.append(f"token {stored.token!r} but the mechanism chooses {outcome.token!r}")
@@ -65,14 +73,14 @@ def check_round(
             or not np.allclose(result.distribution.probs, outcome.distribution, rtol=0, atol=TOLERANCE)
         ):
             problems.append("the broadcast aggregate differs from the replayed one")
-        replayed = dict(zip([b.agent for b in stored.bids], outcome.payments.tolist(), strict=True))
+        replayed = dict(zip([b.agent for b in bids], outcome.payments.tolist(), strict=True))
         for agent, amount in replayed.items():
             charged = stored.payments.get(agent)
             if charged is None or not _close(charged, amount):
                 problems.append(f"{agent} was charged {charged} but the mechanism says {amount:.12g}")
         if set(stored.payments) - set(replayed):
             problems.append(f"payments for agents without bids: {sorted(set(stored.payments) - set(replayed))}")
-        sponsors = outcome.sponsors_by_name([b.agent for b in stored.bids])
+        sponsors = outcome.sponsors_by_name([b.agent for b in bids])
         if not _same_shares(sponsors, stored.sponsors) or not _same_shares(sponsors, result.sponsors):
             problems.append(f"sponsors {stored.sponsors} but the mechanism says {sponsors}")
     elif stored.token is not None or stored.payments or stored.sponsors:
@@ -91,11 +99,27 @@ def check_round(
     return problems
 
 
-def audit_ledger(ledger: Ledger) -> list[RoundVerdict]:
-    """A verdict for every stored round, in order."""
-    settings = MarketSettings.model_validate(ledger.definition() or {})
+def audit_market(ledger: Ledger, market: StoredMarket) -> list[RoundVerdict]:
+    """A verdict for every stored round of one market, in order."""
+    settings = MarketSettings.model_validate(market.definition["settings"])
     balances: dict[str, float] = {}
     return [
-        RoundVerdict(stored.round, check_round(stored, settings, number, balances))
-        for number, stored in enumerate(ledger.rounds(), start=1)
+        RoundVerdict(market.id, stored.round, check_round(stored, settings, number, balances))
+        for number, stored in enumerate(ledger.rounds(market.id), start=1)
     ]
+
+
+def budget_problems(ledger: Ledger) -> list[str]:
+    """Every agent whose payments across the exchange exceed its budget."""
+    spent = ledger.spent()
+    return [
+        f"{agent} paid {spent.get(agent, 0.0):.12g}, over its budget {budget}"
+        for agent, (budget, _reserved) in ledger.accounts().items()
+        if budget is not None and spent.get(agent, 0.0) > budget * (1 + TOLERANCE)
+    ]
+
+
+def audit_ledger(ledger: Ledger) -> tuple[list[RoundVerdict], list[str]]:
+    """A verdict for every round of every market, and the budget problems of the exchange."""
+    verdicts = [verdict for market in ledger.markets() for verdict in audit_market(ledger, market)]
+    return verdicts, budget_problems(ledger)

@@ -1,9 +1,19 @@
-"""The SQLite ledger: the market's durable record (WAL mode, one transaction per round).
+"""The SQLite ledger of an exchange: every market's durable record in one file (WAL, group commits).
 
-Tables: ``meta`` (market definition, feed sequence, closing), ``rounds`` (one row per committed
-round, with the exact ``round_result`` broadcast), ``bids`` and ``payments`` (one row per bidder per
-round), ``sponsors`` (who pulled each round's token, by share). Rounds, bids, payments and sponsors
-are append-only, enforced by triggers. Balances are not stored: they are the sum of payments.
+Tables:
+
+- ``meta``: the schema version, the exchange's notice seq, the default market, the commit count;
+- ``markets``: one row per market: its definition (settings, invited agents, reference agent), the
+  feed seq of its last durable broadcast, its ``market_closed`` message once it ended;
+- ``rounds``, ``bids``, ``payments``, ``sponsors``: one row per committed round (with when it opened
+  and when it was committed, Unix seconds), bid, payment and sponsor share, keyed by market and
+  round, append-only (triggers). A bid row marked ``reference``
+  holds a live reference agent's distribution and the weight it was given; it never pays;
+- ``accounts``: each agent's budget and, as of the last commit, what its bids in open rounds
+  reserve. What an agent spent is the sum of its payments.
+
+:meth:`Ledger.commit` writes every round that closed in one tick of the exchange, every market
+that ended and the accounts they touched in **one** transaction: one fsync for many markets.
 """
 
 from __future__ import annotations
@@ -11,9 +21,9 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,36 +35,60 @@ from protocol.messages import MarketClosed, Message, RoundResult
 
 log = logging.getLogger(__name__)
 
+SCHEMA_VERSION = "2"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS markets (
+    market TEXT PRIMARY KEY,
+    definition TEXT NOT NULL,
+    opened_at REAL NOT NULL,
+    seq INTEGER NOT NULL DEFAULT 0,
+    closed BLOB
+);
 CREATE TABLE IF NOT EXISTS rounds (
-    round INTEGER PRIMARY KEY,
+    market TEXT NOT NULL REFERENCES markets(market),
+    round INTEGER NOT NULL,
     token TEXT,
     seed BLOB NOT NULL,
     seed_commitment TEXT NOT NULL,
-    result_seq INTEGER NOT NULL UNIQUE,
+    result_seq INTEGER NOT NULL,
+    opened_at REAL NOT NULL,
     committed_at REAL NOT NULL,
-    result BLOB NOT NULL
+    result BLOB NOT NULL,
+    PRIMARY KEY (market, round)
 );
 CREATE TABLE IF NOT EXISTS bids (
-    round INTEGER NOT NULL REFERENCES rounds(round),
+    market TEXT NOT NULL,
+    round INTEGER NOT NULL,
     agent TEXT NOT NULL,
     bid REAL NOT NULL,
     tokens BLOB NOT NULL,
     probs BLOB NOT NULL,
-    PRIMARY KEY (round, agent)
+    reference INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (market, round, agent),
+    FOREIGN KEY (market, round) REFERENCES rounds(market, round)
 );
 CREATE TABLE IF NOT EXISTS payments (
-    round INTEGER NOT NULL REFERENCES rounds(round),
+    market TEXT NOT NULL,
+    round INTEGER NOT NULL,
     agent TEXT NOT NULL,
     amount REAL NOT NULL CHECK (amount >= 0),
-    PRIMARY KEY (round, agent)
+    PRIMARY KEY (market, round, agent),
+    FOREIGN KEY (market, round) REFERENCES rounds(market, round)
 );
+CREATE INDEX IF NOT EXISTS payments_by_agent ON payments(agent);
 CREATE TABLE IF NOT EXISTS sponsors (
-    round INTEGER NOT NULL REFERENCES rounds(round),
+    market TEXT NOT NULL,
+    round INTEGER NOT NULL,
     sponsor TEXT NOT NULL,
     share REAL NOT NULL CHECK (share > 0 AND share <= 1),
-    PRIMARY KEY (round, sponsor)
+    PRIMARY KEY (market, round, sponsor),
+    FOREIGN KEY (market, round) REFERENCES rounds(market, round)
+);
+CREATE TABLE IF NOT EXISTS accounts (
+    agent TEXT PRIMARY KEY,
+    budget REAL,
+    reserved REAL NOT NULL DEFAULT 0 CHECK (reserved >= 0)
 );
 CREATE TRIGGER IF NOT EXISTS rounds_append_only BEFORE UPDATE ON rounds
     BEGIN SELECT RAISE(ABORT, 'rounds are append-only'); END;
@@ -74,22 +108,35 @@ CREATE TRIGGER IF NOT EXISTS sponsors_no_delete BEFORE DELETE ON sponsors
 
 
 class LedgerError(Exception):
-    """The database cannot be used as this market's ledger."""
+    """The database cannot be used as this exchange's ledger (the message says why)."""
 
 
 @dataclass(frozen=True)
 class StoredBid:
     agent: str
     bid: float
-    tokens: list[str]
+    tokens: Sequence[str]
     probs: np.ndarray
+    reference: bool = False
 
     def distribution(self) -> dict[str, float]:
         return dict(zip(self.tokens, self.probs.tolist(), strict=True))
 
 
 @dataclass(frozen=True)
+class RoundRecord:
+    """What a commit writes for one round: its broadcast result, seed, opening time and bids."""
+
+    market: str
+    result: RoundResult
+    seed: bytes
+    opened_at: float
+    bids: Sequence[StoredBid]
+
+
+@dataclass(frozen=True)
 class StoredRound:
+    market: str
     round: int
     token: str | None
     seed: bytes
@@ -98,10 +145,31 @@ class StoredRound:
     payments: dict[str, float]
     sponsors: dict[str, float]
     result: RoundResult
+    opened_at: float
+    committed_at: float
+
+
+@dataclass(frozen=True)
+class StoredMarket:
+    """A market as the ledger holds it: enough to list it, audit it, or resume it."""
+
+    id: str
+    definition: dict[str, Any]
+    opened_at: float
+    seq: int
+    closed: MarketClosed | None
+    last_round: int = 0
+    tokens: list[str] = field(default_factory=list)
+    idle_streak: int = 0
+    balances: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def revenue(self) -> float:
+        return sum(self.balances.values())
 
 
 class Ledger:
-    """One market's ledger in one SQLite file."""
+    """An exchange's ledger in one SQLite file."""
 
     def __init__(self, path: Path, durable: bool = True) -> None:
         """``durable=False`` skips fsync (for simulations, where a crash just means running again)."""
@@ -111,17 +179,29 @@ class Ledger:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={'FULL' if durable else 'OFF'}")
             self._db.execute("PRAGMA foreign_keys=ON")
+            self._refuse_older_schema()
             self._db.executescript(SCHEMA)
+            if self._meta("schema") is None:
+                with self._transaction() as db:
+                    self._set_meta(db, "schema", SCHEMA_VERSION)
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{path} is not a usable SQLite ledger: {exc}") from None
+
+    def _refuse_older_schema(self) -> None:
+        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "rounds" in tables and "markets" not in tables:
+            raise LedgerError(
+                f"{self.path} was written by token-auction 0.1 (one market per file); read it with that "
+                "version, or start this exchange on a new --db"
+            )
 
     @classmethod
     def open_existing(cls, path: Path) -> Ledger:
         """Open a ledger that must already hold a market (reading never creates one)."""
         if not path.is_file():
-            raise LedgerError(f"no ledger at {path} (pass --db PATH of a market's database)")
+            raise LedgerError(f"no ledger at {path} (pass --db PATH of an exchange's database)")
         ledger = cls(path)
-        if ledger.definition() is None:
+        if not ledger.market_ids():
             ledger.close()
             raise LedgerError(f"{path} holds no market")
         return ledger
@@ -151,101 +231,189 @@ class Ledger:
         row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
-    def _set_meta(self, db: sqlite3.Connection, key: str, value: str) -> None:
+    @staticmethod
+    def _set_meta(db: sqlite3.Connection, key: str, value: str) -> None:
         db.execute(
             "INSERT INTO meta(key, value) VALUES(?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
             (key, value),
         )
 
-    def definition(self) -> dict[str, Any] | None:
-        stored = self._meta("definition")
-        return None if stored is None else dict(json.loads(stored))
+    def exchange_seq(self) -> int:
+        return int(self._meta("exchange_seq") or 0)
 
-    def market_id(self) -> str:
-        return self._meta("market_id") or ""
+    def commits(self) -> int:
+        """How many group commits wrote rounds (each one fsync)."""
+        return int(self._meta("commits") or 0)
 
-    def create(self, market_id: str, definition: dict[str, Any]) -> None:
-        with self._transaction() as db:
-            self._set_meta(db, "market_id", market_id)
-            self._set_meta(db, "definition", json.dumps(definition, sort_keys=True))
-            self._set_meta(db, "seq", "0")
+    def default_market(self) -> str | None:
+        return self._meta("default_market")
 
-    def last_seq(self) -> int:
-        return int(self._meta("seq") or 0)
+    # --- markets --------------------------------------------------------------------------
 
-    def closed(self) -> MarketClosed | None:
-        stored = self._meta("closed")
-        if stored is None:
-            return None
-        message = _stored_message(bytes.fromhex(stored))
-        assert isinstance(message, MarketClosed)
-        return message
+    def create_market(
+        self, market: str, definition: dict[str, Any], opened_at: float, exchange_seq: int, default: bool = False
+    ) -> None:
+        """Record a new market (and the exchange seq of its announcement) durably."""
+        try:
+            with self._transaction() as db:
+                db.execute(
+                    "INSERT INTO markets(market, definition, opened_at) VALUES (?, ?, ?)",
+                    (market, json.dumps(definition, sort_keys=True), opened_at),
+                )
+                self._set_meta(db, "exchange_seq", str(exchange_seq))
+                if default:
+                    self._set_meta(db, "default_market", market)
+        except sqlite3.IntegrityError:
+            raise LedgerError(f"a market {market!r} already exists in {self.path}") from None
 
-    def record_closed(self, message: MarketClosed) -> None:
-        with self._transaction() as db:
-            self._set_meta(db, "closed", encode(message).hex())
-            self._set_meta(db, "seq", str(max(self.last_seq(), message.seq)))
-
-    # --- rounds ---------------------------------------------------------------------------
-
-    def commit_round(self, result: RoundResult, seed: bytes, bids: Sequence[StoredBid]) -> None:
-        """Write the round, its bids and payments, and the feed seq in one transaction."""
+    def update_definition(self, market: str, definition: dict[str, Any]) -> None:
         with self._transaction() as db:
             db.execute(
-                "INSERT INTO rounds(round, token, seed, seed_commitment, result_seq, committed_at, result)"
-                " VALUES (?, ?, ?, ?, ?, julianday('now'), ?)",
-                (result.round, result.token, seed, result.seed_commitment, result.seq, encode(result)),
+                "UPDATE markets SET definition = ? WHERE market = ?", (json.dumps(definition, sort_keys=True), market)
             )
-            db.executemany(
-                "INSERT INTO bids(round, agent, bid, tokens, probs) VALUES (?, ?, ?, ?, ?)",
-                [
-                    (
-                        result.round,
-                        b.agent,
-                        b.bid,
-                        msgpack.packb(list(b.tokens)),
-                        np.ascontiguousarray(b.probs, dtype="<f8").tobytes(),
-                    )
-                    for b in bids
-                ],
-            )
-            db.executemany(
-                "INSERT INTO payments(round, agent, amount) VALUES (?, ?, ?)",
-                [(result.round, agent, amount) for agent, amount in result.payments.items()],
-            )
-            db.executemany(
-                "INSERT INTO sponsors(round, sponsor, share) VALUES (?, ?, ?)",
-                [(result.round, sponsor, share) for sponsor, share in result.sponsors.items()],
-            )
-            self._set_meta(db, "seq", str(max(self.last_seq(), result.seq)))
 
-    def last_round(self) -> int:
-        return int(self._db.execute("SELECT COALESCE(MAX(round), 0) FROM rounds").fetchone()[0])
+    def market_ids(self) -> list[str]:
+        return [row[0] for row in self._db.execute("SELECT market FROM markets ORDER BY opened_at, market")]
 
-    def tokens(self) -> list[str]:
-        return [row[0] for row in self._db.execute("SELECT token FROM rounds WHERE token IS NOT NULL ORDER BY round")]
+    def market(self, market: str) -> StoredMarket | None:
+        row = self._db.execute(
+            "SELECT market, definition, opened_at, seq, closed FROM markets WHERE market = ?", (market,)
+        ).fetchone()
+        return None if row is None else self._stored_market(row)
 
-    def idle_streak(self) -> int:
-        """How many of the latest rounds had no bid."""
-        streak = 0
-        for (token,) in self._db.execute("SELECT token FROM rounds ORDER BY round DESC"):
-            if token is not None:
-                break
-            streak += 1
-        return streak
+    def markets(self, open_only: bool = False) -> list[StoredMarket]:
+        """Every market (or every open one), oldest first."""
+        query = "SELECT market, definition, opened_at, seq, closed FROM markets"
+        query += " WHERE closed IS NULL" if open_only else ""
+        return [self._stored_market(row) for row in self._db.execute(query + " ORDER BY opened_at, market").fetchall()]
 
-    def balances(self) -> dict[str, float]:
-        """Total paid per agent: the sum of its payments."""
+    def _stored_market(self, row: tuple[Any, ...]) -> StoredMarket:
+        market, definition, opened_at, seq, closed = row
+        tokens = []
+        idle = 0
+        last_round = 0
+        for number, token in self._db.execute(
+            "SELECT round, token FROM rounds WHERE market = ? ORDER BY round", (market,)
+        ):
+            last_round = number
+            if token is None:
+                idle += 1
+            else:
+                idle = 0
+                tokens.append(token)
+        closing = _stored_message(closed) if closed is not None else None
+        assert closing is None or isinstance(closing, MarketClosed)
+        return StoredMarket(
+            market,
+            dict(json.loads(definition)),
+            opened_at,
+            seq,
+            closing,
+            last_round,
+            tokens,
+            idle,
+            self.balances(market),
+        )
+
+    # --- group commit ---------------------------------------------------------------------
+
+    def commit(
+        self,
+        rounds: Sequence[RoundRecord],
+        closings: Sequence[MarketClosed] = (),
+        accounts: Mapping[str, tuple[float | None, float]] | None = None,
+        exchange_seq: int | None = None,
+    ) -> None:
+        """Write ``rounds``, the markets' ``closings``, ``accounts`` (agent -> (budget, reserved)) and the
+        exchange's notice seq in one transaction."""
+        with self._transaction() as db:
+            for record in rounds:
+                self._write_round(db, record)
+            for closing in closings:
+                db.execute(
+                    "UPDATE markets SET closed = ?, seq = MAX(seq, ?) WHERE market = ?",
+                    (encode(closing), closing.seq, closing.market),
+                )
+            if accounts:
+                db.executemany(
+                    "INSERT INTO accounts(agent, budget, reserved) VALUES (?, ?, ?) ON CONFLICT(agent) "
+                    "DO UPDATE SET budget = excluded.budget, reserved = excluded.reserved",
+                    [(agent, budget, reserved) for agent, (budget, reserved) in accounts.items()],
+                )
+            if exchange_seq is not None:
+                self._set_meta(db, "exchange_seq", str(exchange_seq))
+            if rounds:
+                self._set_meta(db, "commits", str(self.commits() + 1))
+
+    @staticmethod
+    def _write_round(db: sqlite3.Connection, record: RoundRecord) -> None:
+        result, market = record.result, record.market
+        db.execute(
+            "INSERT INTO rounds(market, round, token, seed, seed_commitment, result_seq, opened_at, committed_at,"
+            " result) VALUES (?, ?, ?, ?, ?, ?, ?, (julianday('now') - 2440587.5) * 86400.0, ?)",
+            (
+                market,
+                result.round,
+                result.token,
+                record.seed,
+                result.seed_commitment,
+                result.seq,
+                record.opened_at,
+                encode(result),
+            ),
+        )
+        db.executemany(
+            "INSERT INTO bids(market, round, agent, bid, tokens, probs, reference) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    market,
+                    result.round,
+                    b.agent,
+                    b.bid,
+                    msgpack.packb(list(b.tokens)),
+                    np.ascontiguousarray(b.probs, dtype="<f8").tobytes(),
+                    int(b.reference),
+                )
+                for b in record.bids
+            ],
+        )
+        db.executemany(
+            "INSERT INTO payments(market, round, agent, amount) VALUES (?, ?, ?, ?)",
+            [(market, result.round, agent, amount) for agent, amount in result.payments.items()],
+        )
+        db.executemany(
+            "INSERT INTO sponsors(market, round, sponsor, share) VALUES (?, ?, ?, ?)",
+            [(market, result.round, sponsor, share) for sponsor, share in result.sponsors.items()],
+        )
+        db.execute("UPDATE markets SET seq = MAX(seq, ?) WHERE market = ?", (result.seq, market))
+
+    # --- reading --------------------------------------------------------------------------
+
+    def balances(self, market: str) -> dict[str, float]:
+        """Total paid per agent in one market: the sum of its payments there."""
+        rows = self._db.execute(
+            "SELECT agent, SUM(amount) FROM payments WHERE market = ? GROUP BY agent ORDER BY agent", (market,)
+        )
+        return {agent: float(total) for agent, total in rows}
+
+    def spent(self) -> dict[str, float]:
+        """Total paid per agent across the exchange."""
         rows = self._db.execute("SELECT agent, SUM(amount) FROM payments GROUP BY agent ORDER BY agent")
         return {agent: float(total) for agent, total in rows}
 
-    def results_since(self, seq: int, limit: int, max_bytes: int) -> tuple[list[RoundResult], bool]:
-        """Stored ``round_result`` broadcasts with ``seq`` above ``seq``, oldest first, and whether more
-        remain: at most ``limit`` of them and, past the first, at most ``max_bytes`` of them encoded."""
+    def accounts(self) -> dict[str, tuple[float | None, float]]:
+        """agent -> (budget, reserved as of the last commit)."""
+        rows = self._db.execute("SELECT agent, budget, reserved FROM accounts ORDER BY agent")
+        return {agent: (budget, float(reserved)) for agent, budget, reserved in rows}
+
+    def results_since(self, market: str, seq: int, limit: int, max_bytes: int) -> tuple[list[RoundResult], bool]:
+        """A market's stored ``round_result`` broadcasts with ``seq`` above ``seq``, oldest first, and
+        whether more remain: at most ``limit`` of them and, past the first, at most ``max_bytes`` encoded."""
         results: list[RoundResult] = []
         size = 0
         rows = self._db.execute(
-            "SELECT result FROM rounds WHERE result_seq > ? ORDER BY result_seq LIMIT ?", (seq, limit + 1)
+            "SELECT result FROM rounds WHERE market = ? AND result_seq > ? ORDER BY result_seq LIMIT ?",
+            (market, seq, limit + 1),
         )
         for (data,) in rows:
             size += len(data)
@@ -256,60 +424,123 @@ class Ledger:
             results.append(message)
         return results, False
 
-    def rounds(self) -> Iterator[StoredRound]:
-        """Every committed round with its bids and payments, in order."""
-        for number, token, seed, commitment, result in self._db.execute(
-            "SELECT round, token, seed, seed_commitment, result FROM rounds ORDER BY round"
+    def rounds(self, market: str) -> Iterator[StoredRound]:
+        """Every committed round of a market with its bids, payments and sponsors, in order."""
+        for number, token, seed, commitment, result, opened_at, committed_at in self._db.execute(
+            "SELECT round, token, seed, seed_commitment, result, opened_at, committed_at FROM rounds"
+            " WHERE market = ? ORDER BY round",
+            (market,),
         ).fetchall():
+            key = (market, number)
             bids = [
-                StoredBid(agent, bid, msgpack.unpackb(tokens), np.frombuffer(probs, dtype="<f8"))
-                for agent, bid, tokens, probs in self._db.execute(
-                    "SELECT agent, bid, tokens, probs FROM bids WHERE round = ? ORDER BY agent", (number,)
+                StoredBid(agent, bid, msgpack.unpackb(tokens), np.frombuffer(probs, dtype="<f8"), bool(reference))
+                for agent, bid, tokens, probs, reference in self._db.execute(
+                    "SELECT agent, bid, tokens, probs, reference FROM bids WHERE market = ? AND round = ?"
+                    " ORDER BY agent",
+                    key,
                 )
             ]
-            payments = dict(
-                self._db.execute(
-                    "SELECT agent, amount FROM payments WHERE round = ? ORDER BY agent", (number,)
-                ).fetchall()
+            payments = self._pairs(
+                "SELECT agent, amount FROM payments WHERE market = ? AND round = ? ORDER BY agent", key
             )
-            sponsors = dict(
-                self._db.execute(
-                    "SELECT sponsor, share FROM sponsors WHERE round = ? ORDER BY sponsor", (number,)
-                ).fetchall()
+            sponsors = self._pairs(
+                "SELECT sponsor, share FROM sponsors WHERE market = ? AND round = ? ORDER BY sponsor", key
             )
             message = _stored_message(result)
             assert isinstance(message, RoundResult)
-            yield StoredRound(number, token, bytes(seed), commitment, bids, payments, sponsors, message)
+            yield StoredRound(
+                market,
+                number,
+                token,
+                bytes(seed),
+                commitment,
+                bids,
+                payments,
+                sponsors,
+                message,
+                opened_at,
+                committed_at,
+            )
 
-    def document(self) -> dict[str, Any]:
-        """The whole record as JSON-ready data (what ``auctioneer ledger --json`` prints)."""
-        definition = self.definition() or {}
+    def _pairs(self, query: str, key: tuple[str, int]) -> dict[str, float]:
+        return {name: float(value) for name, value in self._db.execute(query, key)}
+
+    # --- documents ------------------------------------------------------------------------
+
+    def document(self, market: str | None = None) -> dict[str, Any]:
+        """One market's whole record as JSON-ready data (``auctioneer ledger --market ID --json``).
+        Without ``market``: the default market, or the only one."""
+        market = market or self.default_market() or self._only_market()
+        stored = self.market(market)
+        if stored is None:
+            raise LedgerError(f"{self.path} holds no market {market!r} (see auctioneer ledger --db {self.path})")
         rounds = []
-        for stored in self.rounds():
-            result = stored.result
+        for record in self.rounds(market):
+            result = record.result
             rounds.append(
                 {
-                    "round": stored.round,
-                    "token": stored.token,
+                    "round": record.round,
+                    "token": record.token,
                     "distribution": result.distribution.as_mapping() if result.distribution else {},
-                    "bids": {b.agent: {"bid": b.bid, "distribution": b.distribution()} for b in stored.bids},
-                    "payments": stored.payments,
-                    "sponsors": stored.sponsors,
-                    "seed": stored.seed.hex(),
-                    "seed_commitment": stored.seed_commitment,
+                    "bids": {b.agent: {"bid": b.bid, "distribution": b.distribution()} for b in record.bids},
+                    "payments": record.payments,
+                    "sponsors": record.sponsors,
+                    "seed": record.seed.hex(),
+                    "seed_commitment": record.seed_commitment,
                 }
             )
-        prompt = str(definition.get("prompt", ""))
-        closed = self.closed()
+        settings = stored.definition.get("settings", {})
+        prompt = str(settings.get("prompt", ""))
         return {
-            "market": self.market_id(),
+            "market": market,
             "prompt": prompt,
-            "text": prompt + "".join(self.tokens()),
-            "closed": closed.reason if closed else None,
-            "settings": definition,
+            "text": prompt + "".join(stored.tokens),
+            "closed": stored.closed.reason if stored.closed else None,
+            "settings": settings,
+            "agents": stored.definition.get("agents"),
+            "reference_agent": stored.definition.get("reference_agent"),
             "rounds": rounds,
-            "balances": self.balances(),
+            "balances": stored.balances,
         }
+
+    def _only_market(self) -> str:
+        ids = self.market_ids()
+        if len(ids) != 1:
+            raise LedgerError(f"{self.path} holds {len(ids)} markets: name one (--market ID)")
+        return ids[0]
+
+    def overview(self) -> dict[str, Any]:
+        """Every market and every agent's budget account (``auctioneer ledger --json`` on an exchange)."""
+        spent = self.spent()
+        accounts = self.accounts()
+        markets = []
+        for stored in self.markets():
+            settings = stored.definition.get("settings", {})
+            markets.append(
+                {
+                    "market": stored.id,
+                    "prompt": settings.get("prompt", ""),
+                    "rounds": stored.last_round,
+                    "text": settings.get("prompt", "") + "".join(stored.tokens),
+                    "revenue": stored.revenue,
+                    "closed": stored.closed.reason if stored.closed else None,
+                }
+            )
+        agents = sorted(set(spent) | set(accounts))
+        return {
+            "markets": markets,
+            "accounts": {
+                agent: account_row(accounts.get(agent, (None, 0.0)), spent.get(agent, 0.0)) for agent in agents
+            },
+            "commits": self.commits(),
+        }
+
+
+def account_row(account: tuple[float | None, float], spent: float) -> dict[str, float | None]:
+    """An agent's budget account: budget, spent, reserved (as of the last commit) and what remains."""
+    budget, reserved = account
+    remaining = None if budget is None else budget - spent - reserved
+    return {"budget": budget, "spent": spent, "reserved": reserved, "remaining": remaining}
 
 
 def _stored_message(data: bytes) -> Message:

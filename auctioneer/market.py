@@ -1,8 +1,12 @@
-"""The market's state machine: registration, rounds, bid admission, deciding and committing.
+"""One market of an exchange: its rules, its text, its round clock and the admission of its bids.
 
-No sockets here: the server feeds it decoded requests and broadcasts what it returns. Everything
-that changes the market goes through :meth:`Market.handle` (requests) and :meth:`Market.open_round`
-/ :meth:`Market.close_round` (the round clock). A refused request changes nothing.
+A :class:`Market` decides rounds but never writes them: :meth:`Market.decide` returns a
+:class:`Decision` (the result and the rows to commit), the exchange commits it together with every
+other market that closed in the same tick, and only then :meth:`Market.committed` moves the market
+on. No sockets, no ledger, no budgets here (the exchange owns those).
+
+Each market has its own feed ``seq``: every broadcast of the market (round open, result, closing)
+takes the next one; a heartbeat repeats the latest.
 """
 
 from __future__ import annotations
@@ -10,48 +14,26 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
-import time
-import uuid
-from collections.abc import Callable
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from auctioneer.ledger import Ledger, LedgerError, StoredBid
-from auctioneer.mechanism import SparseDistribution, run_auction
-from auctioneer.settings import ServeSettings
-from protocol import LIMITS, ErrorCode, ProtocolError
+from auctioneer.ledger import RoundRecord, StoredBid, StoredMarket
+from auctioneer.mechanism import Reference, SparseDistribution, run_auction
+from auctioneer.settings import MarketSettings
+from protocol import ErrorCode, ProtocolError
 from protocol.draw import SEED_BYTES, seed_commitment
 from protocol.messages import (
-    BidAccepted,
-    Error,
-    Hello,
+    Heartbeat,
     MarketClosed,
-    Message,
+    MarketInfo,
+    MarketStatus,
     OutcomeDistribution,
-    Ping,
-    Pong,
     RoundOpen,
     RoundResult,
     SealedBid,
-    SyncReply,
-    SyncRequest,
-    Welcome,
 )
 
 log = logging.getLogger(__name__)
-
-LIVENESS_HEARTBEATS = 3
-# A sync_reply carries stored results up to this many bytes (at least one), leaving room for its
-# snapshot within what clients accept from the auctioneer; the rest is paged (``more``).
-SYNC_RESULT_BYTES = LIMITS.from_auctioneer.max_message_bytes // 2
-
-
-@dataclass
-class AgentRecord:
-    name: str
-    peer: bytes
-    identity: str | None
-    budget: float | None
-    last_seen: float
 
 
 @dataclass
@@ -59,181 +41,110 @@ class OpenRound:
     number: int
     seed: bytes
     announcement: RoundOpen
+    opened_at: float
     bids: dict[str, SealedBid] = field(default_factory=dict)
+    reference_bid: SealedBid | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    """A decided round, not yet committed: what to write, what to broadcast, and whom to settle."""
+
+    market: Market
+    record: RoundRecord
+    closing: MarketClosed | None
+    bids: dict[str, float]  # agent -> amount reserved, to release at commit
+
+    @property
+    def result(self) -> RoundResult:
+        return self.record.result
 
 
 class Market:
-    """One market: its agents, its current round and its ledger."""
+    """One market: its rules, its text so far, its open round."""
 
-    def __init__(self, settings: ServeSettings, ledger: Ledger, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, info: MarketInfo, settings: MarketSettings, stored: StoredMarket | None = None) -> None:
+        self.info = info
+        self.id = info.id
         self.settings = settings
-        self.ledger = ledger
-        self.clock = clock
-        self._reference = settings.reference_distribution()
         self.mechanism = settings.mechanism()
-        definition = settings.definition()
-        stored = ledger.definition()
-        if stored is None:
-            ledger.create(uuid.uuid4().hex[:12], definition)
-        elif stored != definition:
-            changed = sorted(k for k in definition if stored.get(k) != definition.get(k))
-            raise LedgerError(
-                f"{ledger.path} holds a market with different {', '.join(changed)} "
-                f"({', '.join(f'{k}={stored.get(k)!r}' for k in changed)}); use the same settings or another --db"
-            )
-        self.market_id = ledger.market_id()
-        self.tokens = ledger.tokens()
+        self._reference = settings.reference_distribution()
+        stored = stored or StoredMarket(info.id, {}, 0.0, 0, None)
+        self.tokens = list(stored.tokens)
         self.text = settings.prompt + "".join(self.tokens)
-        self.spent = ledger.balances()
-        self.last_round = ledger.last_round()
-        self.idle_rounds = ledger.idle_streak()
+        self.balances = dict(stored.balances)
+        self.last_round = stored.last_round
+        self.idle_rounds = stored.idle_streak
         # A crashed predecessor may have announced one round_open beyond the ledger: skip its seq.
-        self.seq = ledger.last_seq() + (1 if ledger.last_seq() else 0)
-        self.closed = ledger.closed()
+        self.seq = stored.seq + (1 if stored.seq else 0)
+        self.closed = stored.closed
         self.current: OpenRound | None = None
-        self.agents: dict[str, AgentRecord] = {}
-        self._peers: dict[bytes, str] = {}
-        # Live agents that have not bid in the open round; refreshed when liveness may have changed.
-        self._waiting_for: set[str] = set()
-        self._waiting_checked = float("-inf")
+        self.next_open_at = 0.0
+        self.started = False  # round 1 of this run waits for min_agents live agents
+        self._waiting: set[str] = set()
+        self._waiting_version = -1
         if self.last_round:
-            log.info("resuming market %s after round %d (%d tokens)", self.market_id, self.last_round, len(self.tokens))
+            log.info("resuming market %s after round %d (%d tokens)", self.id, self.last_round, len(self.tokens))
 
-    # --- requests ---------------------------------------------------------------------------
+    # --- who takes part -------------------------------------------------------------------
 
-    def handle(self, peer: bytes, message: Message, identity: str | None = None) -> Message:
-        """Answer one decoded request from ``peer`` (``identity``: its authenticated key name).
+    def invites(self, agent: str) -> bool:
+        return self.info.agents is None or agent in self.info.agents or agent == self.info.reference_agent
 
-        Every reply echoes the request's ``id`` as ``re``; each handler builds its reply with it.
-        """
-        try:
-            return self._dispatch(peer, message, identity)
-        except ProtocolError as exc:
-            return Error(code=exc.code, message=exc.message, field=exc.field, re=message.id)
+    def participants(self, live: Collection[str]) -> set[str]:
+        return {agent for agent in live if self.invites(agent)}
 
-    def _dispatch(self, peer: bytes, message: Message, identity: str | None) -> Message:
-        name = self._peers.get(peer)
-        if name is not None:
-            self.agents[name].last_seen = self.clock()
-        if isinstance(message, Hello):
-            return self._register(peer, message, identity)
-        if isinstance(message, SyncRequest):
-            return self._sync(message)
-        if not isinstance(message, Ping | SealedBid):
-            raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"the auctioneer does not accept {message.type!r}", "type")
-        if name is None:
-            # Also the answer an agent's heartbeat gets after an auctioneer restart: register again.
-            raise ProtocolError(ErrorCode.NOT_REGISTERED, "send hello first")
-        if isinstance(message, Ping):
-            return Pong(seq=self.seq, re=message.id)
-        return self._accept_bid(name, message)
+    # --- bids -----------------------------------------------------------------------------
 
-    def _register(self, peer: bytes, hello: Hello, identity: str | None) -> Welcome:
-        if identity is not None and hello.name != identity:
-            raise ProtocolError(ErrorCode.UNAUTHORIZED, f"your key is authorised as {identity!r}, not {hello.name!r}")
-        existing = self.agents.get(hello.name)
-        if existing is not None and existing.peer != peer:
-            if identity is None and self._is_live(existing):
-                raise ProtocolError(ErrorCode.NAME_TAKEN, f"agent {hello.name!r} is connected from another peer")
-            self._peers.pop(existing.peer, None)
-            log.info("agent %s re-registered from a new connection", hello.name)
-        elif existing is None:
-            log.info("agent %s registered", hello.name)
-        self._waiting_checked = float("-inf")  # a new agent may now be waited for
-        self.agents[hello.name] = AgentRecord(
-            hello.name, peer, identity, self.settings.budget_of(hello.name), self.clock()
-        )
-        self._peers[peer] = hello.name
-        return Welcome(
-            name=hello.name,
-            market=self.market_id,
-            prompt=self.settings.prompt,
-            seq=self.seq,
-            round=self.current.number if self.current else self.last_round,
-            mechanism=self.mechanism,
-            budget=self.agents[hello.name].budget,
-            spent=self.spent.get(hello.name, 0.0),
-            max_bid=self.settings.max_bid,
-            max_support=self.settings.max_support,
-            heartbeat_interval=self.settings.heartbeat_interval,
-            reference_weight=self.settings.effective_reference_weight,
-            re=hello.id,
-        )
-
-    def _sync(self, request: SyncRequest) -> SyncReply:
-        results, more = self.ledger.results_since(request.since_seq, request.limit, SYNC_RESULT_BYTES)
-        return SyncReply(
-            seq=self.seq,
-            last_round=self.last_round,
-            prompt=self.settings.prompt,
-            text=self.text,
-            tokens=self.tokens,
-            balances=self.spent,
-            results=results,
-            open_round=self.current.announcement if self.current else None,
-            closed=self.closed,
-            more=more,
-            re=request.id,
-        )
-
-    def _accept_bid(self, name: str, bid: SealedBid) -> BidAccepted:
+    def check_bid(self, agent: str, bid: SealedBid) -> bool:
+        """Raise the refusal for ``bid`` if any; True if it is the market's reference speaking."""
         if self.closed is not None:
-            raise ProtocolError(ErrorCode.MARKET_CLOSED, "the market has ended")
+            raise ProtocolError(ErrorCode.MARKET_CLOSED, f"market {self.id} has ended")
+        if not self.invites(agent):
+            raise ProtocolError(ErrorCode.NOT_INVITED, f"market {self.id} is limited to other agents", "market")
         current = self.current
         if current is None or bid.round != current.number:
             if bid.round <= (current.number if current else self.last_round):
                 raise ProtocolError(ErrorCode.ROUND_CLOSED, f"round {bid.round} is closed", "round")
             raise ProtocolError(ErrorCode.WRONG_ROUND, f"round {bid.round} is not open", "round")
-        if name in current.bids:
+        reference = agent == self.info.reference_agent
+        if agent in current.bids or (reference and current.reference_bid is not None):
             raise ProtocolError(ErrorCode.DUPLICATE_BID, f"you already bid in round {bid.round}")
-        if bid.bid > self.settings.max_bid:
+        if not reference and bid.bid > self.settings.max_bid:
             raise ProtocolError(ErrorCode.INVALID_BID, f"bid exceeds the market maximum {self.settings.max_bid}", "bid")
         if len(bid.distribution.tokens) > self.settings.max_support:
             raise ProtocolError(ErrorCode.INVALID_DISTRIBUTION, "support exceeds the market maximum", "distribution")
-        budget = self.agents[name].budget
-        if budget is not None and bid.bid > budget - self.spent.get(name, 0.0):
-            remaining = budget - self.spent.get(name, 0.0)
-            raise ProtocolError(ErrorCode.BUDGET_EXCEEDED, f"bid {bid.bid} exceeds your remaining budget {remaining}")
-        current.bids[name] = bid
-        self._waiting_for.discard(name)
-        return BidAccepted(round=bid.round, re=bid.id)
+        return reference
 
-    # --- liveness ---------------------------------------------------------------------------
+    def accept(self, agent: str, bid: SealedBid, reference: bool) -> None:
+        assert self.current is not None
+        if reference:
+            self.current.reference_bid = bid
+        else:
+            self.current.bids[agent] = bid
+        self._waiting.discard(agent)
 
-    def _is_live(self, agent: AgentRecord) -> bool:
-        return self.clock() - agent.last_seen <= LIVENESS_HEARTBEATS * self.settings.heartbeat_interval
+    # --- the round clock ------------------------------------------------------------------
 
-    def live_agents(self) -> list[str]:
-        return [name for name, agent in self.agents.items() if self._is_live(agent)]
-
-    def everyone_has_bid(self) -> bool:
-        """True when the open round has bids and every live registered agent has bid.
-
-        O(1) per call: the set of live agents still to bid is recomputed only every half heartbeat.
-        """
-        if self.current is None or not self.current.bids:
+    def can_open(self, now: float, live: Collection[str]) -> bool:
+        """Whether the next round may open now: not closed, none open, its pause over, and (before its
+        first round in this run) ``min_agents`` invited agents live."""
+        if self.closed is not None or self.current is not None or now < self.next_open_at:
             return False
-        now = self.clock()
-        if now - self._waiting_checked > self.settings.heartbeat_interval / 2:
-            self._waiting_for = set(self.live_agents()) - self.current.bids.keys()
-            self._waiting_checked = now
-        return not self._waiting_for
-
-    # --- the round clock --------------------------------------------------------------------
+        return self.started or len(self.participants(live)) >= self.settings.min_agents
 
     def _round_seed(self, number: int) -> bytes:
         if self.settings.seed is None:
             return secrets.token_bytes(SEED_BYTES)
         return hashlib.sha256(bytes.fromhex(self.settings.seed) + b"round" + number.to_bytes(8, "big")).digest()
 
-    def open_round(self) -> RoundOpen:
-        """Open the next round and return its announcement (its seq is taken durably)."""
+    def open_round(self, now: float) -> RoundOpen:
+        """Open the next round and return its announcement (its seq becomes durable with the result)."""
         assert self.current is None and self.closed is None
         number = self.last_round + 1
         seed = self._round_seed(number)
+        self.started = True
         self.seq += 1
-        now = self.clock()
-        self._waiting_checked = float("-inf")
         announcement = RoundOpen(
             seq=self.seq,
             round=number,
@@ -241,12 +152,30 @@ class Market:
             seed_commitment=seed_commitment(seed),
             deadline=now + self.settings.round_timeout,
             timeout=self.settings.round_timeout,
+            market=self.id,
         )
-        self.current = OpenRound(number, seed, announcement)
+        self.current = OpenRound(number, seed, announcement, now)
+        self._waiting_version = -1
         return announcement
 
-    def close_round(self) -> list[RoundResult | MarketClosed]:
-        """Decide the open round, commit it, and return what to broadcast (result, maybe closing)."""
+    def due(self, now: float, live: Collection[str], live_version: int) -> bool:
+        """Whether the open round should close now: its deadline passed, or it has bids and every live
+        participant has bid (the set of those still to bid is refreshed when liveness changed)."""
+        current = self.current
+        if current is None:
+            return False
+        if now >= current.announcement.deadline:
+            return True
+        if not current.bids:
+            return False
+        if live_version != self._waiting_version:
+            done = set(current.bids) | ({self.info.reference_agent} if current.reference_bid else set())
+            self._waiting = self.participants(live) - done
+            self._waiting_version = live_version
+        return not self._waiting
+
+    def decide(self) -> Decision:
+        """Run the mechanism on the open round: the result to commit and broadcast (not yet applied)."""
         current = self.current
         assert current is not None
         names = sorted(current.bids)
@@ -255,21 +184,22 @@ class Market:
         distribution: OutcomeDistribution | None = None
         payments: dict[str, float] = {}
         sponsors: dict[str, float] = {}
+        reference = self._round_reference(current)
         if bids:
             outcome = run_auction(
                 [SparseDistribution(b.distribution.tokens, b.distribution.probs) for b in bids],
                 [b.bid for b in bids],
                 self.mechanism,
                 current.seed,
-                self._reference,
+                reference,
             )
             token = outcome.token
             distribution = OutcomeDistribution.from_arrays(outcome.vocab, outcome.distribution)
             payments = dict(zip(names, outcome.payments.tolist(), strict=True))
             sponsors = outcome.sponsors_by_name(names)
-        spent = dict(self.spent)
+        balances = dict(self.balances)
         for name, amount in payments.items():
-            spent[name] = spent.get(name, 0.0) + amount
+            balances[name] = balances.get(name, 0.0) + amount
         result = RoundResult(
             seq=self.seq + 1,
             round=current.number,
@@ -278,49 +208,112 @@ class Market:
             distribution=distribution,
             bids={name: b.bid for name, b in zip(names, bids, strict=True)},
             payments=payments,
-            balances=spent,
+            balances=balances,
             seed=current.seed.hex(),
             seed_commitment=current.announcement.seed_commitment,
             sponsors=sponsors,
+            market=self.id,
         )
         stored = [
             StoredBid(name, b.bid, b.distribution.tokens, b.distribution.probs)
             for name, b in zip(names, bids, strict=True)
         ]
-        self.ledger.commit_round(result, current.seed, stored)
-        # Committed: only now does the in-memory market move on.
-        self.seq, self.spent, self.text, self.last_round, self.current = (
-            result.seq,
-            spent,
-            result.text,
-            current.number,
-            None,
-        )
-        if token is None:
-            self.idle_rounds += 1
-        else:
-            self.idle_rounds = 0
-            self.tokens.append(token)
-        broadcasts: list[RoundResult | MarketClosed] = [result]
+        if current.reference_bid is not None and self.info.reference_agent is not None:
+            live_reference = current.reference_bid.distribution
+            stored.append(
+                StoredBid(
+                    self.info.reference_agent,
+                    self.settings.reference_weight,
+                    live_reference.tokens,
+                    live_reference.probs,
+                    reference=True,
+                )
+            )
         reason = self._closing_reason(token)
+        closing = None
         if reason is not None:
-            broadcasts.append(self.close_market(reason))
-        return broadcasts
+            closing = MarketClosed(
+                seq=result.seq + 1,
+                reason=reason,
+                text=result.text,
+                rounds=current.number,
+                market=self.id,
+            )
+        record = RoundRecord(self.id, result, current.seed, current.opened_at, stored)
+        return Decision(self, record, closing, {name: b.bid for name, b in zip(names, bids, strict=True)})
+
+    def _round_reference(self, current: OpenRound) -> Reference | None:
+        """The live reference agent's distribution this round, else the market's fixed reference."""
+        if current.reference_bid is not None:
+            live = current.reference_bid.distribution
+            return Reference(SparseDistribution(live.tokens, live.probs), self.settings.reference_weight)
+        return self._reference
 
     def _closing_reason(self, token: str | None) -> str | None:
         if token is not None and token == self.settings.stop_token:
             return "stop_token"
-        if len(self.tokens) >= self.settings.max_tokens:
+        tokens = len(self.tokens) + (token is not None)
+        if tokens >= self.settings.max_tokens:
             return "max_tokens"
-        if self.idle_rounds >= self.settings.max_idle_rounds:
+        idle = 0 if token is not None else self.idle_rounds + 1
+        if idle >= self.settings.max_idle_rounds:
             return "idle"
         return None
 
-    def close_market(self, reason: str) -> MarketClosed:
-        """End the market for good (recorded in the ledger)."""
+    def committed(self, decision: Decision, now: float) -> None:
+        """The decision is durable: move the market on."""
+        result = decision.result
+        self.seq = result.seq
+        self.balances = dict(result.balances)
+        self.text = result.text
+        self.last_round = result.round
         self.current = None
-        self.seq += 1
-        self.closed = MarketClosed(seq=self.seq, reason=reason, text=self.text, rounds=self.last_round)
-        self.ledger.record_closed(self.closed)
-        log.info("market closed (%s) after %d rounds", reason, self.last_round)
-        return self.closed
+        self.next_open_at = now + self.settings.round_pause
+        if result.token is None:
+            self.idle_rounds += 1
+        else:
+            self.idle_rounds = 0
+            self.tokens.append(result.token)
+        if decision.closing is not None:
+            self.seq = decision.closing.seq
+            self.closed = decision.closing
+            log.info("market %s closed (%s) after %d rounds", self.id, decision.closing.reason, self.last_round)
+
+    # --- ending early ---------------------------------------------------------------------
+
+    def closing(self, reason: str) -> tuple[MarketClosed, dict[str, float]]:
+        """The ``market_closed`` that ends the market now (abandoning an open round, never committed),
+        and the bids of that round whose reservations must be released. Applied by :meth:`ended`."""
+        abandoned = {name: b.bid for name, b in self.current.bids.items()} if self.current else {}
+        closed = MarketClosed(seq=self.seq + 1, reason=reason, text=self.text, rounds=self.last_round, market=self.id)
+        return closed, abandoned
+
+    def ended(self, closed: MarketClosed) -> None:
+        self.current = None
+        self.seq = closed.seq
+        self.closed = closed
+        log.info("market %s closed (%s) after %d rounds", self.id, closed.reason, self.last_round)
+
+    # --- what others see ------------------------------------------------------------------
+
+    @property
+    def revenue(self) -> float:
+        return sum(self.balances.values())
+
+    def status(self) -> MarketStatus:
+        return MarketStatus(
+            market=self.info,
+            round=self.current.number if self.current else self.last_round,
+            seq=self.seq,
+            text=self.text,
+            revenue=self.revenue,
+            closed=self.closed.reason if self.closed else None,
+        )
+
+    def heartbeat(self, now: float) -> Heartbeat:
+        return Heartbeat(
+            seq=self.seq,
+            round=self.current.number if self.current else self.last_round,
+            time=now,
+            market=self.id,
+        )

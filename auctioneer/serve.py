@@ -1,7 +1,8 @@
-"""Running a market process: its ledger, its :class:`Market`, CurveZMQ if configured, and the server.
+"""Running an exchange process: its ledger, the :class:`Exchange`, CurveZMQ if configured, the server.
 
-:func:`serve` runs until the market closes or ``stop`` is set (the open round is then abandoned,
-never half-committed; the same settings on the same ledger continue the market).
+:func:`serve` opens the markets the settings ask for (resuming what the ledger holds) and runs until
+every market opened at start has closed (unless ``stay``), or until ``stop`` is set: open rounds are
+then abandoned, never half-committed, and the same settings on the same ledger continue every market.
 """
 
 from __future__ import annotations
@@ -9,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from auctioneer.exchange import Exchange
 from auctioneer.ledger import Ledger
-from auctioneer.market import Market
 from auctioneer.security import CurveServer
 from auctioneer.server import AuctioneerServer, Observer
 from auctioneer.settings import ServeSettings
-from protocol.messages import MarketClosed
 from protocol.sockets import is_loopback_endpoint
 
 log = logging.getLogger(__name__)
@@ -22,10 +22,10 @@ log = logging.getLogger(__name__)
 
 async def serve(
     settings: ServeSettings, observer: Observer | None = None, stop: asyncio.Event | None = None
-) -> MarketClosed | None:
-    """Serve the market of ``settings`` until it closes (its closing) or ``stop`` is set (``None``).
+) -> Exchange:
+    """Serve the exchange of ``settings`` until it is finished or ``stop`` is set; return it, stopped.
 
-    Raises :class:`~auctioneer.ledger.LedgerError` for a ledger that cannot hold this market,
+    Raises :class:`~auctioneer.ledger.LedgerError` for a ledger that cannot hold these markets,
     :class:`~protocol.curve.KeyFileError` for unusable keys and
     :class:`~auctioneer.server.EndpointError` for endpoints that cannot be bound.
     """
@@ -38,19 +38,18 @@ async def serve(
             )
     curve = CurveServer(settings) if settings.curve_secret is not None else None
     with Ledger(settings.db) as ledger:
-        market = Market(settings, ledger)
-        if market.closed is not None:
-            log.info("the market in %s already closed (%s)", settings.db, market.closed.reason)
-            return market.closed
-        server = AuctioneerServer(market, observer)
+        exchange = Exchange(settings, ledger)
+        exchange.start()
+        server = AuctioneerServer(exchange, observer)
         if curve is not None:
             server.configure_curve(curve)
         stopper = asyncio.create_task(_stop_when_set(stop, server)) if stop is not None else None
         try:
-            return await server.run()
+            await server.run()
         finally:
             if stopper is not None:
                 stopper.cancel()
+        return exchange
 
 
 async def _stop_when_set(stop: asyncio.Event, server: AuctioneerServer) -> None:

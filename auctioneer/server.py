@@ -1,8 +1,12 @@
-"""The auctioneer's network side: a ROUTER for requests, a PUB for the feed, and the round clock.
+"""The auctioneer's network side: a ROUTER for requests, a PUB for the feed, and the exchange's clock.
 
-One long-lived receive task per socket; the round loop opens rounds, waits for the deadline or for
-every live agent's bid, and broadcasts what :class:`Market` decided (after it is committed). A
-heartbeat task publishes the latest seq so subscribers can detect gaps.
+One long-lived receive task answers requests (in batches, without a trip through the event loop
+per message); the scheduler ticks the exchange at its next deadline, or at once when a round
+became complete, and publishes what it queued (results only after their commit); a heartbeat task
+publishes every open market's latest seq and the exchange's, so subscribers can detect gaps.
+
+Every broadcast goes out under its topic (``protocol.topics``); the default market's are also
+published as plain frames for clients of revision 1.2.
 """
 
 from __future__ import annotations
@@ -10,24 +14,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 
 import zmq
 import zmq.asyncio
 
-from auctioneer.market import Market
+from auctioneer.exchange import Exchange
 from auctioneer.security import CurveServer
 from protocol import ErrorCode, ProtocolError, decode, encode
 from protocol.codec import Limits
-from protocol.messages import AGENT_REQUESTS, Error, Heartbeat, MarketClosed, Message, RoundOpen, RoundResult
+from protocol.messages import AUCTIONEER_REQUESTS, Error, Message
 from protocol.sockets import FEED_HIGH_WATER_MARK, make_socket
+from protocol.topics import EXCHANGE_TOPIC, market_topic, topic_frame
 
 log = logging.getLogger(__name__)
 
-Broadcast = RoundOpen | RoundResult | MarketClosed
 DRAIN_BATCH = 256
-Observer = Callable[[Broadcast], None]
+Observer = Callable[[Message], None]
 
 
 class EndpointError(Exception):
@@ -35,14 +38,14 @@ class EndpointError(Exception):
 
 
 class AuctioneerServer:
-    """Serves one :class:`Market` on a market (ROUTER) and a feed (PUB) endpoint."""
+    """Serves one :class:`Exchange` on a market (ROUTER) and a feed (PUB) endpoint."""
 
-    def __init__(self, market: Market, observer: Observer | None = None) -> None:
-        self.market = market
-        self.settings = market.settings
+    def __init__(self, exchange: Exchange, observer: Observer | None = None) -> None:
+        self.exchange = exchange
+        self.settings = exchange.settings
         self.observer = observer
         self._limits = Limits(self.settings.max_message_bytes, self.settings.max_support)
-        self._everyone_bid = asyncio.Event()
+        self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self.context = zmq.asyncio.Context()
         self.router = make_socket(self.context, zmq.ROUTER, max_message_bytes=self.settings.max_message_bytes)
@@ -53,6 +56,7 @@ class AuctioneerServer:
         self._router_replies: zmq.Socket[bytes] = zmq.Socket.shadow(self.router.underlying)
         self.publisher = make_socket(self.context, zmq.PUB)
         self.publisher.setsockopt(zmq.SNDHWM, FEED_HIGH_WATER_MARK)
+        self._feed: zmq.Socket[bytes] = zmq.Socket.shadow(self.publisher.underlying)
         self._curve: CurveServer | None = None
 
     def configure_curve(self, curve: CurveServer) -> None:
@@ -62,29 +66,29 @@ class AuctioneerServer:
         self._curve = curve
 
     def stop(self) -> None:
-        """Ask :meth:`run` to return soon; the open round is abandoned, never half-committed."""
+        """Ask :meth:`run` to return soon; open rounds are abandoned, never half-committed."""
         self._stop.set()
 
-    async def run(self, close_grace: float | None = None) -> MarketClosed | None:
-        """Bind, run rounds until the market closes or :meth:`stop`, then tear everything down."""
+    async def run(self, close_grace: float | None = None) -> None:
+        """Bind, run the exchange until it is finished or :meth:`stop`, then tear everything down."""
         try:
             self._bind(self.router, self.settings.market)
             self._bind(self.publisher, self.settings.feed)
-            log.info("market on %s, feed on %s", self.settings.market, self.settings.feed)
+            log.info("market socket on %s, feed on %s", self.settings.market, self.settings.feed)
+            self._publish_queued()
             background = [asyncio.create_task(self._serve_requests()), asyncio.create_task(self._heartbeats())]
-            rounds = asyncio.create_task(self._run_rounds())
+            clock = asyncio.create_task(self._run_clock())
             stopper = asyncio.create_task(self._stop.wait())
-            await asyncio.wait({rounds, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if rounds.done():
-                rounds.result()
-                # Keep answering sync requests and heartbeating so late agents learn the market closed.
+            await asyncio.wait({clock, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if clock.done():
+                clock.result()
+                # Keep answering sync requests and heartbeating so late agents learn the markets closed.
                 grace = 3 * self.settings.heartbeat_interval if close_grace is None else close_grace
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stop.wait(), grace)
-            for task in [rounds, stopper, *background]:
+            for task in [clock, stopper, *background]:
                 task.cancel()
-            await asyncio.gather(rounds, stopper, *background, return_exceptions=True)
-            return self.market.closed
+            await asyncio.gather(clock, stopper, *background, return_exceptions=True)
         finally:
             self.router.close(linger=0)
             self.publisher.close(linger=0)
@@ -99,44 +103,47 @@ class AuctioneerServer:
         except zmq.ZMQError as exc:
             raise EndpointError(f"cannot bind {endpoint}: {exc.strerror}") from None
 
-    # --- rounds ---------------------------------------------------------------------------
+    # --- the clock ------------------------------------------------------------------------
 
-    async def _run_rounds(self) -> None:
-        if self.market.closed is not None:
-            return
-        await self._wait_for_agents()
-        while self.market.closed is None:
-            if self.market.last_round and self.settings.round_pause:
-                await asyncio.sleep(self.settings.round_pause)
-            self._everyone_bid.clear()
-            announcement = self.market.open_round()
-            await self._publish(announcement)
-            remaining = announcement.deadline - time.time()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._everyone_bid.wait(), max(remaining, 0.0))
-            for broadcast in self.market.close_round():
-                await self._publish(broadcast)
-
-    async def _wait_for_agents(self) -> None:
-        needed = self.settings.min_agents
-        if needed:
-            log.info("waiting for %d agent(s) to register", needed)
-        while len(self.market.live_agents()) < needed:
-            await asyncio.sleep(0.05)
-
-    async def _publish(self, message: Broadcast) -> None:
-        await self.publisher.send(encode(message))
-        if self.observer is not None:
-            self.observer(message)
+    async def _run_clock(self) -> None:
+        """Tick the exchange at its next deadline, or as soon as a round became complete."""
+        while True:
+            self._wake.clear()
+            self.exchange.tick()
+            self._publish_queued()
+            if self.exchange.finished:
+                return
+            delay = self.exchange.next_wake() - self.exchange.clock()
+            if delay > 0 and not self.exchange.has_due():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), delay)
+            else:
+                await asyncio.sleep(0)  # let queued requests in between ticks
 
     async def _heartbeats(self) -> None:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
-            current = self.market.current
-            beat = Heartbeat(
-                seq=self.market.seq, round=current.number if current else self.market.last_round, time=time.time()
-            )
-            await self.publisher.send(encode(beat))
+            for beat in self.exchange.heartbeats():
+                self._publish(beat)
+
+    # --- the feed -------------------------------------------------------------------------
+
+    def _publish_queued(self) -> None:
+        for message in self.exchange.drain():
+            self._publish(message)
+            if self.observer is not None:
+                self.observer(message)
+
+    def _publish(self, message: Message) -> None:
+        """Send one broadcast under its topic (PUB never blocks: a slow subscriber loses messages and resyncs)."""
+        payload = encode(message)
+        market = getattr(message, "market", None)
+        if isinstance(market, str):
+            self._feed.send(topic_frame(market_topic(market), payload), zmq.NOBLOCK)
+            if market == self.exchange.default_market:
+                self._feed.send(payload, zmq.NOBLOCK)
+        else:
+            self._feed.send(topic_frame(EXCHANGE_TOPIC, payload), zmq.NOBLOCK)
 
     # --- requests -------------------------------------------------------------------------
 
@@ -144,23 +151,23 @@ class AuctioneerServer:
         while True:
             self._answer(await self.router.recv_multipart(copy=False))
             # Answer what is already queued without a trip through the event loop per message;
-            # bounded, so the round clock and heartbeats still get their turn.
+            # bounded, so the clock and heartbeats still get their turn.
             for _ in range(DRAIN_BATCH):
                 try:
                     frames = self._router_replies.recv_multipart(zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     break
                 self._answer(frames)
+            self._publish_queued()
+            if self.exchange.has_due():
+                self._wake.set()
 
-    def _handle(self, peer: bytes, request: Message, identity: str | None) -> Message:
+    def _handle(self, peer: bytes, request: Message, identity: str | None, address: str | None) -> Message:
         try:
-            reply = self.market.handle(peer, request, identity)
+            return self.exchange.handle(peer, request, identity, address)
         except Exception:
             log.exception("failed to handle a %s request", request.type)
             return Error(code=ErrorCode.INTERNAL, message="the auctioneer failed on this request", re=request.id)
-        if self.market.everyone_has_bid():
-            self._everyone_bid.set()
-        return reply
 
     def _answer(self, frames: list[zmq.Frame]) -> None:
         peer = frames[0].bytes
@@ -170,14 +177,22 @@ class AuctioneerServer:
             reply = Error(code=ErrorCode.MALFORMED, message=f"expected one message frame, got {len(frames) - 1}")
         else:
             payload = frames[-1]
-            identity = str(payload.get("User-Id")) if self.market.settings.curve_secret else None
+            identity = str(payload.get("User-Id")) if self.settings.curve_secret else None
             try:
-                request = decode(payload.bytes, self._limits, AGENT_REQUESTS)
+                request = decode(payload.bytes, self._limits, AUCTIONEER_REQUESTS)
             except ProtocolError as exc:
                 reply = Error(code=exc.code, message=exc.message, field=exc.field)
             else:
-                reply = self._handle(peer, request, identity)
+                reply = self._handle(peer, request, identity, _peer_address(payload))
         try:
             self._router_replies.send_multipart([*envelope, encode(reply)], flags=zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             log.warning("could not reply to a peer (%s)", exc)
+
+
+def _peer_address(frame: zmq.Frame) -> str | None:
+    """The sending peer's IP address, as libzmq reports it for TCP connections."""
+    try:
+        return str(frame.get("Peer-Address"))
+    except zmq.ZMQError:
+        return None

@@ -3,27 +3,30 @@
 - :class:`CheckedMechanism`: the mechanism settings, with every rule name checked against the
   mechanism's registries;
 - :class:`MarketSettings`: a market's public rules plus its private ``seed``;
-- :class:`ServeSettings`: what one ``auctioneer serve`` process needs on top: endpoints, ledger,
-  liveness, request limits, budgets, CurveZMQ.
+- :class:`ExchangeSettings`: what one ``auctioneer serve`` process needs whatever its markets:
+  endpoints, ledger, liveness, request limits, budgets, CurveZMQ, operators;
+- :class:`ServeSettings`: both, flat: the market fields are the exchange's defaults for every market
+  it opens, and given a ``prompt`` they also describe the market opened at start (its default
+  market). A config file may list more markets to open at start (``[[markets]]``, :class:`MarketSpec`).
 
-Keys are the field names everywhere (TOML config, scenario ``[market]``, ``evaluate`` input); the
-command-line flags are generated from the fields. The part that defines a market
-(:meth:`MarketSettings.definition`) is stored in the ledger when the market is created and may not
-change on restart.
+Keys are the field names everywhere (TOML config, scenario ``[market]``, ``evaluate`` input,
+``open_market`` requests); the command-line flags are generated from the fields. The part that
+defines a market (:meth:`MarketSettings.definition`) is stored with it and may not change on restart.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from auctioneer.mechanism import MechanismConfigError, Reference, SparseDistribution, check_mechanism
 from protocol.codec import LIMITS
 from protocol.errors import describe_validation_error
-from protocol.fields import NonNegativeFloat, PositiveFloat, SeedHex
+from protocol.fields import AgentName, MarketId, NonNegativeFloat, PositiveFloat, SeedHex
 from protocol.market_rules import MarketRules, MechanismSettings
 
 SETTINGS_MODEL = ConfigDict(extra="forbid", strict=False, frozen=True)
@@ -69,8 +72,28 @@ class MarketSettings(MarketRules, CheckedMechanism):
         return self.model_dump(mode="json", include=defining)
 
 
-class ServeSettings(MarketSettings):
-    """Everything ``auctioneer serve`` needs to run a market."""
+class MarketSpec(BaseModel):
+    """A market to open: its settings over the exchange's defaults, and who takes part."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    settings: dict[str, Any] = Field(default_factory=dict)
+    id: MarketId | None = None
+    agents: list[AgentName] | None = None
+    reference_agent: AgentName | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _flat(cls, data: Any) -> Any:
+        """A config file's ``[[markets]]`` table is flat: settings beside ``id``, ``agents``, ``reference_agent``."""
+        if isinstance(data, dict) and "settings" not in data:
+            own = {key: data[key] for key in ("id", "agents", "reference_agent") if key in data}
+            return {**own, "settings": {k: v for k, v in data.items() if k not in own}}
+        return data
+
+
+class ExchangeSettings(BaseModel):
+    """The auctioneer process, whatever markets it hosts."""
 
     model_config = SETTINGS_MODEL
 
@@ -87,15 +110,56 @@ class ServeSettings(MarketSettings):
     budgets: dict[str, NonNegativeFloat] = Field(default_factory=dict, description="budget per agent name")
     curve_secret: Path | None = Field(None, description="the server's secret key file (turns CurveZMQ on)")
     authorized_keys: Path | None = Field(None, description="directory of the agents' public NAME.key files")
+    operators: list[AgentName] = Field(
+        default_factory=list, description="key names allowed to open and close markets (with CurveZMQ)"
+    )
+    operator_networks: list[str] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description="without CurveZMQ, networks whose peers may open and close markets",
+    )
+    stay: bool = Field(False, description="keep serving after the last market opened at start closes")
 
     @model_validator(mode="after")
-    def _curve_needs_both_keys(self) -> ServeSettings:
+    def _curve_needs_both_keys(self) -> ExchangeSettings:
         if (self.curve_secret is None) != (self.authorized_keys is None):
             raise ValueError("CurveZMQ needs both curve_secret and authorized_keys")
+        for network in self.operator_networks:
+            ipaddress.ip_network(network, strict=False)
         return self
 
     def budget_of(self, agent: str) -> float | None:
         return self.budgets.get(agent, self.budget)
+
+    def is_operator_address(self, address: str) -> bool:
+        """Whether a peer at ``address`` may operate (without CurveZMQ)."""
+        try:
+            peer = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        return any(peer in ipaddress.ip_network(network, strict=False) for network in self.operator_networks)
+
+
+class ServeSettings(MarketSettings, ExchangeSettings):
+    """Everything ``auctioneer serve`` needs: the exchange, its default market settings and the
+    markets to open at start."""
+
+    model_config = SETTINGS_MODEL
+
+    markets: list[MarketSpec] = Field(default_factory=list, description="markets to open at start (config only)")
+
+    def market_defaults(self) -> dict[str, Any]:
+        """The market settings every market starts from."""
+        return self.model_dump(include=set(MarketSettings.model_fields))
+
+    def default_market(self) -> MarketSettings | None:
+        """The market to open at start from the flat settings: only if a prompt was given."""
+        if "prompt" not in self.model_fields_set:
+            return None
+        return MarketSettings.model_validate(self.market_defaults())
+
+    def market_settings(self, spec: MarketSpec) -> MarketSettings:
+        """A market's settings: the exchange's defaults with the spec's on top (``ValidationError``)."""
+        return MarketSettings.model_validate({**self.market_defaults(), **spec.settings})
 
 
 def load_settings(values: Mapping[str, Any], overrides: Mapping[str, Any]) -> ServeSettings:

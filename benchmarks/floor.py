@@ -17,6 +17,9 @@ import zmq
 
 from protocol import decode
 from protocol.messages import AGENT_REQUESTS
+from protocol.topics import market_topic, topic_frame
+
+TOPIC = market_topic("floor")
 
 
 def serve(market: str, feed: str, agents: int, rounds: int, result_bytes: int, validate: bool) -> None:
@@ -38,17 +41,20 @@ def serve(market: str, feed: str, agents: int, rounds: int, result_bytes: int, v
     for number in range(1, rounds + 1):
         seq += 1
         publisher.send(
-            msgpack.packb(
-                {
-                    "v": 1,
-                    "type": "round_open",
-                    "seq": seq,
-                    "round": number,
-                    "text": "x" * 40,
-                    "seed_commitment": "0" * 64,
-                    "deadline": 0.0,
-                    "timeout": 10.0,
-                }
+            topic_frame(
+                TOPIC,
+                msgpack.packb(
+                    {
+                        "v": 1,
+                        "type": "round_open",
+                        "seq": seq,
+                        "round": number,
+                        "text": "x" * 40,
+                        "seed_commitment": "0" * 64,
+                        "deadline": 0.0,
+                        "timeout": 10.0,
+                    }
+                ),
             )
         )
         for _ in range(agents):
@@ -57,11 +63,10 @@ def serve(market: str, feed: str, agents: int, rounds: int, result_bytes: int, v
                 decode(bid, accepted=AGENT_REQUESTS)
             router.send_multipart([peer, ack])
         seq += 1
-        publisher.send(
-            msgpack.packb({"v": 1, "type": "round_result", "seq": seq, "round": number, "pad": b"\x00" * result_bytes})
-        )
+        result = {"v": 1, "type": "round_result", "seq": seq, "round": number, "pad": b"\x00" * result_bytes}
+        publisher.send(topic_frame(TOPIC, msgpack.packb(result)))
     seq += 1
-    publisher.send(msgpack.packb({"v": 1, "type": "market_closed", "seq": seq}))
+    publisher.send(topic_frame(TOPIC, msgpack.packb({"v": 1, "type": "market_closed", "seq": seq})))
     router.close(linger=1000)
     publisher.close(linger=1000)
     context.term()

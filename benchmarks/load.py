@@ -19,6 +19,15 @@ import numpy as np
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from protocol.topics import TOPIC_MARK, split_frame
+
+MARKET_TOPICS = TOPIC_MARK + b"m."  # the prefix of every market's topic: each broadcast once
+
+
+def feed_message(frame: bytes) -> dict[str, object]:
+    """A feed frame's message, as a plain map (the driver does no validation of its own)."""
+    return dict(msgpack.unpackb(split_frame(frame)[1]))
+
 
 @dataclass
 class LoadResult:
@@ -116,7 +125,7 @@ def drive(market: str, feed: str, agents: int, support: int, rounds: int, timeou
     context = zmq.Context()
     try:
         subscriber = context.socket(zmq.SUB)
-        subscriber.setsockopt(zmq.SUBSCRIBE, b"")
+        subscriber.setsockopt(zmq.SUBSCRIBE, MARKET_TOPICS)
         subscriber.setsockopt(zmq.RCVHWM, 0)
         connect_subscriber(subscriber, feed, timeout)
         dealers = []
@@ -150,7 +159,7 @@ def bid_rounds(
     while result.rounds < rounds and time.monotonic() < deadline:
         if not subscriber.poll(int(timeout * 1000)):
             break
-        message = msgpack.unpackb(subscriber.recv())
+        message = feed_message(subscriber.recv())
         kind = message.get("type")
         if kind == "market_closed":
             break
@@ -171,7 +180,7 @@ def bid_rounds(
                 result.lost_results += 1
                 break
             data = subscriber.recv()
-            reply = msgpack.unpackb(data)
+            reply = feed_message(data)
             if reply.get("type") == "round_result" and reply.get("round") == number:
                 result.latencies.append(time.perf_counter() - last_ack)
                 result.result_bytes = len(data)

@@ -36,7 +36,18 @@ def run_market(agents: int, support: int, rounds: int, scratch: Path) -> LoadRes
     market = LocalMarket()
     market.start_auctioneer(
         scratch / f"market-{agents}-{support}.db",
-        ["--min-agents", str(agents), "--max-tokens", str(rounds), "--round-timeout", "60", "--heartbeat", "5"],
+        [
+            "--prompt",
+            "",
+            "--min-agents",
+            str(agents),
+            "--max-tokens",
+            str(rounds),
+            "--round-timeout",
+            "60",
+            "--heartbeat",
+            "5",
+        ],
     )
     try:
         return drive(market.market, market.feed, agents, support, rounds)

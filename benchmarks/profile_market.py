@@ -31,7 +31,18 @@ def profile_market(agents: int, support: int, rounds: int, output: Path) -> int:
     market, feed = free_tcp_endpoint(), free_tcp_endpoint()
     command = [sys.executable, "-m", "cProfile", "-o", str(output), "-m", "auctioneer", "serve", "--quiet"]
     command += ["--market", market, "--feed", feed, "--db", str(output.with_suffix(".db"))]
-    command += ["--min-agents", str(agents), "--max-tokens", str(rounds), "--round-timeout", "60", "--heartbeat", "1"]
+    command += [
+        "--prompt",
+        "",
+        "--min-agents",
+        str(agents),
+        "--max-tokens",
+        str(rounds),
+        "--round-timeout",
+        "60",
+        "--heartbeat",
+        "1",
+    ]
     server = subprocess.Popen(command)
     try:
         completed = drive(market, feed, agents, support, rounds).rounds

@@ -68,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="stop when the auctioneer has not answered for this long (default %(default)s)",
     )
+    parser.add_argument(
+        "--stay", action="store_true", help="keep waiting for new markets after every joined market closed"
+    )
     parser.add_argument("--quiet", action="store_true", help="no report at the end")
     parser.add_argument("--report-json", type=Path, help="also write this agent's report as JSON to FILE")
     parser.set_defaults(run=run)
@@ -102,16 +105,18 @@ def curve_setup(args: argparse.Namespace) -> SocketSetup | None:
 
 
 def print_report(report: AgentReport) -> None:
-    table = Table(title=f"{report.name}: {len(report.rounds)} rounds, paid {report.spent:.6g}")
-    for column in ("round", "bid", "status", "token", "payment"):
-        table.add_column(column)
-    for number in sorted(report.rounds):
-        r = report.rounds[number]
-        table.add_row(
-            str(number), "-" if r.bid is None else f"{r.bid:.4g}", r.status, repr(r.token), f"{r.payment:.4g}"
-        )
-    stdout.print(table)
-    stdout.print(f"market closed ({report.closed_reason}): {report.text!r}")
+    for market in report.markets.values():
+        table = Table(title=f"{report.name} in market {market.market}: {len(market.rounds)} rounds")
+        for column in ("round", "bid", "status", "token", "payment"):
+            table.add_column(column)
+        for number in sorted(market.rounds):
+            r = market.rounds[number]
+            table.add_row(
+                str(number), "-" if r.bid is None else f"{r.bid:.4g}", r.status, repr(r.token), f"{r.payment:.4g}"
+            )
+        stdout.print(table)
+        stdout.print(f"market {market.market} closed ({market.closed_reason}): {market.text!r}")
+    stdout.print(f"{report.name} paid {report.spent:.6g} in {len(report.markets)} market(s)")
     if report.verification_failures:
         stdout.print(f"[bold red]{report.verification_failures} round(s) FAILED verification[/bold red]")
 
@@ -131,7 +136,7 @@ async def run_until_closed(runtime: AgentRuntime) -> AgentReport:
 def run(args: argparse.Namespace) -> int:
     agent = build_agent(args)
     runtime = AgentRuntime(
-        agent, args.name, args.market, args.feed, curve_setup(args), give_up_after=args.give_up_after
+        agent, args.name, args.market, args.feed, curve_setup(args), give_up_after=args.give_up_after, stay=args.stay
     )
     try:
         report = asyncio.run(run_until_closed(runtime))
@@ -143,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         print_report(report)
     if args.report_json:
         args.report_json.write_text(json.dumps(report.as_dict(), indent=2))
-    if report.closed_reason is None:
-        stdout.print("[yellow]stopped before the market closed[/yellow]")
+    if not report.all_closed and not args.stay:
+        stdout.print("[yellow]stopped before its markets closed[/yellow]")
         return 1
     return 0 if report.verification_failures == 0 else 1

@@ -2,8 +2,9 @@
 
 ``--max-tokens`` sets ``max_tokens``; a field may name its own flag (``json_schema_extra``'s
 ``flag``); the help text is the field's ``description``; rule names offer the registries' names as
-choices. Mapping fields (``reference``, ``budgets``) are set in a config file only. Flags left out
-are ``None``, so a config file's values stand unless a flag is given.
+choices; a boolean is a switch (``--stay``) and a list of names takes commas (``--operators a,b``).
+Mapping fields (``reference``, ``budgets``) are set in a config file only. Flags left out are
+``None``, so a config file's values stand unless a flag is given.
 """
 
 from __future__ import annotations
@@ -22,16 +23,23 @@ from auctioneer.mechanism import AGGREGATIONS, PAYMENTS
 from protocol.draw import DRAW_MODES
 
 CHOICES: dict[str, Collection[str]] = {"aggregation": AGGREGATIONS, "payment": PAYMENTS, "mode": DRAW_MODES}
-SCALARS = (str, int, float, Path)
+SCALARS = (str, int, float, Path, bool)
 
 
-def _scalar_type(annotation: Any) -> type | None:
-    """``float`` for ``float``, ``float | None`` or ``Annotated[float, ...]``; None for anything else."""
+def comma_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def _scalar_type(annotation: Any) -> Any:
+    """``float`` for ``float``, ``float | None`` or ``Annotated[float, ...]``; :func:`comma_list` for a
+    list of strings; None for anything else."""
     if typing.get_origin(annotation) is typing.Annotated:
         return _scalar_type(typing.get_args(annotation)[0])
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
         return _scalar_type(options[0]) if len(options) == 1 else None
+    if typing.get_origin(annotation) is list and _scalar_type(typing.get_args(annotation)[0]) is str:
+        return comma_list
     return annotation if annotation in SCALARS else None
 
 
@@ -58,7 +66,11 @@ def add_settings_flags(
     fields = flag_fields(model, exclude)
     for name, field in fields.items():
         scalar = _scalar_type(field.annotation)
-        assert scalar is not None  # flag_fields keeps scalar fields only
+        if scalar is bool:
+            group.add_argument(
+                flag_of(name, field), dest=name, action="store_true", default=None, help=field.description
+            )
+            continue
         choices = sorted(CHOICES[name]) if name in CHOICES else None
         group.add_argument(flag_of(name, field), dest=name, type=scalar, choices=choices, help=field.description)
     parser.set_defaults(settings_fields=tuple(fields))
@@ -75,6 +87,11 @@ def as_arguments(model: type[BaseModel], values: Mapping[str, Any]) -> list[str]
     fields = model.model_fields
     arguments: list[str] = []
     for name, value in values.items():
-        if value is not None:
-            arguments += [flag_of(name, fields[name]), str(value)]
+        if value is None or value is False:
+            continue
+        flag = flag_of(name, fields[name])
+        if value is True:
+            arguments.append(flag)
+        else:
+            arguments += [flag, ",".join(value) if isinstance(value, list) else str(value)]
     return arguments

@@ -1,4 +1,9 @@
-"""``auctioneer ledger``: a market's record, as tables or as JSON."""
+"""``auctioneer ledger``: an exchange's record, as tables or as JSON.
+
+With ``--market ID``, one market's rounds, bids, payments, sponsors and balances. Without, the same
+for the only market of a ledger that holds one; for an exchange of several, every market and every
+agent's budget account (budget, spent, reserved as of the last commit, remaining).
+"""
 
 from __future__ import annotations
 
@@ -36,21 +41,42 @@ def ledger_tables(document: dict[str, Any]) -> list[Table]:
     return [rounds, balances]
 
 
+def overview_tables(overview: dict[str, Any]) -> list[Table]:
+    """An exchange's markets and its agents' budget accounts, as tables."""
+    markets = Table(title=f"{len(overview['markets'])} markets ({overview['commits']} group commits)")
+    for column in ("market", "state", "rounds", "text", "revenue"):
+        markets.add_column(column, justify="right" if column in ("rounds", "revenue") else "left")
+    for m in overview["markets"]:
+        state = "open" if m["closed"] is None else f"closed ({m['closed']})"
+        text = m["text"] if len(m["text"]) <= 60 else "..." + m["text"][-57:]
+        markets.add_row(m["market"], state, str(m["rounds"]), repr(text), f"{m['revenue']:.4g}")
+    accounts = Table(title="budget accounts")
+    for column in ("agent", "budget", "spent", "reserved", "remaining"):
+        accounts.add_column(column, justify="left" if column == "agent" else "right")
+    for agent, account in overview["accounts"].items():
+        figures = [account[k] for k in ("budget", "spent", "reserved", "remaining")]
+        accounts.add_row(agent, *("-" if value is None else f"{value:.6g}" for value in figures))
+    return [markets, accounts]
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    parser = subparsers.add_parser("ledger", help="show a market's ledger", description=__doc__)
-    parser.add_argument("--db", type=Path, default=Path("market.db"), help="the market's SQLite ledger")
+    parser = subparsers.add_parser("ledger", help="show an exchange's ledger", description=__doc__)
+    parser.add_argument("--db", type=Path, default=Path("market.db"), help="the exchange's SQLite ledger")
+    parser.add_argument("--market", help="the market to show (default: the only one, or an overview)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     with Ledger.open_existing(args.db) as ledger:
-        document = ledger.document()
+        several = args.market is None and len(ledger.market_ids()) > 1
+        document = ledger.overview() if several else ledger.document(args.market)
     if args.json:
         json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")
         return 0
-    for table in ledger_tables(document):
+    for table in overview_tables(document) if several else ledger_tables(document):
         stdout.print(table)
-    stdout.print(f"text: {document['text']!r}")
+    if not several:
+        stdout.print(f"text: {document['text']!r}")
     return 0

@@ -1,7 +1,10 @@
-"""``auctioneer serve``: run a market until it closes (or until Ctrl-C / SIGTERM).
+"""``auctioneer serve``: run an exchange: the market a ``--prompt`` opens, those a config file lists,
+and those operators open (``auctioneer market open``).
 
 Settings come from ``--config FILE`` (TOML, the settings' field names as keys) and the flags, which
-win. The same command on the same ``--db`` continues a stopped market after its last committed round.
+win. The market settings are the defaults of every market the exchange opens. With markets opened at
+start, serve exits when they have all closed (unless ``--stay``); without, it waits for operators
+until Ctrl-C / SIGTERM. The same command on the same ``--db`` continues every market where it stopped.
 """
 
 from __future__ import annotations
@@ -11,12 +14,13 @@ import asyncio
 import signal
 from pathlib import Path
 
+from auctioneer.exchange import Exchange
 from auctioneer.serve import serve
-from auctioneer.server import Broadcast, Observer
+from auctioneer.server import Observer
 from auctioneer.settings import ServeSettings, load_settings
 from cli.console import read_toml, stdout
 from cli.flags import add_settings_flags, settings_values
-from protocol.messages import MarketClosed, RoundResult
+from protocol.messages import MarketOpened, Message, RoundResult
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -32,15 +36,20 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
     return load_settings(values, settings_values(args))
 
 
-def print_round(message: Broadcast) -> None:
+def print_progress(message: Message) -> None:
     if isinstance(message, RoundResult):
         paid = sum(message.payments.values())
         token = repr(message.token) if message.token is not None else "[dim]no bids[/dim]"
-        stdout.print(f"round {message.round}: {token}  ({len(message.bids)} bids, {paid:.4g} paid)", highlight=False)
+        stdout.print(
+            f"{message.market} round {message.round}: {token}  ({len(message.bids)} bids, {paid:.4g} paid)",
+            highlight=False,
+        )
+    elif isinstance(message, MarketOpened):
+        stdout.print(f"market {message.market.id} opened: {message.market.rules.prompt!r}", highlight=False)
 
 
-async def serve_until_signalled(settings: ServeSettings, observer: Observer | None) -> MarketClosed | None:
-    """Serve until the market closes, or until SIGINT/SIGTERM asks the market to stop."""
+async def serve_until_signalled(settings: ServeSettings, observer: Observer | None) -> Exchange:
+    """Serve until the exchange is finished, or until SIGINT/SIGTERM asks it to stop."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -50,9 +59,13 @@ async def serve_until_signalled(settings: ServeSettings, observer: Observer | No
 
 def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    closed = asyncio.run(serve_until_signalled(settings, None if args.quiet else print_round))
-    if closed is None:
-        stdout.print(f"stopped; run the same command to continue the market in {settings.db}")
+    exchange = asyncio.run(serve_until_signalled(settings, None if args.quiet else print_progress))
+    if not exchange.finished:
+        stdout.print(f"stopped; run the same command to continue the exchange in {settings.db}")
     elif not args.quiet:
-        stdout.print(f"[bold]market closed[/bold] ({closed.reason}) after {closed.rounds} rounds: {closed.text!r}")
+        for status in exchange.recent:
+            stdout.print(
+                f"[bold]market {status.market.id} closed[/bold] ({status.closed}) after {status.round} rounds: "
+                f"{status.text!r}"
+            )
     return 0

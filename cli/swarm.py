@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     reports = asyncio.run(run_swarm(args.market, args.feed, args.count, args.prefix, args.support, args.seed))
     if args.report_json:
         args.report_json.write_text(json.dumps([summary(r) for r in reports]))
-    return 0 if all(r.closed_reason for r in reports) else 1
+    return 0 if all(r.all_closed for r in reports) else 1
 
 
 if __name__ == "__main__":

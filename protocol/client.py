@@ -1,9 +1,11 @@
 """The reference client side of the protocol, used by agents and observers alike.
 
 :class:`MarketClient` does request/reply on the market socket (DEALER, request ids, timeouts,
-reconnect with the same routing id). :class:`FeedFollower` reads the feed in ``seq`` order with no
-gaps: on a gap, a late join or a heartbeat ahead of it, it asks for a ``sync_reply`` (the ZeroMQ
-guide's Clone pattern) and replays what was missed.
+reconnect with the same routing id). :class:`FeedFollower` reads the feed of any number of markets
+on one SUB socket (one topic per market, plus the exchange's notices), each market in ``seq``
+order with no gaps: on a gap, a newly followed market or a heartbeat ahead of it, it asks for that
+market's ``sync_reply`` (the ZeroMQ guide's Clone pattern) and replays what was missed; a gap in
+the exchange's notices is filled with a ``market_list``.
 """
 
 from __future__ import annotations
@@ -14,19 +16,37 @@ import itertools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import TypeVar
 
 import zmq
 import zmq.asyncio
 
 from protocol.codec import LIMITS, decode, encode
 from protocol.errors import ProtocolError
-from protocol.messages import Heartbeat, MarketClosed, Message, RoundOpen, RoundResult, SyncReply, SyncRequest
+from protocol.messages import (
+    ExchangeHeartbeat,
+    Heartbeat,
+    ListMarkets,
+    MarketClosed,
+    MarketEnded,
+    MarketList,
+    MarketOpened,
+    Message,
+    RoundOpen,
+    RoundResult,
+    SyncReply,
+    SyncRequest,
+)
 from protocol.sockets import make_socket
+from protocol.topics import EXCHANGE_TOPIC, market_topic, split_frame, subscription
 
 log = logging.getLogger(__name__)
 
-FeedEvent = SyncReply | RoundOpen | RoundResult | MarketClosed
+MarketEvent = SyncReply | RoundOpen | RoundResult | MarketClosed
+ExchangeEvent = MarketOpened | MarketEnded | MarketList
+FeedEvent = MarketEvent | ExchangeEvent
 SocketSetup = Callable[[zmq.asyncio.Socket], None]
+Reply = TypeVar("Reply", bound=Message)
 FROM_AUCTIONEER = LIMITS.from_auctioneer
 
 
@@ -104,8 +124,12 @@ class MarketClient:
 
 
 class FeedFollower:
-    """Feed messages in ``seq`` order, gaps filled from ``sync_reply``; a :class:`SyncReply` event
-    (a snapshot of text, tokens and balances) precedes what a resync replays."""
+    """The feed of the markets it follows, each in ``seq`` order, gaps filled from ``sync_reply``.
+
+    A :class:`SyncReply` event (a market's snapshot of text, tokens and balances) precedes what a
+    resync replays; every market event carries its ``market``. With ``notices``, the exchange's
+    ``market_opened`` and ``market_ended`` come too, and a :class:`MarketList` after a gap in them.
+    """
 
     def __init__(
         self,
@@ -114,16 +138,33 @@ class FeedFollower:
         client: MarketClient,
         setup: SocketSetup | None = None,
         request_timeout: float = 5.0,
+        notices_seq: int | None = None,
     ) -> None:
+        """``notices_seq``: follow the exchange's notices from this seq on (None: do not follow them)."""
         self.client = client
         self.request_timeout = request_timeout
-        self.last_seq = 0
         self._endpoint = endpoint
+        self._last: dict[str, int] = {}
+        self._stale: list[str] = []  # markets to resync before reading on: newly followed, or behind
+        self._notices_seq = notices_seq
         self.socket = make_socket(context, zmq.SUB, max_message_bytes=FROM_AUCTIONEER.max_message_bytes)
         if setup is not None:
             setup(self.socket)
-        self.socket.setsockopt(zmq.SUBSCRIBE, b"")
+        if notices_seq is not None:
+            self.socket.setsockopt(zmq.SUBSCRIBE, subscription(EXCHANGE_TOPIC))
         self.socket.connect(endpoint)
+
+    def follow(self, market: str) -> None:
+        """Follow a market from its beginning (its snapshot and history come first, by a sync)."""
+        if market in self._last:
+            return
+        self._last[market] = 0
+        self.socket.setsockopt(zmq.SUBSCRIBE, subscription(market_topic(market)))
+        self._stale.append(market)
+
+    def unfollow(self, market: str) -> None:
+        if self._last.pop(market, None) is not None:
+            self.socket.setsockopt(zmq.UNSUBSCRIBE, subscription(market_topic(market)))
 
     def reconnect(self) -> None:
         """Drop the feed connection and make a new one on the same socket (a pending receive keeps
@@ -135,77 +176,142 @@ class FeedFollower:
         self.socket.close(linger=0)
 
     async def events(self) -> AsyncIterator[FeedEvent]:
-        """Start with a sync (late joiners catch up), then follow the feed; ends after ``market_closed``."""
-        async for event in self._resync():
-            yield event
-            if isinstance(event, MarketClosed):
-                return
+        """Every followed market's events in order, forever (the caller stops when it has what it needs)."""
         while True:
+            while self._stale:
+                market = self._stale.pop(0)
+                if market in self._last:
+                    async for event in self._resync(market):
+                        yield event
             try:
-                message = decode(await self.socket.recv(), FROM_AUCTIONEER)
+                topic, payload = split_frame(await self.socket.recv())
+                message = decode(payload, FROM_AUCTIONEER)
             except ProtocolError as exc:
                 log.warning("undecodable feed message: %s", exc)
                 continue
-            if isinstance(message, Heartbeat):
-                behind = message.seq > self.last_seq
-            elif isinstance(message, RoundOpen | RoundResult | MarketClosed):
-                if message.seq <= self.last_seq:
-                    continue
-                behind = message.seq > self.last_seq + 1
-                if not behind:
-                    self.last_seq = message.seq
-                    yield message
-                    if isinstance(message, MarketClosed):
-                        return
-                    continue
-            else:
-                continue
-            if behind:
-                log.info("feed gap after seq %d: resyncing", self.last_seq)
-                async for event in self._resync():
-                    yield event
-                    if isinstance(event, MarketClosed):
-                        return
+            if topic == EXCHANGE_TOPIC:
+                async for notice in self._notice(message):
+                    yield notice
+            elif topic is not None:
+                ordered = self._in_order(message)
+                if ordered is not None:
+                    yield ordered
 
-    async def _resync(self) -> AsyncIterator[FeedEvent]:
-        while True:
-            reply = await self._sync_reply()
+    def _in_order(self, message: Message) -> MarketEvent | None:
+        """The message if it is the next of its market; None if old, or if it reveals a gap (the
+        market is then resynced before anything else is read)."""
+        market = getattr(message, "market", None)
+        if market not in self._last or not isinstance(message, Heartbeat | RoundOpen | RoundResult | MarketClosed):
+            return None
+        last = self._last[market]
+        if isinstance(message, Heartbeat):
+            if message.seq > last and market not in self._stale:
+                self._stale.append(market)
+            return None
+        if message.seq <= last:
+            return None
+        if message.seq > last + 1:
+            log.info("feed gap in market %s after seq %d: resyncing", market, last)
+            if market not in self._stale:
+                self._stale.append(market)
+            return None
+        self._last[market] = message.seq
+        return message
+
+    async def _notice(self, message: Message) -> AsyncIterator[ExchangeEvent]:
+        if self._notices_seq is None or not isinstance(message, MarketOpened | MarketEnded | ExchangeHeartbeat):
+            return
+        if message.seq <= self._notices_seq:
+            return
+        if message.seq == self._notices_seq + 1 and not isinstance(message, ExchangeHeartbeat):
+            self._notices_seq = message.seq
+            yield message
+            return
+        log.info("gap in the exchange's notices after seq %d: listing markets", self._notices_seq)
+        listing = await self._request(ListMarkets(), MarketList)
+        self._notices_seq = max(self._notices_seq, listing.seq)
+        yield listing
+
+    async def _resync(self, market: str) -> AsyncIterator[MarketEvent]:
+        reply: SyncReply | None = None
+        while reply is None or reply.more:
+            reply = await self._request(SyncRequest(since_seq=self._last.get(market, 0), market=market), SyncReply)
             yield reply
             for result in reply.results:
-                if result.seq > self.last_seq:
-                    self.last_seq = result.seq
+                if result.seq > self._last.get(market, 0):
+                    self._last[market] = result.seq
                     yield result
-            if not reply.more:
-                break
-        if reply.open_round is not None and reply.open_round.seq > self.last_seq:
+        if reply.open_round is not None and reply.open_round.seq > self._last.get(market, 0):
             yield reply.open_round
         if reply.closed is not None:
             yield reply.closed
-        self.last_seq = max(self.last_seq, reply.seq)
+        if market in self._last:
+            self._last[market] = max(self._last[market], reply.seq)
 
-    async def _sync_reply(self) -> SyncReply:
+    async def _request(self, message: Message, kind: type[Reply]) -> Reply:
         delay = 0.1
         while True:
             with contextlib.suppress(TimeoutError, ConnectionResetError):
-                reply = await self.client.request(SyncRequest(since_seq=self.last_seq), self.request_timeout)
-                if isinstance(reply, SyncReply):
+                reply = await self.client.request(message, self.request_timeout)
+                if isinstance(reply, kind):
                     return reply
-                log.warning("unexpected reply to sync_request: %s", reply.type)
+                log.warning("unexpected reply to %s: %s", message.type, reply.type)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
 
-async def follow_market(market: str, feed: str, on_event: Callable[[FeedEvent], None]) -> None:
-    """Follow a market as a spectator (no registration) until it closes, calling ``on_event`` for
-    every event in order, gaps filled by resyncs."""
+async def list_markets(client: MarketClient, timeout: float = 5.0) -> MarketList:
+    reply = await client.request(ListMarkets(), timeout)
+    if not isinstance(reply, MarketList):
+        raise ConnectionError(f"unexpected reply to list_markets: {reply.type}")
+    return reply
+
+
+async def follow_market(market: str | None, endpoint: str, feed: str, on_event: Callable[[FeedEvent], None]) -> None:
+    """Follow one market as a spectator (no registration) until it closes, calling ``on_event`` for
+    every event in order, gaps filled by resyncs. ``market=None``: the exchange's default market,
+    or its only one."""
     context = zmq.asyncio.Context()
-    client = MarketClient(context, market)
+    client = MarketClient(context, endpoint)
     client.connect()
     follower = FeedFollower(context, feed, client)
     try:
+        if market is None:
+            market = await _default_market(client)
+        follower.follow(market)
         async for event in follower.events():
             on_event(event)
+            if isinstance(event, MarketClosed):
+                return
     finally:
         follower.close()
+        client.close()
+        context.term()
+
+
+async def _default_market(client: MarketClient) -> str:
+    """The default market, or the only market; waits (retrying) while the exchange is unreachable."""
+    delay = 0.1
+    while True:
+        with contextlib.suppress(TimeoutError, ConnectionResetError, ConnectionError):
+            listing = await list_markets(client)
+            if listing.default is not None:
+                return listing.default
+            if len(listing.markets) == 1:
+                return listing.markets[0].market.id
+            raise ValueError(f"the exchange has {len(listing.markets)} markets and no default one: name one")
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
+async def ask(endpoint: str, message: Message, setup: SocketSetup | None = None, timeout: float = 5.0) -> Message:
+    """One request and its reply on a fresh connection (operators' and observers' one-off questions);
+    ``TimeoutError`` if the auctioneer does not answer in time."""
+    context = zmq.asyncio.Context()
+    client = MarketClient(context, endpoint, setup)
+    client.connect()
+    try:
+        return await client.request(message, timeout)
+    finally:
         client.close()
         context.term()

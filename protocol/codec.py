@@ -11,6 +11,7 @@ broadcasts from the auctioneer (read by agents and observers), and for the ledge
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -52,10 +53,19 @@ LIMITS = LimitsByTrust(
 )
 
 
+@functools.cache
+def _optional_fields(model: type[Message]) -> frozenset[str]:
+    """The fields of ``model`` that default to nil: left out of the map when they are nil."""
+    return frozenset(
+        name for name, field in model.model_fields.items() if not field.is_required() and field.default is None
+    )
+
+
 def encode(message: Message) -> bytes:
-    """Pack a message as one msgpack map with the protocol version."""
+    """Pack a message as one msgpack map with the protocol version; optional fields left unset are
+    absent (a required field that may be nil, such as an idle round's ``token``, is sent as nil)."""
     body = message.model_dump(mode="python")
-    for optional in ("id", "re"):
+    for optional in _optional_fields(type(message)):
         if body[optional] is None:
             del body[optional]
     body["v"] = PROTOCOL_VERSION

@@ -21,7 +21,7 @@ class ErrorCode(StrEnum):
     TOO_LARGE = "TOO_LARGE"  # a message or distribution over the configured limits
     NOT_REGISTERED = "NOT_REGISTERED"  # send hello first (also after an auctioneer restart)
     NAME_TAKEN = "NAME_TAKEN"  # another live connection holds this agent name
-    UNAUTHORIZED = "UNAUTHORIZED"  # the name does not match the authenticated key
+    UNAUTHORIZED = "UNAUTHORIZED"  # the name does not match the authenticated key, or not an operator
     ROUND_CLOSED = "ROUND_CLOSED"  # the round is no longer collecting bids
     WRONG_ROUND = "WRONG_ROUND"  # the bid names a round that is not the open one
     DUPLICATE_BID = "DUPLICATE_BID"  # this agent already has an accepted bid this round
@@ -29,6 +29,9 @@ class ErrorCode(StrEnum):
     INVALID_BID = "INVALID_BID"  # bid not finite, negative, or over the market's maximum
     BUDGET_EXCEEDED = "BUDGET_EXCEEDED"  # bid above the agent's remaining budget
     MARKET_CLOSED = "MARKET_CLOSED"  # the market has ended
+    UNKNOWN_MARKET = "UNKNOWN_MARKET"  # no market has this id (or, without an id, there is no default market)
+    NOT_INVITED = "NOT_INVITED"  # the market is limited to other agents
+    INVALID_SETTINGS = "INVALID_SETTINGS"  # open_market with settings that cannot run
     INTERNAL = "INTERNAL"  # the auctioneer failed to handle a valid request (a bug; it keeps serving)
 
 

@@ -14,6 +14,9 @@ AGENT_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 AgentName = Annotated[str, Field(pattern=AGENT_NAME_PATTERN)]
 """An agent's name: 1 to 64 letters, digits, ``_``, ``.`` or ``-``."""
 
+MarketId = Annotated[str, Field(pattern=AGENT_NAME_PATTERN)]
+"""A market's id in an exchange: chosen by the operator who opens it, or 12 hex digits generated."""
+
 SeedHex = Annotated[str, Field(pattern=r"^[0-9a-fA-F]{64}$")]
 """32 bytes as 64 hex characters (either case): a market's or a round's seed, as a user types it."""
 

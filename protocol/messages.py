@@ -3,6 +3,10 @@
 A message is one msgpack map: ``v`` (protocol version), ``type`` (which model), an optional
 request ``id`` that the reply echoes as ``re``, and the type's own fields. Models are strict (no
 string-to-number coercion) and ignore unknown fields, so newer peers can add fields freely.
+
+An auctioneer is an exchange of markets. Every market-scoped message carries the ``market`` id;
+a request that names none is for the exchange's default market (the one ``serve --prompt`` opens),
+which is how a client of revision 1.2 keeps working.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from protocol.distribution import Distribution
 from protocol.errors import ErrorCode
-from protocol.fields import AgentName, Count, HexDigest, RequestId, RoundNumber, Seq
-from protocol.market_rules import MechanismSettings
+from protocol.fields import AgentName, Count, HexDigest, MarketId, NonNegativeFloat, RequestId, RoundNumber, Seq
+from protocol.market_rules import WIRE_MODEL, MarketRules, MechanismSettings
 
 PROTOCOL_VERSION = 1
 
@@ -45,6 +49,33 @@ class OutcomeDistribution(Distribution):
         return len(self.tokens)
 
 
+# --- what a market is -------------------------------------------------------------------------
+
+
+class MarketInfo(BaseModel):
+    """A market as agents learn it: its id, its public rules, who is invited and who is its reference."""
+
+    model_config = WIRE_MODEL
+
+    id: MarketId
+    rules: MarketRules
+    agents: list[AgentName] | None = None  # None: every registered agent is invited
+    reference_agent: AgentName | None = None  # a registered agent whose bids are the reference p_0
+
+
+class MarketStatus(BaseModel):
+    """Where a market stands: the latest round, feed seq, text and revenue, and why it closed."""
+
+    model_config = WIRE_MODEL
+
+    market: MarketInfo
+    round: Count
+    seq: Seq
+    text: str
+    revenue: NonNegativeFloat
+    closed: str | None = None
+
+
 # --- market socket: agent -> auctioneer -------------------------------------------------------
 
 
@@ -64,6 +95,7 @@ class SealedBid(Message):
     round: RoundNumber
     distribution: Distribution
     bid: float
+    market: MarketId | None = None
 
     @field_validator("bid")
     @classmethod
@@ -73,7 +105,13 @@ class SealedBid(Message):
         return value
 
 
-def seal_bid(round_number: int, distribution: Mapping[str, float], amount: float, max_support: int) -> SealedBid:
+def seal_bid(
+    round_number: int,
+    distribution: Mapping[str, float],
+    amount: float,
+    max_support: int,
+    market: str | None = None,
+) -> SealedBid:
     """The ``sealed_bid`` for a distribution given as ``{token: probability}``, validated once against
     ``max_support``; ``ValidationError`` (a ``ValueError``) names what is wrong."""
     return SealedBid.model_validate(
@@ -81,6 +119,7 @@ def seal_bid(round_number: int, distribution: Mapping[str, float], amount: float
             "round": round_number,
             "distribution": {"tokens": list(distribution), "probs": list(distribution.values())},
             "bid": amount,
+            "market": market,
         },
         strict=False,
         context={"max_support": max_support},
@@ -91,34 +130,67 @@ class SyncRequest(Message):
     type: Literal["sync_request"] = "sync_request"
     since_seq: Seq = 0
     limit: Annotated[int, Field(ge=1, le=1000)] = 256
+    market: MarketId | None = None
 
 
 class Ping(Message):
     type: Literal["ping"] = "ping"
 
 
+class ListMarkets(Message):
+    """Open and recently closed markets (an agent sees those it is invited to)."""
+
+    type: Literal["list_markets"] = "list_markets"
+
+
+# --- market socket: operator -> auctioneer ----------------------------------------------------
+
+
+class OpenMarket(Message):
+    """Open a market. ``settings`` are a market's settings (the keys of ``serve``'s config); those not
+    given take the exchange's defaults."""
+
+    type: Literal["open_market"] = "open_market"
+    settings: dict[str, Any] = {}
+    market: MarketId | None = None  # the id to give it (default: generated)
+    agents: list[AgentName] | None = None
+    reference_agent: AgentName | None = None
+
+
+class CloseMarket(Message):
+    type: Literal["close_market"] = "close_market"
+    market: MarketId
+
+
 # --- market socket: auctioneer -> agent -------------------------------------------------------
 
 
 class Welcome(Message):
+    """Registration with the exchange. The default market's fields (``market`` to
+    ``reference_weight``) are those of revision 1.2; ``markets`` lists every open market the agent
+    is invited to."""
+
     type: Literal["welcome"] = "welcome"
     name: AgentName
-    market: str
-    prompt: str
-    seq: Seq
-    round: Count
-    mechanism: MechanismSettings
     budget: float | None = None
     spent: float = 0.0
-    max_bid: float
-    max_support: int
     heartbeat_interval: float
+    exchange_seq: Seq = 0
+    markets: list[MarketInfo] = []
+    market: MarketId | None = None
+    prompt: str | None = None
+    seq: Seq | None = None
+    round: Count | None = None
+    mechanism: MechanismSettings | None = None
+    max_bid: float | None = None
+    max_support: int | None = None
     reference_weight: float = 0.0
 
 
 class BidAccepted(Message):
     type: Literal["bid_accepted"] = "bid_accepted"
     round: RoundNumber
+    market: MarketId | None = None
 
 
 class Error(Message):
@@ -130,10 +202,27 @@ class Error(Message):
 
 class Pong(Message):
     type: Literal["pong"] = "pong"
-    seq: Seq
+    seq: Seq  # the default market's seq (revision 1.2); the exchange's when there is none
+    exchange_seq: Seq = 0
+    spent: float = 0.0  # the agent's payments across the exchange so far
+    reserved: float = 0.0  # what its bids in open rounds hold
 
 
-# --- feed socket: broadcasts, each with a strictly increasing seq ------------------------------
+class MarketList(Message):
+    type: Literal["market_list"] = "market_list"
+    seq: Seq  # the exchange's notice seq
+    markets: list[MarketStatus]
+    default: MarketId | None = None  # the default market, if the exchange has one
+
+
+class MarketStatusReply(Message):
+    """The reply to ``open_market`` and ``close_market``."""
+
+    type: Literal["market_status"] = "market_status"
+    status: MarketStatus
+
+
+# --- feed socket: a market's broadcasts, each with a strictly increasing seq per market ----------
 
 
 class RoundOpen(Message):
@@ -144,6 +233,7 @@ class RoundOpen(Message):
     seed_commitment: HexDigest
     deadline: float
     timeout: float
+    market: MarketId | None = None
 
 
 class RoundResult(Message):
@@ -159,6 +249,7 @@ class RoundResult(Message):
     seed: HexDigest
     seed_commitment: HexDigest
     sponsors: dict[str, float] = {}
+    market: MarketId | None = None
 
 
 class MarketClosed(Message):
@@ -167,19 +258,21 @@ class MarketClosed(Message):
     reason: str
     text: str
     rounds: Count
+    market: MarketId | None = None
 
 
 class Heartbeat(Message):
-    """Carries the latest seq without taking a new one, so a subscriber can spot a gap."""
+    """Carries a market's latest seq without taking a new one, so a subscriber can spot a gap."""
 
     type: Literal["heartbeat"] = "heartbeat"
     seq: Seq
     round: Count
     time: float
+    market: MarketId | None = None
 
 
 class SyncReply(Message):
-    """Clone-pattern snapshot (prompt, text, tokens, balances, open round) plus missed results."""
+    """Clone-pattern snapshot of one market (prompt, text, tokens, balances, open round) plus missed results."""
 
     type: Literal["sync_reply"] = "sync_reply"
     seq: Seq
@@ -192,6 +285,30 @@ class SyncReply(Message):
     open_round: RoundOpen | None = None
     closed: MarketClosed | None = None
     more: bool = False
+    market: MarketId | None = None
+
+
+# --- feed socket: exchange notices, with their own strictly increasing seq -----------------------
+
+
+class MarketOpened(Message):
+    type: Literal["market_opened"] = "market_opened"
+    seq: Seq
+    market: MarketInfo
+
+
+class MarketEnded(Message):
+    type: Literal["market_ended"] = "market_ended"
+    seq: Seq
+    market: MarketId
+    reason: str
+    rounds: Count
+
+
+class ExchangeHeartbeat(Message):
+    type: Literal["exchange_heartbeat"] = "exchange_heartbeat"
+    seq: Seq
+    time: float
 
 
 MESSAGE_TYPES: dict[str, type[Message]] = {
@@ -201,17 +318,29 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         SealedBid,
         SyncRequest,
         Ping,
+        ListMarkets,
+        OpenMarket,
+        CloseMarket,
         Welcome,
         BidAccepted,
         Error,
         Pong,
+        MarketList,
+        MarketStatusReply,
         RoundOpen,
         RoundResult,
         MarketClosed,
         Heartbeat,
         SyncReply,
+        MarketOpened,
+        MarketEnded,
+        ExchangeHeartbeat,
     )
 }
 
-# What each side receives on the market socket.
-AGENT_REQUESTS = frozenset({"hello", "sealed_bid", "sync_request", "ping"})
+# What the auctioneer accepts on the market socket (operator requests are authorised separately).
+AGENT_REQUESTS = frozenset({"hello", "sealed_bid", "sync_request", "ping", "list_markets"})
+OPERATOR_REQUESTS = frozenset({"open_market", "close_market"})
+AUCTIONEER_REQUESTS = AGENT_REQUESTS | OPERATOR_REQUESTS
+MarketBroadcast = RoundOpen | RoundResult | MarketClosed | Heartbeat
+ExchangeNotice = MarketOpened | MarketEnded | ExchangeHeartbeat

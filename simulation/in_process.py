@@ -1,97 +1,149 @@
-"""Running a scenario without sockets: the real :class:`Market` and ledger, agents called directly.
+"""Running a scenario without sockets: the real :class:`Exchange` and ledger, agents called directly.
 
-Same mechanism, same validation, same ledger as a networked market, so thousands of rounds run in
-seconds. Agents get the same :class:`RoundContext` the networked runtime gives them.
+Same mechanism, same validation, same ledger as a networked market, on a simulated clock that jumps
+to the exchange's next deadline whenever nothing else can happen, so thousands of rounds run in
+seconds. Agents get the same :class:`RoundContext` the networked runtime gives them, and they bid
+in every round the moment it opens.
 """
 
 from __future__ import annotations
 
 import inspect
 import logging
-from collections import deque
+from collections import defaultdict, deque
+from collections.abc import Callable
 from pathlib import Path
 
 from agent_client.agent import Agent, Bid, RoundContext
 from agent_client.scenario import build_agent
+from auctioneer.exchange import Exchange
 from auctioneer.ledger import Ledger
 from auctioneer.market import Market
-from protocol.messages import Error, Hello, RoundResult, seal_bid
+from protocol.messages import Error, Hello, Message, Ping, RoundOpen, RoundResult, seal_bid
 from simulation.scenario import Scenario
 
 log = logging.getLogger(__name__)
 HISTORY = 16
 
 
+class SimulatedClock:
+    """Time that passes only when the driver moves it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 class InProcessAgent:
     """An agent plus what it has seen, as its runtime would track it."""
 
-    def __init__(self, name: str, agent: Agent, budget: float | None) -> None:
+    def __init__(self, name: str, agent: Agent) -> None:
         self.name = name
         self.agent = agent
-        self.budget = budget
         self.peer = name.encode()
-        self.recent: deque[RoundResult] = deque(maxlen=HISTORY)
+        self.recent: defaultdict[str, deque[RoundResult]] = defaultdict(lambda: deque(maxlen=HISTORY))
+        self.decisions = 0
         self.refusals = 0
 
-    def context(self, market: Market, number: int) -> RoundContext:
+    def context(self, exchange: Exchange, market: Market, number: int) -> RoundContext:
+        account = exchange.accounts[self.name]
         return RoundContext(
             name=self.name,
             round=number,
             prompt=market.settings.prompt,
             text=market.text,
             tokens=tuple(market.tokens),
-            budget=self.budget,
-            spent=market.spent.get(self.name, 0.0),
+            budget=account.budget,
+            spent=account.spent,
             timeout=market.settings.round_timeout,
-            recent=tuple(self.recent),
-            mechanism=market.mechanism,
+            recent=tuple(self.recent[market.id]),
+            market=market.info,
+            reserved=account.reserved,
+            decisions=self.decisions,
         )
 
-    def bid(self, market: Market, number: int) -> None:
-        decision = self.agent.decide(self.context(market, number))
+    def bid(self, exchange: Exchange, market: Market, number: int) -> None:
+        self.decisions += 1
+        decision = self.agent.decide(self.context(exchange, market, number))
         if inspect.isawaitable(decision):
             raise TypeError(f"agent {self.name}: async agents need the networked simulation (drop --in-process)")
         if not isinstance(decision, Bid):
             return
         try:
-            message = seal_bid(number, decision.distribution, float(decision.amount), market.settings.max_support)
+            message = seal_bid(
+                number, decision.distribution, float(decision.amount), market.settings.max_support, market.id
+            )
         except ValueError as exc:
             log.warning("agent %s: invalid bid in round %d: %s", self.name, number, exc)
             self.refusals += 1
             return
-        reply = market.handle(self.peer, message)
+        reply = exchange.handle(self.peer, message)
         if isinstance(reply, Error):
             self.refusals += 1
             log.info("agent %s: bid refused in round %d: %s", self.name, number, reply.code)
 
-    def observe(self, market: Market, result: RoundResult) -> None:
-        self.recent.append(result)
-        self.agent.observe(result, self.context(market, result.round))
+    def observe(self, exchange: Exchange, market: Market, result: RoundResult) -> None:
+        self.recent[market.id].append(result)
+        self.agent.observe(result, self.context(exchange, market, result.round))
 
 
-def run_in_process(scenario: Scenario, db: Path, seed: str, rounds: int | None, progress: object = None) -> Path:
-    """Run the scenario to its end, writing the ledger to ``db``; returns ``db``."""
+def run_in_process(
+    scenario: Scenario, db: Path, seed: str, rounds: int | None, progress: Callable[[int], object] | None = None
+) -> Path:
+    """Run the scenario's market to its end, writing the ledger to ``db``; returns ``db``."""
     settings = scenario.settings(db, seed, rounds)
-    ledger = Ledger(db, durable=False)
-    market = Market(settings, ledger, clock=lambda: 0.0)  # a constant clock: every agent stays live
+    clock = SimulatedClock()
     expected = settings.max_tokens
-    agents = [
-        InProcessAgent(spec.name, build_agent(spec, expected, int(seed[:8], 16)), settings.budget_of(spec.name))
-        for spec in scenario.agents
-    ]
-    try:
+    with Ledger(db, durable=False) as ledger:
+        exchange = Exchange(settings, ledger, clock)
+        agents = [InProcessAgent(spec.name, build_agent(spec, expected, int(seed[:8], 16))) for spec in scenario.agents]
         for agent in agents:
-            market.handle(agent.peer, Hello(name=agent.name))
-        while market.closed is None:
-            number = market.open_round().round
-            for agent in agents:
-                agent.bid(market, number)
-            for broadcast in market.close_round():
-                if isinstance(broadcast, RoundResult):
-                    for agent in agents:
-                        agent.observe(market, broadcast)
-            if callable(progress):
-                progress(number)
-    finally:
-        ledger.close()
+            exchange.handle(agent.peer, Hello(name=agent.name))
+        exchange.start()
+        drive(exchange, agents, clock, progress)
     return db
+
+
+def drive(
+    exchange: Exchange,
+    agents: list[InProcessAgent],
+    clock: SimulatedClock,
+    progress: Callable[[int], object] | None = None,
+    until: Callable[[], bool] | None = None,
+) -> None:
+    """Tick the exchange until it is finished (or ``until``): every invited agent bids in each round as it
+    opens and sees each result; the clock jumps to the next deadline when nothing else can happen."""
+    done = until or (lambda: exchange.finished)
+    seen: dict[str, Market] = {}  # a market's last result comes after the exchange retired it
+    while not done():
+        for agent in agents:
+            exchange.handle(agent.peer, Ping())  # stay live, as a runtime's heartbeat does
+        exchange.tick()
+        seen.update(exchange.markets)
+        broadcasts: list[Message] = list(exchange.drain())
+        for message in broadcasts:
+            market_id = getattr(message, "market", None)
+            if isinstance(market_id, str) and market_id in seen:
+                deliver(exchange, agents, seen[market_id], message, progress)
+        if not broadcasts and not exchange.has_due():
+            clock.now = max(clock.now, exchange.next_wake())
+
+
+def deliver(
+    exchange: Exchange,
+    agents: list[InProcessAgent],
+    market: Market,
+    message: Message,
+    progress: Callable[[int], object] | None,
+) -> None:
+    invited = [agent for agent in agents if market.invites(agent.name)]
+    if isinstance(message, RoundOpen):
+        for agent in invited:
+            agent.bid(exchange, market, message.round)
+    elif isinstance(message, RoundResult):
+        for agent in invited:
+            agent.observe(exchange, market, message)
+        if progress is not None:
+            progress(message.round)

@@ -24,13 +24,16 @@ def toml_value(value: Any) -> str:
         return "true" if value else "false"
     if isinstance(value, int | float):
         return repr(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
     return json.dumps(str(value))
 
 
 def settings_toml(settings: ServeSettings) -> str:
-    """The settings as a config file for ``auctioneer serve`` (TOML)."""
+    """The settings given (not the defaults) as a config file for ``auctioneer serve`` (TOML)."""
     scalars, tables = [], []
-    for key, value in settings.model_dump(mode="json", exclude={"market", "feed", "db"}).items():
+    given = settings.model_dump(mode="json", exclude_unset=True, exclude={"market", "feed", "db", "markets"})
+    for key, value in given.items():
         if value is None:
             continue
         if isinstance(value, dict):
@@ -59,7 +62,7 @@ def run_networked(
             name, ["--scenario", str(scenario_file), "--scenario-seed", str(seed)], out / f"agent-{name}.log"
         )
     try:
-        asyncio.run(asyncio.wait_for(follow_market(market.market, market.feed, on_event), MARKET_TIMEOUT))
+        asyncio.run(asyncio.wait_for(follow_market(None, market.market, market.feed, on_event), MARKET_TIMEOUT))
         codes = market.wait(timeout=60)
     finally:
         market.stop()

@@ -52,7 +52,8 @@ def committed_rounds(db: Path) -> int:
     if not db.exists():
         return 0
     with Ledger(db) as ledger:
-        return ledger.last_round()
+        market = ledger.market(ledger.default_market() or "")
+        return market.last_round if market else 0
 
 
 def static_agent(distribution: str, bid: float) -> list[str]:
@@ -72,8 +73,10 @@ class MarketRun(LocalMarket):
         self.db = directory / "market.db"
 
     def serve(self, *args: str) -> None:
+        """Start an auctioneer (again); it opens a market with an empty prompt unless told otherwise."""
         starts = len(list(self.directory.glob("auctioneer*.log")))
-        self.start_auctioneer(self.db, [*FAST, *args], self.directory / f"auctioneer{starts or ''}.log")
+        market = [] if "--prompt" in args or "--config" in args else ["--prompt", ""]
+        self.start_auctioneer(self.db, [*FAST, *market, *args], self.directory / f"auctioneer{starts or ''}.log")
 
     def agent(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         self.start_agent(name, args, self.directory / f"{name}.log")

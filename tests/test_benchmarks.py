@@ -51,4 +51,4 @@ def test_profile_market_profiles_a_whole_market(tmp_path: Path, capsys: pytest.C
 
     print_profile(output, ROUNDS, limit=60)
     printed = capsys.readouterr().out
-    assert "close_round" in printed and "decode" in printed and "commit_round" in printed
+    assert "tick" in printed and "decide" in printed and "decode" in printed and " commit" in printed

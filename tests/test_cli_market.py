@@ -118,7 +118,9 @@ def test_restarting_with_different_mechanism_is_refused(market_run: MarketRun) -
     market_run.serve("--min-agents", "1", "--max-tokens", "1")
     market_run.agent("a", *static_agent("x=1", 1))
     assert market_run.wait(60) == [0, 0]
-    result = run_cli("-m", "auctioneer", "serve", "--db", str(market_run.db), "--payment", "second_price")
+    result = run_cli(
+        "-m", "auctioneer", "serve", "--db", str(market_run.db), "--prompt", "", "--payment", "second_price"
+    )
     assert result.returncode == 2 and "different payment" in result.stderr
 
 

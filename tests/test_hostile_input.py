@@ -67,7 +67,9 @@ def test_every_hostile_message_gets_its_code_and_changes_nothing(market_run: Mar
 
 def test_the_auctioneer_still_serves_after_a_dropped_connection(market_run: MarketRun) -> None:
     (market_run.directory / "c.toml").write_text("max_message_bytes = 2048\n")
-    market_run.serve("--min-agents", "1", "--max-tokens", "2", "--config", str(market_run.directory / "c.toml"))
+    market_run.serve(
+        "--prompt", "", "--min-agents", "1", "--max-tokens", "2", "--config", str(market_run.directory / "c.toml")
+    )
     time.sleep(0.2)
     flooder = RawPeer(market_run.market)
     try:

@@ -100,27 +100,30 @@ async def test_late_joiner_catches_up_and_bids(market_run: MarketRun) -> None:
     market_run.agent("early", *static_agent("a=1", 1))
     await asyncio.to_thread(wait_until, lambda: committed_rounds(market_run.db) >= 5, 30.0, "five rounds")
     runtime = AgentRuntime(StaticAgent({"b": 1.0}, 3.0), "late", market_run.market, market_run.feed)
-    report = await asyncio.wait_for(runtime.run(), 60)
+    whole = await asyncio.wait_for(runtime.run(), 60)
     ledger = read_ledger(market_run.db)
+    report = whole.only()
     assert report.closed_reason == "max_tokens"
     assert report.text == ledger["text"]
-    assert runtime.tokens == [r["token"] for r in ledger["rounds"] if r["token"]]
+    assert runtime.markets[report.market].tokens == [r["token"] for r in ledger["rounds"] if r["token"]]
     joined = min(n for n, r in report.rounds.items() if r.status == "accepted")
     assert joined > 5
     assert all("late" in r["bids"] for r in ledger["rounds"][joined:])
-    assert report.spent == pytest.approx(ledger["balances"]["late"])
-    assert report.verification_failures == 0
+    assert whole.spent == pytest.approx(ledger["balances"]["late"])
+    assert whole.verification_failures == 0
 
 
 async def test_subscriber_that_missed_broadcasts_resyncs(market_run: MarketRun, peer: RawPeer) -> None:
     # A registered agent that never bids (kept live by a long heartbeat) makes every round last 0.3 s.
     market_run.serve("--min-agents", "2", "--max-tokens", "12", "--round-timeout", "0.3", "--heartbeat", "5")
-    assert isinstance(peer.request(Hello(name="silent")), Welcome)
+    welcome = peer.request(Hello(name="silent"))
+    assert isinstance(welcome, Welcome) and welcome.market is not None
     market_run.agent("steady", *static_agent("a=0.5,b=0.5", 1))
     context = zmq.asyncio.Context()
     client = MarketClient(context, market_run.market)
     client.connect()
     follower = FeedFollower(context, market_run.feed, client)
+    follower.follow(welcome.market)
     seen: list[int] = []
     snapshots = 0
     try:

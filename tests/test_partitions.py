@@ -105,6 +105,8 @@ def test_partitioned_agent_misses_rounds_resyncs_and_bids_again(hosts: Hosts, tm
                 "auctioneer",
                 "serve",
                 *endpoints,
+                "--prompt",
+                "",
                 "--db",
                 str(db),
                 "--quiet",
@@ -163,7 +165,8 @@ def test_partitioned_agent_misses_rounds_resyncs_and_bids_again(hosts: Hosts, tm
     assert missed and all(down_at < n <= up_at + 5 for n in missed)
     assert "bob" in rounds[-1]["bids"], "bob bids again after the partition"
     report = json.loads((tmp_path / "bob.json").read_text())
-    seen = {r["round"]: r["token"] for r in report["rounds"]}
+    (market,) = report["markets"]
+    seen = {r["round"]: r["token"] for r in market["rounds"]}
     assert all(seen.get(r["round"]) == r["token"] for r in rounds), "bob recovered every result"
-    assert report["text"] == ledger["text"] and report["resyncs"] >= 2
+    assert market["text"] == ledger["text"] and report["resyncs"] >= 2
     assert report["verification_failures"] == 0

@@ -15,14 +15,25 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol import Distribution, ErrorCode, Limits, MechanismSettings, ProtocolError, decode, encode
+from protocol.market_rules import MarketRules
 from protocol.messages import (
     MESSAGE_TYPES,
     BidAccepted,
+    CloseMarket,
     Error,
+    ExchangeHeartbeat,
     Heartbeat,
     Hello,
+    ListMarkets,
     MarketClosed,
+    MarketEnded,
+    MarketInfo,
+    MarketList,
+    MarketOpened,
+    MarketStatus,
+    MarketStatusReply,
     Message,
+    OpenMarket,
     OutcomeDistribution,
     Ping,
     Pong,
@@ -50,6 +61,8 @@ RESULT = RoundResult(
     seed_commitment=COMMIT,
 )
 OPEN = RoundOpen(seq=1, round=1, text="Mechanism Design for", seed_commitment=COMMIT, deadline=1e9, timeout=2.0)
+INFO = MarketInfo(id="hawaii", rules=MarketRules(prompt="Vacations in Hawaii:", payment="critical_bid"), agents=["a"])
+STATUS = MarketStatus(market=INFO, round=2, seq=5, text="Vacations in Hawaii: Fly", revenue=1.5)
 EVERY_MESSAGE: list[Message] = [
     Hello(name="agent-1", client="test", id=1),
     SealedBid(round=1, distribution=DIST, bid=1.5, id=2),
@@ -76,6 +89,14 @@ EVERY_MESSAGE: list[Message] = [
     MarketClosed(seq=3, reason="max_tokens", text="t", rounds=1),
     Heartbeat(seq=3, round=1, time=5.0),
     SyncReply(seq=2, last_round=1, prompt="p", text="t", tokens=["t"], balances={}, results=[RESULT], open_round=OPEN),
+    ListMarkets(id=4),
+    OpenMarket(settings={"prompt": "Vacations in Hawaii:", "max_tokens": 12}, market="hawaii", agents=["a"], id=5),
+    CloseMarket(market="hawaii", id=6),
+    MarketList(seq=3, markets=[STATUS], default="hawaii", re=4),
+    MarketStatusReply(status=STATUS, re=5),
+    MarketOpened(seq=1, market=INFO),
+    MarketEnded(seq=2, market="hawaii", reason="operator", rounds=2),
+    ExchangeHeartbeat(seq=2, time=5.0),
 ]
 
 

@@ -13,22 +13,23 @@ import zmq.asyncio
 
 from agent_client import AgentRuntime, FunctionAgent, StaticAgent
 from agent_client.agent import Bid, RoundContext
-from agent_client.runtime import AgentRejected
 from auctioneer.ledger import Ledger
 from auctioneer.serve import serve
 from auctioneer.settings import ServeSettings
 from protocol import decode, encode
 from protocol.client import FeedEvent, MarketClient, follow_market
-from protocol.market_rules import MechanismSettings
-from protocol.messages import MarketClosed, RoundResult, SyncReply, SyncRequest, Welcome
+from protocol.market_rules import MarketRules
+from protocol.messages import MarketClosed, MarketInfo, RoundResult, SyncReply, SyncRequest, Welcome
 from protocol.sockets import free_tcp_endpoint
 
 MARKET_TIMEOUT = 120
 
 
 def market_settings(tmp_path: Path, **values: Any) -> ServeSettings:
+    """An exchange opening one market at start (a prompt given, empty unless ``values`` has one)."""
     return ServeSettings.model_validate(
         {
+            "prompt": "",
             "db": tmp_path / "market.db",
             "market": free_tcp_endpoint(),
             "feed": free_tcp_endpoint(),
@@ -55,20 +56,21 @@ async def test_runtimes_trade_and_a_slow_agent_only_misses_rounds(tmp_path: Path
         quick = runtime(settings, "quick", StaticAgent({"a": 0.7, "b": 0.3}, 1.0))
         sleepy = runtime(settings, "sleepy", FunctionAgent(slow))
         reports = await asyncio.gather(quick.run(), sleepy.run())
-        closed = await server
-    assert isinstance(closed, MarketClosed) and closed.reason == "max_tokens"
+        exchange = await server
+    assert exchange.finished and [status.closed for status in exchange.recent] == ["max_tokens"]
     with Ledger.open_existing(settings.db) as ledger:
         document = ledger.document()
     assert all(set(r["bids"]) == {"quick"} for r in document["rounds"])
-    quick_report, sleepy_report = reports
+    quick_report, sleepy_report = (report.only() for report in reports)
     assert [r.status for r in quick_report.rounds.values()] == ["accepted"] * 4
     assert {r.status for r in sleepy_report.rounds.values()} <= {"missed (too slow)", "missed (still thinking)"}
-    for report in reports:
-        assert (report.text, report.closed_reason, report.verification_failures) == (document["text"], "max_tokens", 0)
-    assert quick_report.spent == pytest.approx(4.0)
+    for whole in reports:
+        report = whole.only()
+        assert (report.text, report.closed_reason, whole.verification_failures) == (document["text"], "max_tokens", 0)
+    assert reports[0].spent == pytest.approx(4.0)
 
 
-async def test_a_market_whose_draw_the_client_cannot_verify_is_refused(tmp_path: Path) -> None:
+async def test_the_runtime_refuses_a_market_whose_draw_it_cannot_verify(tmp_path: Path) -> None:
     endpoint = free_tcp_endpoint()
     context = zmq.asyncio.Context()
     router = context.socket(zmq.ROUTER)
@@ -77,27 +79,18 @@ async def test_a_market_whose_draw_the_client_cannot_verify_is_refused(tmp_path:
     async def auctioneer_from_the_future() -> None:
         peer, request = await router.recv_multipart()
         hello = decode(request)
-        mechanism = MechanismSettings(mode="beam_search")
-        welcome = Welcome(
-            name="a",
-            market="m",
-            prompt="",
-            seq=0,
-            round=0,
-            mechanism=mechanism,
-            max_bid=1.0,
-            max_support=8,
-            heartbeat_interval=1.0,
-            re=hello.id,
-        )
+        future = MarketInfo(id="future", rules=MarketRules(mode="beam_search"))
+        welcome = Welcome(name="a", heartbeat_interval=1.0, markets=[future], re=hello.id)
         await router.send_multipart([peer, encode(welcome)])
 
     try:
         answering = asyncio.create_task(auctioneer_from_the_future())
         agent = AgentRuntime(StaticAgent({"x": 1.0}, 1.0), "a", endpoint, free_tcp_endpoint(), context=context)
-        with pytest.raises(AgentRejected, match="beam_search"):
-            await asyncio.wait_for(agent.run(), 30)
+        report = await asyncio.wait_for(agent.run(), 30)
         await answering
+        assert report.markets["future"].closed_reason is not None
+        assert "beam_search" in report.markets["future"].closed_reason
+        assert report.verification_failures == 1 and report.markets["future"].rounds == {}
     finally:
         router.close(linger=0)
         context.term()
@@ -146,9 +139,9 @@ async def test_rounds_larger_than_a_request_still_sync_and_followers_catch_up(tm
         assert isinstance(reply, SyncReply)
         assert [r.round for r in reply.results] == [1, 2]
         assert len(encode(reply.results[0])) > 4 * 2**20
-        await follow_market(settings.market, settings.feed, seen.append)
+        await follow_market(None, settings.market, settings.feed, seen.append)
         reports = await trading
         await server
     results = [event.round for event in seen if isinstance(event, RoundResult)]
     assert results == [1, 2, 3] and isinstance(seen[-1], MarketClosed)
-    assert all(r.verification_failures == 0 and r.closed_reason == "max_tokens" for r in reports)
+    assert all(r.verification_failures == 0 and r.only().closed_reason == "max_tokens" for r in reports)

@@ -18,8 +18,21 @@ from agent_client.strategies import (
 from protocol.messages import OutcomeDistribution, RoundResult
 
 
-def context(round_: int = 1, budget: float | None = None, spent: float = 0.0) -> RoundContext:
-    return RoundContext(name="me", round=round_, prompt="", text="", tokens=(), budget=budget, spent=spent, timeout=1.0)
+def context(
+    round_: int = 1, budget: float | None = None, spent: float = 0.0, reserved: float = 0.0, decisions: int = 1
+) -> RoundContext:
+    return RoundContext(
+        name="me",
+        round=round_,
+        prompt="",
+        text="",
+        tokens=(),
+        budget=budget,
+        spent=spent,
+        timeout=1.0,
+        reserved=reserved,
+        decisions=decisions,
+    )
 
 
 def result(q: dict[str, float], payment: float, bid: float, round_: int = 1) -> RoundResult:
@@ -45,11 +58,13 @@ def test_simple_strategies() -> None:
         Shading(1.0, 1.5)
 
 
-def test_budget_pacing_spreads_what_is_left() -> None:
+def test_budget_pacing_spreads_what_is_left_across_markets() -> None:
     paced = BudgetPaced(budget=10.0, expected_rounds=10)
-    assert paced.amount(context(round_=1)) == pytest.approx(1.0)
-    assert paced.amount(context(round_=6, spent=7.0)) == pytest.approx(3.0 / 5)
-    assert paced.amount(context(round_=10, spent=10.0)) == 0.0
+    assert paced.amount(context(decisions=1)) == pytest.approx(1.0)
+    assert paced.amount(context(decisions=6, spent=7.0)) == pytest.approx(3.0 / 5)
+    # bids in other markets' open rounds hold part of what is left
+    assert paced.amount(context(round_=1, decisions=6, spent=5.0, reserved=2.0)) == pytest.approx(3.0 / 5)
+    assert paced.amount(context(decisions=10, spent=10.0)) == 0.0
 
 
 def test_observed_utility_is_value_times_allocation_minus_payment() -> None:

@@ -110,7 +110,7 @@ def test_unknown_keys_and_plain_peers_get_nothing(market_run: MarketRun, keys: P
 
 def test_budgets_refuse_overspending(market_run: MarketRun, tmp_path: Path) -> None:
     config = tmp_path / "budgets.toml"
-    config.write_text("budget = 2.5\n[budgets]\nrich = 100.0\n")
+    config.write_text('prompt = ""\nbudget = 2.5\n[budgets]\nrich = 100.0\n')
     market_run.serve("--config", str(config), "--min-agents", "2", "--max-tokens", "6")
     market_run.agent("poor", *static_agent("p=1", 1))
     market_run.agent("rich", *static_agent("r=1", 4))

@@ -1,0 +1,66 @@
+"""Agents' budget accounts across the exchange: budget, spent (committed payments) and reserved.
+
+A bid reserves its amount when it is accepted; when its round is committed the payment is added to
+``spent`` and the reservation released. A bid is accepted only if it fits in what remains after
+``spent`` and ``reserved``, and a payment never exceeds its bid, so an agent can never be committed
+beyond its budget, however many of its markets close in the same instant. Reservations live in
+memory: open rounds are not durable, and after a restart they are opened again with no bids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from protocol.errors import ErrorCode, ProtocolError
+
+
+@dataclass
+class Account:
+    budget: float | None
+    spent: float = 0.0
+    reserved: float = 0.0
+    open_bids: int = 0
+
+    @property
+    def remaining(self) -> float | None:
+        return None if self.budget is None else self.budget - self.spent - self.reserved
+
+
+class Accounts:
+    """Every agent's account; ``budget_of`` gives an agent's budget (None: unlimited)."""
+
+    def __init__(self, budget_of: Callable[[str], float | None], spent: Mapping[str, float]) -> None:
+        self._budget_of = budget_of
+        self._accounts = {agent: Account(budget_of(agent), amount) for agent, amount in spent.items()}
+
+    def __getitem__(self, agent: str) -> Account:
+        account = self._accounts.get(agent)
+        if account is None:
+            account = self._accounts[agent] = Account(self._budget_of(agent))
+        return account
+
+    def reserve(self, agent: str, amount: float) -> None:
+        """Reserve ``amount`` for a bid, or refuse it with ``BUDGET_EXCEEDED``."""
+        account = self[agent]
+        remaining = account.remaining
+        if remaining is not None and amount > remaining:
+            raise ProtocolError(
+                ErrorCode.BUDGET_EXCEEDED,
+                f"bid {amount} exceeds your remaining budget {max(remaining, 0.0)} "
+                f"(budget {account.budget}, spent {account.spent}, reserved by open bids {account.reserved})",
+            )
+        account.reserved += amount
+        account.open_bids += 1
+
+    def release(self, agent: str, amount: float, payment: float = 0.0) -> None:
+        """A bid's round is over: release its reservation and add what it paid."""
+        account = self[agent]
+        account.spent += payment
+        account.open_bids -= 1
+        # Adding and taking away the same amounts in another order can leave a rounding residue.
+        account.reserved = max(account.reserved - amount, 0.0) if account.open_bids else 0.0
+
+    def snapshot(self, agents: Iterable[str]) -> dict[str, tuple[float | None, float]]:
+        """agent -> (budget, reserved), for the ledger."""
+        return {agent: (self[agent].budget, self[agent].reserved) for agent in agents}

@@ -1,0 +1,142 @@
+"""``auctioneer market open|close`` and ``auctioneer markets``: operate an exchange over its market socket.
+
+``market open`` sends the market settings given as flags (the others take the exchange's
+defaults) and prints the new market's id; ``market close ID`` ends a market now; ``markets`` lists
+the open and recently closed markets with their round, text and revenue. Under CurveZMQ the
+operator authenticates with its key (``--curve-secret``, ``--server-key``) and must be named in the
+exchange's ``operators``; without it, the exchange accepts operators from loopback only (by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from rich.table import Table
+
+from agent_client.security import curve_client_setup
+from auctioneer.settings import MarketSettings
+from cli.console import UsageError, stdout
+from cli.flags import add_settings_flags, comma_list, settings_values
+from protocol.client import SocketSetup, ask
+from protocol.messages import (
+    CloseMarket,
+    Error,
+    ListMarkets,
+    MarketList,
+    MarketStatus,
+    MarketStatusReply,
+    Message,
+    OpenMarket,
+)
+
+DEFAULT_EXCHANGE = "tcp://127.0.0.1:5555"
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    market = subparsers.add_parser("market", help="open or close a market of a running exchange", description=__doc__)
+    actions = market.add_subparsers(dest="action", required=True, metavar="ACTION")
+    opening = actions.add_parser("open", help="open a market; prints its id", description=__doc__)
+    add_connection_flags(opening)
+    opening.add_argument("--id", help="the market's id (default: generated)")
+    opening.add_argument("--agents", type=comma_list, help="only these agents take part (default: every agent)")
+    opening.add_argument("--reference-agent", help="a registered agent whose bids are the market's reference p_0")
+    add_settings_flags(opening, MarketSettings, title="market settings (the exchange's defaults otherwise)")
+    opening.set_defaults(run=run_open)
+    closing = actions.add_parser("close", help="end a market now", description=__doc__)
+    add_connection_flags(closing)
+    closing.add_argument("market_id", metavar="ID", help="the market to close")
+    closing.set_defaults(run=run_close)
+    listing = subparsers.add_parser("markets", help="list an exchange's open and recent markets", description=__doc__)
+    add_connection_flags(listing)
+    listing.set_defaults(run=run_list)
+
+
+def add_connection_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--exchange", default=DEFAULT_EXCHANGE, help="the exchange's market socket endpoint")
+    parser.add_argument("--curve-secret", help="the operator's CurveZMQ secret key file")
+    parser.add_argument("--server-key", help="the exchange's CurveZMQ public key file")
+    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
+    parser.add_argument("--json", action="store_true", help="print JSON")
+
+
+def curve(args: argparse.Namespace) -> SocketSetup | None:
+    if not args.curve_secret and not args.server_key:
+        return None
+    if not (args.curve_secret and args.server_key):
+        raise UsageError("CurveZMQ needs both --curve-secret and --server-key")
+    return curve_client_setup(args.curve_secret, args.server_key)
+
+
+def request(args: argparse.Namespace, message: Message) -> Message:
+    """Send ``message`` to the exchange; an error reply or silence is one line for the user."""
+    try:
+        reply = asyncio.run(ask(args.exchange, message, curve(args), args.timeout))
+    except TimeoutError:
+        raise UsageError(
+            f"no answer from the exchange at {args.exchange} within {args.timeout:g}s (is it running?)"
+        ) from None
+    if isinstance(reply, Error):
+        raise UsageError(f"the exchange refused: {reply.code}: {reply.message}")
+    return reply
+
+
+def status_json(status: MarketStatus) -> dict[str, object]:
+    return {
+        "market": status.market.id,
+        "prompt": status.market.rules.prompt,
+        "round": status.round,
+        "text": status.text,
+        "revenue": status.revenue,
+        "closed": status.closed,
+        "agents": status.market.agents,
+        "reference_agent": status.market.reference_agent,
+        "settings": status.market.rules.model_dump(mode="json"),
+    }
+
+
+def print_json(document: object) -> None:
+    json.dump(document, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+
+
+def run_open(args: argparse.Namespace) -> int:
+    message = OpenMarket(
+        settings=settings_values(args), market=args.id, agents=args.agents, reference_agent=args.reference_agent
+    )
+    reply = request(args, message)
+    assert isinstance(reply, MarketStatusReply)
+    if args.json:
+        print_json(status_json(reply.status))
+    else:
+        stdout.print(reply.status.market.id, highlight=False)
+    return 0
+
+
+def run_close(args: argparse.Namespace) -> int:
+    reply = request(args, CloseMarket(market=args.market_id))
+    assert isinstance(reply, MarketStatusReply)
+    if args.json:
+        print_json(status_json(reply.status))
+    else:
+        stdout.print(f"market {reply.status.market.id} closed after {reply.status.round} rounds", highlight=False)
+    return 0
+
+
+def run_list(args: argparse.Namespace) -> int:
+    reply = request(args, ListMarkets())
+    assert isinstance(reply, MarketList)
+    if args.json:
+        print_json({"default": reply.default, "markets": [status_json(status) for status in reply.markets]})
+        return 0
+    table = Table(title=f"markets of {args.exchange}")
+    for column in ("market", "state", "round", "text", "revenue"):
+        table.add_column(column, justify="right" if column in ("round", "revenue") else "left")
+    for status in reply.markets:
+        state = "open" if status.closed is None else f"closed ({status.closed})"
+        text = status.text if len(status.text) <= 60 else "..." + status.text[-57:]
+        table.add_row(status.market.id, state, str(status.round), repr(text), f"{status.revenue:.4g}")
+    stdout.print(table)
+    return 0

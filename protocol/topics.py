@@ -1,0 +1,37 @@
+"""Feed topics: which broadcasts a subscriber receives, filtered by ZeroMQ's own subscriptions.
+
+Every broadcast is one frame: ``0xC1 ‖ topic ‖ "\\n" ‖ msgpack message`` (SPEC.md section 3.3).
+``0xC1`` is never the first byte of a msgpack value, so a client of revision 1.2, which subscribes
+to everything and expects plain msgpack, finds these frames undecodable and skips them. Topics:
+``x`` for exchange notices and ``m.<market id>`` for a market's broadcasts; a subscriber subscribes
+to ``0xC1 ‖ topic ‖ "\\n"``, so ZeroMQ delivers it exactly the markets it asked for. The default
+market's broadcasts are published a second time as plain frames, for revision 1.2 clients.
+"""
+
+from __future__ import annotations
+
+TOPIC_MARK = b"\xc1"
+TOPIC_END = b"\n"
+EXCHANGE_TOPIC = b"x"
+
+
+def market_topic(market: str) -> bytes:
+    return b"m." + market.encode("ascii")
+
+
+def subscription(topic: bytes) -> bytes:
+    """The prefix to subscribe to for ``topic`` (complete, so ``m.ab`` never matches ``m.abc``)."""
+    return TOPIC_MARK + topic + TOPIC_END
+
+
+def topic_frame(topic: bytes, payload: bytes) -> bytes:
+    """The feed frame carrying an encoded message under ``topic``."""
+    return TOPIC_MARK + topic + TOPIC_END + payload
+
+
+def split_frame(frame: bytes) -> tuple[bytes | None, bytes]:
+    """``(topic, payload)`` of a feed frame; ``(None, frame)`` for a plain revision-1.2 frame."""
+    if not frame.startswith(TOPIC_MARK):
+        return None, frame
+    topic, _, payload = frame[1:].partition(TOPIC_END)
+    return topic, payload

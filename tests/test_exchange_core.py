@@ -1,0 +1,388 @@
+"""The exchange and its markets, driven in-process with a fake clock and a real SQLite ledger.
+
+No sockets: requests go straight to :meth:`Exchange.handle`, the test moves the clock and ticks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from auctioneer.audit import audit_ledger
+from auctioneer.exchange import Exchange
+from auctioneer.ledger import Ledger, LedgerError
+from auctioneer.settings import MarketSpec, ServeSettings
+from protocol import Distribution, encode
+from protocol.critical_bid import REFERENCE_SPONSOR
+from protocol.messages import (
+    BidAccepted,
+    CloseMarket,
+    Error,
+    Hello,
+    ListMarkets,
+    MarketClosed,
+    MarketEnded,
+    MarketList,
+    MarketOpened,
+    MarketStatusReply,
+    Message,
+    OpenMarket,
+    Ping,
+    Pong,
+    RoundOpen,
+    RoundResult,
+    SealedBid,
+    SyncReply,
+    SyncRequest,
+    Welcome,
+)
+
+HEARTBEAT = 1.0
+SILENCE = 3 * HEARTBEAT + 0.1  # longer than an agent stays live without a message
+LOOPBACK = "127.0.0.1"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def make_exchange(tmp_path: Path, clock: FakeClock) -> Iterator[Any]:
+    ledgers: list[Ledger] = []
+
+    def make(**settings: Any) -> Exchange:
+        ledger = Ledger(tmp_path / "exchange.db")
+        ledgers.append(ledger)
+        values = {"db": tmp_path / "exchange.db", "heartbeat_interval": HEARTBEAT, "seed": "ab" * 32, **settings}
+        exchange = Exchange(ServeSettings.model_validate(values), ledger, clock)
+        exchange.start()
+        return exchange
+
+    yield make
+    for ledger in ledgers:
+        ledger.close()
+
+
+def bid(number: int, amount: float = 1.0, market: str | None = None, **distribution: float) -> SealedBid:
+    return SealedBid(
+        round=number, distribution=Distribution.from_mapping(distribution or {"x": 1.0}), bid=amount, market=market
+    )
+
+
+def error_code(reply: Message) -> str:
+    assert isinstance(reply, Error), reply
+    return reply.code
+
+
+def register(exchange: Exchange, *names: str) -> None:
+    for name in names:
+        assert isinstance(exchange.handle(name.encode(), Hello(name=name)), Welcome)
+
+
+def tick(exchange: Exchange) -> list[Message]:
+    exchange.tick()
+    return list(exchange.drain())
+
+
+def opened(broadcasts: list[Message]) -> dict[str, int]:
+    """market -> round number, of the rounds these broadcasts open."""
+    return {m.market or "": m.round for m in broadcasts if isinstance(m, RoundOpen)}
+
+
+def open_markets(exchange: Exchange, count: int, **settings: Any) -> list[str]:
+    return [exchange.open_market(MarketSpec(settings={"prompt": f"q{k}:", **settings})).id for k in range(count)]
+
+
+# --- registration and liveness ------------------------------------------------------------------
+
+
+def test_welcome_describes_the_exchange_and_the_default_market(make_exchange: Any) -> None:
+    exchange = make_exchange(prompt="Hi", payment="second_price", eps=1e-4, budget=5.0, max_bid=9.0)
+    other = exchange.open_market(MarketSpec(settings={"prompt": "Other"}, agents=["bob"]))
+    welcome = exchange.handle(b"p1", Hello(name="alice", id=42))
+    assert isinstance(welcome, Welcome)
+    assert (welcome.name, welcome.prompt, welcome.re, welcome.round, welcome.seq) == ("alice", "Hi", 42, 0, 0)
+    assert welcome.mechanism is not None and welcome.mechanism.model_dump() == {
+        "aggregation": "linear",
+        "payment": "second_price",
+        "mode": "sample",
+        "temperature": 1.0,
+        "eps": 1e-4,
+    }
+    assert (welcome.budget, welcome.spent, welcome.max_bid, welcome.heartbeat_interval) == (5.0, 0.0, 9.0, HEARTBEAT)
+    assert welcome.market == exchange.default_market and len(welcome.market or "") == 12
+    # alice is invited to the default market only: "Other" is limited to bob
+    assert [m.id for m in welcome.markets] == [exchange.default_market]
+    bob = exchange.handle(b"p2", Hello(name="bob"))
+    assert isinstance(bob, Welcome) and {m.id for m in bob.markets} == {exchange.default_market, other.id}
+
+
+def test_a_live_name_is_refused_to_another_peer_until_its_holder_goes_silent(
+    make_exchange: Any, clock: FakeClock
+) -> None:
+    exchange = make_exchange(prompt="")
+    register(exchange, "alice")
+    assert error_code(exchange.handle(b"intruder", Hello(name="alice"))) == "NAME_TAKEN"
+    clock.advance(SILENCE)
+    assert isinstance(exchange.handle(b"intruder", Hello(name="alice")), Welcome)
+    assert error_code(exchange.handle(b"alice", Ping())) == "NOT_REGISTERED"
+
+
+def test_liveness_follows_the_last_message(make_exchange: Any, clock: FakeClock) -> None:
+    exchange = make_exchange(prompt="")
+    register(exchange, "a", "b")
+    clock.advance(2 * HEARTBEAT)
+    assert isinstance(exchange.handle(b"a", Ping()), Pong)
+    clock.advance(2 * HEARTBEAT)
+    assert exchange.live_agents() == ["a"]
+    assert error_code(exchange.handle(b"stranger", Ping())) == "NOT_REGISTERED"
+
+
+# --- rounds -----------------------------------------------------------------------------------
+
+
+def test_a_round_closes_early_once_every_live_participant_bid(make_exchange: Any, clock: FakeClock) -> None:
+    exchange = make_exchange(prompt="", round_timeout=10.0)
+    register(exchange, "a", "b")
+    number = opened(tick(exchange))[exchange.default_market]
+    assert isinstance(exchange.handle(b"a", bid(number)), BidAccepted)
+    assert not exchange.has_due()
+    register(exchange, "c")  # joins mid-round: the round now waits for c too
+    assert isinstance(exchange.handle(b"b", bid(number)), BidAccepted)
+    assert not exchange.has_due() and tick(exchange) == []
+    clock.advance(SILENCE)  # c never speaks again; a and b keep pinging
+    exchange.handle(b"a", Ping())
+    exchange.handle(b"b", Ping())
+    results = [m for m in tick(exchange) if isinstance(m, RoundResult)]
+    assert [(r.round, sorted(r.bids)) for r in results] == [(number, ["a", "b"])]
+
+
+def test_admission_checks_in_order_and_refusals_change_nothing(make_exchange: Any) -> None:
+    exchange = make_exchange(prompt="", budget=1.0, max_bid=5.0, max_support=2)
+    register(exchange, "a")
+    number = opened(tick(exchange))[exchange.default_market]
+    too_big = bid(number, 6.0, x=0.2, y=0.3, z=0.5)
+    # A wrong round is reported before anything about the bid itself.
+    assert error_code(exchange.handle(b"a", bid(number + 1, 6.0, x=0.2, y=0.3, z=0.5))) == "WRONG_ROUND"
+    assert error_code(exchange.handle(b"a", too_big)) == "INVALID_BID"
+    assert error_code(exchange.handle(b"a", bid(number, 2.0, x=0.2, y=0.3, z=0.5))) == "INVALID_DISTRIBUTION"
+    assert error_code(exchange.handle(b"a", bid(number, 2.0))) == "BUDGET_EXCEEDED"
+    market = exchange.markets[exchange.default_market or ""]
+    assert market.current is not None and market.current.bids == {}
+    assert exchange.accounts["a"].reserved == 0.0
+    assert isinstance(exchange.handle(b"a", bid(number, 1.0)), BidAccepted)
+    assert error_code(exchange.handle(b"a", bid(number, 6.0))) == "DUPLICATE_BID"
+    assert exchange.accounts["a"].reserved == 1.0
+    tick(exchange)
+    assert error_code(exchange.handle(b"a", bid(number))) == "ROUND_CLOSED"
+    assert (exchange.accounts["a"].spent, exchange.accounts["a"].reserved) == (1.0, 0.0)
+
+
+@pytest.mark.parametrize(
+    "settings,bids,reason,rounds",
+    [
+        ({"max_tokens": 2}, [{"x": 1.0}], "max_tokens", 2),
+        ({"stop_token": "."}, [{".": 1.0}], "stop_token", 1),
+        ({"max_idle_rounds": 2}, [], "idle", 2),
+    ],
+)
+def test_closing_reasons(
+    make_exchange: Any,
+    clock: FakeClock,
+    settings: dict[str, Any],
+    bids: list[dict[str, float]],
+    reason: str,
+    rounds: int,
+) -> None:
+    exchange = make_exchange(prompt="", **settings)
+    register(exchange, "a")
+    broadcasts = tick(exchange)
+    while not exchange.finished:
+        for market, number in opened(broadcasts).items():
+            for distribution in bids:
+                exchange.handle(b"a", bid(number, market=market, **distribution))
+        clock.advance(2.5)  # past every deadline
+        exchange.handle(b"a", Ping())
+        broadcasts = tick(exchange)
+    closed = next(m for m in broadcasts if isinstance(m, MarketClosed))
+    ended = next(m for m in broadcasts if isinstance(m, MarketEnded))
+    assert (closed.reason, closed.rounds, ended.reason) == (reason, rounds, reason)
+    assert error_code(exchange.handle(b"a", bid(rounds + 1))) == "MARKET_CLOSED"
+
+
+def test_an_exchange_resumes_from_its_ledger(make_exchange: Any) -> None:
+    first = make_exchange(prompt="P:", max_tokens=10)
+    register(first, "a")
+    broadcasts = tick(first)
+    for _ in range(3):
+        first.handle(b"a", bid(opened(broadcasts)[first.default_market or ""], 2.0))
+        broadcasts = tick(first)
+    unfinished = next(m for m in broadcasts if isinstance(m, RoundOpen))  # announced, never committed
+    first.ledger.close()
+
+    again = make_exchange(prompt="P:", max_tokens=10)
+    market = again.markets[again.default_market or ""]
+    assert (market.last_round, market.text, market.balances) == (3, "P:xxx", {"a": 6.0})
+    assert again.accounts["a"].spent == 6.0
+    register(again, "a")
+    # seqs never repeat: the announced round_open's seq is skipped
+    assert [m.seq for m in tick(again) if isinstance(m, RoundOpen)] == [unfinished.seq + 1]
+    sync = again.handle(b"late", SyncRequest(since_seq=0))
+    assert isinstance(sync, SyncReply) and [r.round for r in sync.results] == [1, 2, 3]
+    with pytest.raises(LedgerError, match="different payment"):
+        make_exchange(prompt="P:", payment="second_price")
+
+
+def test_sync_results_are_paged_by_bytes_and_always_make_progress(make_exchange: Any) -> None:
+    exchange = make_exchange(prompt="", max_tokens=5)
+    register(exchange, "a")
+    broadcasts = tick(exchange)
+    while not exchange.finished:
+        for number in opened(broadcasts).values():
+            exchange.handle(b"a", bid(number))
+        broadcasts = tick(exchange)
+    market = exchange.default_market or ""
+    one_result = len(encode(exchange.ledger.results_since(market, 0, 1, 10**9)[0][0]))
+
+    def page(max_bytes: int) -> tuple[list[int], bool]:
+        results, more = exchange.ledger.results_since(market, 0, 100, max_bytes)
+        return [r.round for r in results], more
+
+    assert page(2 * one_result + 1) == ([1, 2], True)
+    assert page(1) == ([1], True)  # a result larger than the budget still goes, alone
+    assert page(10**9) == ([1, 2, 3, 4, 5], False)
+    assert exchange.ledger.results_since(market, 0, 3, 10**9)[1] is True  # the count limit pages too
+
+
+# --- many markets ------------------------------------------------------------------------------
+
+
+def test_rounds_that_close_together_commit_in_one_transaction(make_exchange: Any) -> None:
+    exchange = make_exchange(max_tokens=3)
+    register(exchange, "a", "b")
+    markets = open_markets(exchange, 20)
+    commits_before = exchange.ledger.commits()
+    for market, number in opened(tick(exchange)).items():
+        for agent in ("a", "b"):
+            assert isinstance(exchange.handle(agent.encode(), bid(number, 1.0, market)), BidAccepted)
+    results = [m for m in tick(exchange) if isinstance(m, RoundResult)]
+    assert sorted(r.market or "" for r in results) == sorted(markets)
+    assert exchange.ledger.commits() == commits_before + 1  # one fsync for twenty markets
+
+
+def test_a_budget_holds_across_markets_closing_in_the_same_instant(make_exchange: Any, clock: FakeClock) -> None:
+    exchange = make_exchange(budget=5.0, payment="first_price", max_tokens=2)
+    register(exchange, "a")
+    markets = open_markets(exchange, 4)
+    rounds = opened(tick(exchange))
+    answers = [exchange.handle(b"a", bid(rounds[market], 2.0, market)) for market in markets]
+    assert [type(a).__name__ for a in answers] == ["BidAccepted", "BidAccepted", "Error", "Error"]
+    assert {error_code(a) for a in answers[2:]} == {"BUDGET_EXCEEDED"}
+    assert exchange.accounts["a"].reserved == 4.0
+    clock.advance(2.5)  # every round closes at its deadline, in one tick: a pays 4, reserves nothing
+    exchange.handle(b"a", Ping())
+    rounds = opened(tick(exchange))
+    account = exchange.accounts["a"]
+    assert (account.spent, account.reserved, account.remaining) == (4.0, 0.0, 1.0)
+    assert exchange.ledger.accounts()["a"] == (5.0, 0.0)
+    assert error_code(exchange.handle(b"a", bid(rounds[markets[0]], 2.0, markets[0]))) == "BUDGET_EXCEEDED"
+    assert isinstance(exchange.handle(b"a", bid(rounds[markets[0]], 1.0, markets[0])), BidAccepted)
+    verdicts, over_budget = audit_ledger(exchange.ledger)
+    assert all(v.ok for v in verdicts) and over_budget == []
+
+
+def test_markets_limited_to_named_agents(make_exchange: Any) -> None:
+    exchange = make_exchange()
+    register(exchange, "a", "b")
+    only_b = exchange.open_market(MarketSpec(settings={"prompt": "B:"}, agents=["b"])).id
+    number = opened(tick(exchange))[only_b]
+    assert error_code(exchange.handle(b"a", bid(number, 1.0, only_b))) == "NOT_INVITED"
+    assert isinstance(exchange.handle(b"b", bid(number, 1.0, only_b)), BidAccepted)
+    assert [r.bids for r in tick(exchange) if isinstance(r, RoundResult)] == [{"b": 1.0}]
+
+
+def test_a_live_reference_agent_pulls_as_p0_and_never_pays(make_exchange: Any) -> None:
+    exchange = make_exchange(payment="first_price", mode="greedy", reference_weight=3.0, budget=10.0)
+    register(exchange, "publisher", "advertiser")
+    market = exchange.open_market(MarketSpec(settings={"prompt": "Q:"}, reference_agent="publisher")).id
+    number = opened(tick(exchange))[market]
+    assert isinstance(exchange.handle(b"publisher", bid(number, 99.0, market, news=1.0)), BidAccepted)
+    assert isinstance(exchange.handle(b"advertiser", bid(number, 1.0, market, ad=1.0)), BidAccepted)
+    assert exchange.accounts["publisher"].reserved == 0.0
+    (result,) = [m for m in tick(exchange) if isinstance(m, RoundResult)]
+    # q = (3 news + 1 ad) / 4: the reference's weight decides; only the advertiser pays.
+    assert result.token == "news" and result.payments == {"advertiser": 1.0}
+    assert result.distribution is not None and result.distribution.as_mapping() == {"ad": 0.25, "news": 0.75}
+    assert result.sponsors == {REFERENCE_SPONSOR: 1.0} and result.bids == {"advertiser": 1.0}
+    stored = next(exchange.ledger.rounds(market))
+    assert [(b.agent, b.bid, b.reference) for b in stored.bids] == [
+        ("advertiser", 1.0, False),
+        ("publisher", 3.0, True),
+    ]
+    verdicts, _ = audit_ledger(exchange.ledger)
+    assert all(v.ok for v in verdicts)
+
+
+# --- operators -------------------------------------------------------------------------------
+
+
+def test_operators_open_and_close_markets_others_may_not(make_exchange: Any) -> None:
+    exchange = make_exchange(payment="none")
+    register(exchange, "a")
+    request = OpenMarket(settings={"prompt": "Hawaii:", "max_tokens": 9}, market="hawaii", id=3)
+    assert error_code(exchange.handle(b"op", request, address="10.0.0.7")) == "UNAUTHORIZED"
+    reply = exchange.handle(b"op", request, address=LOOPBACK)
+    assert isinstance(reply, MarketStatusReply) and reply.re == 3
+    info = reply.status.market
+    assert (info.id, info.rules.prompt, info.rules.max_tokens, info.rules.payment) == ("hawaii", "Hawaii:", 9, "none")
+    notices = exchange.drain()
+    assert [type(n) for n in notices] == [MarketOpened] and notices[0].seq == exchange.exchange_seq
+    bad = exchange.handle(b"op", OpenMarket(settings={"payment": "vickrey"}), address=LOOPBACK)
+    assert error_code(bad) == "INVALID_SETTINGS" and "vickrey" in bad.message  # type: ignore[attr-defined]
+    assert error_code(exchange.handle(b"op", request, address=LOOPBACK)) == "INVALID_SETTINGS"  # id in use
+    number = opened(tick(exchange))["hawaii"]
+    exchange.handle(b"a", bid(number, 1.0, "hawaii"))
+    closed = exchange.handle(b"op", CloseMarket(market="hawaii"), address=LOOPBACK)
+    assert isinstance(closed, MarketStatusReply) and closed.status.closed == "operator"
+    assert exchange.accounts["a"].reserved == 0.0  # the abandoned round's bid is released
+    assert [type(n).__name__ for n in exchange.drain()] == ["MarketClosed", "MarketEnded"]
+    sync = exchange.handle(b"late", SyncRequest(market="hawaii"))
+    assert isinstance(sync, SyncReply) and sync.closed is not None and sync.closed.reason == "operator"
+    listing = exchange.handle(b"anyone", ListMarkets())
+    assert isinstance(listing, MarketList) and [(s.market.id, s.closed) for s in listing.markets] == [
+        ("hawaii", "operator")
+    ]
+
+
+def test_with_curve_only_named_keys_operate(make_exchange: Any, tmp_path: Path) -> None:
+    exchange = make_exchange(operators=["ops"])
+    exchange.settings = exchange.settings.model_copy(
+        update={"curve_secret": tmp_path / "s", "authorized_keys": tmp_path}
+    )
+    request = OpenMarket(settings={"prompt": "x"})
+    assert error_code(exchange.handle(b"p", request, identity="mallory", address=LOOPBACK)) == "UNAUTHORIZED"
+    assert isinstance(exchange.handle(b"p", request, identity="ops", address="10.1.2.3"), MarketStatusReply)
+
+
+def test_requests_without_a_market_go_to_the_default_one(make_exchange: Any) -> None:
+    empty = make_exchange()
+    register(empty, "a")
+    assert error_code(empty.handle(b"a", bid(1))) == "UNKNOWN_MARKET"
+    assert error_code(empty.handle(b"a", bid(1, market="nowhere"))) == "UNKNOWN_MARKET"
+    assert error_code(empty.handle(b"a", SyncRequest())) == "UNKNOWN_MARKET"
+    assert not empty.finished  # an empty exchange waits for operators

@@ -77,7 +77,8 @@ def build_strategy(spec: AgentSpec, expected_rounds: int, seed: int) -> Any:
         if kind is BudgetPaced:
             if spec.budget is None:
                 raise AgentLoadError(f"agent {spec.name}: budget_paced needs a budget")
-            return BudgetPaced(spec.budget, params.get("expected_rounds", expected_rounds))
+            params.setdefault("expected_rounds", expected_rounds)
+            return BudgetPaced(spec.value, spec.budget, **params)
         if spec.strategy == "learning":
             params.setdefault("seed", seed ^ zlib.crc32(spec.name.encode()))
         return kind(spec.value, **params)  # type: ignore[call-arg]

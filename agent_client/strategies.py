@@ -21,12 +21,13 @@ EX_POST_PAYMENTS = frozenset({"critical_bid"})
 
 
 class BiddingStrategy:
-    """Decides the bid amount; ``learn`` is told the outcome of each round the agent bid in."""
+    """Decides the bid amount; ``learn`` is told the outcome of each round the agent bid in (its bid,
+    the utility it observed, what it paid)."""
 
     def amount(self, context: RoundContext) -> float:
         raise NotImplementedError
 
-    def learn(self, bid: float, utility: float, context: RoundContext) -> None:
+    def learn(self, bid: float, utility: float, payment: float, context: RoundContext) -> None:
         """Default: nothing to learn."""
 
 
@@ -39,17 +40,38 @@ class Fixed(BiddingStrategy):
 
 
 class BudgetPaced(BiddingStrategy):
-    """Spreads what is left of the budget evenly over the rounds expected to remain, across every
-    market the agent bids in (``expected_rounds`` counts them all)."""
+    """Adaptive pacing (after Balseiro and Gur, 2019): spend the budget evenly over the rounds expected,
+    in every market the agent bids in.
 
-    def __init__(self, budget: float, expected_rounds: int) -> None:
+    The bid is ``value / (1 + mu)``, never more than what remains of the budget. After each round
+    ``mu`` moves by the gap between the even share of what remains, ``rho = remaining budget /
+    rounds still expected``, and what the round cost: ``mu <- max(0, mu - step (rho - payment) / rho)``.
+    Paying less than the share lowers ``mu`` (bids rise towards the value), paying more raises it; a
+    share recomputed from what remains corrects for past over- or underspending.
+    """
+
+    def __init__(self, value: float, budget: float, expected_rounds: int, step: float = 0.05) -> None:
+        if budget <= 0 or expected_rounds < 1:
+            raise ValueError("budget pacing needs a positive budget and at least one expected round")
+        self.value = float(value)
         self.budget = float(budget)
         self.expected_rounds = int(expected_rounds)
+        self.step = float(step)
+        self.multiplier = 0.0  # mu
+
+    def _remaining(self, context: RoundContext) -> float:
+        budget = self.budget if context.budget is None else min(self.budget, context.budget)
+        return max(budget - context.spent - context.reserved, 0.0)
 
     def amount(self, context: RoundContext) -> float:
-        budget = self.budget if context.budget is None else min(self.budget, context.budget)
-        remaining = max(budget - context.spent - context.reserved, 0.0)
-        return remaining / max(self.expected_rounds - context.decisions + 1, 1)
+        return min(self.value / (1.0 + self.multiplier), self._remaining(context))
+
+    def learn(self, bid: float, utility: float, payment: float, context: RoundContext) -> None:
+        rounds_left = max(self.expected_rounds - context.decisions + 1, 1)
+        share = (self._remaining(context) + payment) / rounds_left
+        if share <= 0:
+            return
+        self.multiplier = max(0.0, self.multiplier - self.step * (share - payment) / share)
 
 
 class Truthful(BiddingStrategy):
@@ -108,7 +130,7 @@ class LearningBidder(BiddingStrategy):
         self.history.append(bid)
         return bid
 
-    def learn(self, bid: float, utility: float, context: RoundContext) -> None:
+    def learn(self, bid: float, utility: float, payment: float, context: RoundContext) -> None:
         if self._last is None:
             return
         arm, self._last = self._last, None
@@ -160,7 +182,7 @@ class StrategicAgent(Agent):
         if bid is not None and context.name in result.bids:
             ex_post = context.mechanism is not None and context.mechanism.payment in EX_POST_PAYMENTS
             utility = observed_utility(self.value, bid.distribution, result, context.name, ex_post)
-            self.strategy.learn(bid.amount, utility, context)
+            self.strategy.learn(bid.amount, utility, result.payments.get(context.name, 0.0), context)
 
 
 STRATEGIES: dict[str, type[BiddingStrategy]] = {

@@ -454,6 +454,7 @@ class Exchange:
             closings,
             self.accounts.snapshot(agents),
             self.exchange_seq + notices if notices else None,
+            self.clock(),
         )
 
     def _due_markets(self, now: float) -> list[Market]:

@@ -323,12 +323,13 @@ class Ledger:
         closings: Sequence[MarketClosed] = (),
         accounts: Mapping[str, tuple[float | None, float]] | None = None,
         exchange_seq: int | None = None,
+        committed_at: float = 0.0,
     ) -> None:
-        """Write ``rounds``, the markets' ``closings``, ``accounts`` (agent -> (budget, reserved)) and the
-        exchange's notice seq in one transaction."""
+        """Write ``rounds`` (committed at ``committed_at``, Unix seconds), the markets' ``closings``,
+        ``accounts`` (agent -> (budget, reserved)) and the exchange's notice seq in one transaction."""
         with self._transaction() as db:
             for record in rounds:
-                self._write_round(db, record)
+                self._write_round(db, record, committed_at)
             for closing in closings:
                 db.execute(
                     "UPDATE markets SET closed = ?, seq = MAX(seq, ?) WHERE market = ?",
@@ -346,11 +347,11 @@ class Ledger:
                 self._set_meta(db, "commits", str(self.commits() + 1))
 
     @staticmethod
-    def _write_round(db: sqlite3.Connection, record: RoundRecord) -> None:
+    def _write_round(db: sqlite3.Connection, record: RoundRecord, committed_at: float) -> None:
         result, market = record.result, record.market
         db.execute(
             "INSERT INTO rounds(market, round, token, seed, seed_commitment, result_seq, opened_at, committed_at,"
-            " result) VALUES (?, ?, ?, ?, ?, ?, ?, (julianday('now') - 2440587.5) * 86400.0, ?)",
+            " result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 market,
                 result.round,
@@ -359,6 +360,7 @@ class Ledger:
                 result.seed_commitment,
                 result.seq,
                 record.opened_at,
+                committed_at,
                 encode(result),
             ),
         )

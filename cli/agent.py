@@ -81,7 +81,7 @@ def build_agent(args: argparse.Namespace) -> Agent:
     if args.scenario:
         path = Path(args.scenario)
         scenario = Scenario.from_document(read_toml(path, "scenario"), path)
-        return build_scenario_agent(scenario.agent(args.name), scenario.market.rounds, args.scenario_seed)
+        return build_scenario_agent(scenario.agent(args.name), scenario.expected_rounds(), args.scenario_seed)
     if args.agent:
         return load_agent(args.agent, parse_params(args.param))
     if args.bid is None:

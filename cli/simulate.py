@@ -8,7 +8,6 @@ SQLite ledger, ``summary.json`` and PNG plots; ``--repeat K`` runs K seeds and a
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -22,9 +21,19 @@ from cli.console import UsageError, read_toml, stdout
 from cli.live_view import MarketView
 from protocol.client import FeedEvent
 from protocol.messages import RoundResult
+from simulation.exchange import run_exchange_in_process, run_exchange_networked
 from simulation.in_process import run_in_process
 from simulation.networked import run_networked
-from simulation.report import aggregate_runs, headline, learned_bid_ratio, plot, plot_comparison, summarize
+from simulation.report import (
+    aggregate_runs,
+    headline,
+    learned_bid_ratio,
+    plot,
+    plot_comparison,
+    plot_exchange,
+    summarize,
+    summarize_exchange,
+)
 from simulation.scenario import Scenario
 
 
@@ -58,10 +67,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.set_defaults(run=run)
 
 
-def market_seed(seed: int) -> str:
-    return hashlib.sha256(f"token-auction simulation {seed}".encode()).hexdigest()
-
-
 def print_summary(summary: dict[str, object]) -> None:
     table = Table(
         title=f"{summary['rounds']} rounds: revenue {summary['revenue']:.4g}, welfare {summary['welfare']:.4g}"
@@ -89,19 +94,71 @@ def print_summary(summary: dict[str, object]) -> None:
     stdout.print(f"text: {text if len(text) <= 300 else '...' + text[-300:]!r}", highlight=False)
 
 
-def run_once(args: argparse.Namespace, scenario: Scenario, run_dir: Path, seed: int) -> dict[str, Any]:
-    """One run of one payment rule into ``run_dir``: ledger, summary.json, plots."""
+def new_ledger(run_dir: Path) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     db = run_dir / "ledger.db"
     if db.exists():
         raise UsageError(f"{db} exists; pick a new --out (simulations never reuse a ledger)")
+    return db
+
+
+def run_exchange(args: argparse.Namespace, scenario: Scenario, run_dir: Path, seed: int) -> dict[str, Any]:
+    """An ad-exchange scenario into ``run_dir``: ledger, summary.json, plots."""
+    assert scenario.exchange is not None
+    db = new_ledger(run_dir)
+    with Progress(console=stdout, transient=True) as progress:
+        if args.in_process:
+            task = progress.add_task("rounds", total=scenario.expected_rounds())
+            run_exchange_in_process(scenario, db, seed, lambda n: progress.update(task, completed=n))
+        else:
+            opening = progress.add_task("queries opened", total=scenario.exchange.count)
+            closing = progress.add_task("markets closed", total=scenario.exchange.count)
+
+            def show(opened: int, closed: int) -> None:
+                progress.update(opening, completed=opened)
+                progress.update(closing, completed=closed)
+
+            settings = scenario.settings(db, seed)
+            run_exchange_networked(args.scenario.resolve(), scenario, settings, seed, run_dir, show)
+    summary = summarize_exchange(db, scenario)
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    plots = plot_exchange(summary, run_dir)
+    print_exchange_summary(summary)
+    stdout.print(f"wrote {db}, summary.json and {len(plots)} plots in {run_dir}")
+    return summary
+
+
+def print_exchange_summary(summary: dict[str, Any]) -> None:
+    latency = (
+        f"round latency p50 {summary['latency_p50'] * 1e3:.0f} ms, p99 {summary['latency_p99'] * 1e3:.0f} ms"
+        if summary["latency_p50"] is not None
+        else "no rounds"
+    )
+    table = Table(
+        title=f"{summary['markets']} markets, {summary['rounds']} rounds in {summary['duration']:.1f}s: "
+        f"revenue {summary['revenue']:.4g}, {latency}"
+    )
+    for column in ("advertiser", "budget", "spent", "share of budget"):
+        table.add_column(column, justify="left" if column == "advertiser" else "right")
+    for name, agent in summary["agents"].items():
+        budget = agent["budget"]
+        share = "-" if not budget else f"{agent['spent'] / budget:.0%}"
+        table.add_row(name, "-" if budget is None else f"{budget:.4g}", f"{agent['spent']:.4g}", share)
+    stdout.print(table)
+
+
+def run_once(args: argparse.Namespace, scenario: Scenario, run_dir: Path, seed: int) -> dict[str, Any]:
+    """One run of one payment rule into ``run_dir``: ledger, summary.json, plots."""
+    if scenario.exchange is not None:
+        return run_exchange(args, scenario, run_dir, seed)
+    db = new_ledger(run_dir)
     if args.in_process:
         rounds = args.rounds or scenario.market.rounds
         with Progress(console=stdout, transient=True) as progress:
             task = progress.add_task(f"{run_dir.name}", total=rounds)
-            run_in_process(scenario, db, market_seed(seed), args.rounds, lambda n: progress.update(task, completed=n))
+            run_in_process(scenario, db, seed, args.rounds, lambda n: progress.update(task, completed=n))
     else:
-        settings = scenario.settings(db, market_seed(seed), args.rounds)
+        settings = scenario.settings(db, seed, args.rounds)
         view = FollowView(settings.max_tokens)
         with Live(view.render(), console=stdout, refresh_per_second=8) as live:
 
@@ -122,6 +179,8 @@ def run(args: argparse.Namespace) -> int:
     scenario = Scenario.from_document(read_toml(args.scenario, "scenario"), args.scenario)
     if args.repeat < 1 or (args.rounds is not None and args.rounds < 1):
         raise UsageError("--repeat and --rounds must be at least 1")
+    if scenario.exchange is not None and (args.repeat > 1 or args.rounds or len(scenario.payments()) > 1):
+        raise UsageError("an exchange scenario runs once, with one payment rule (no --repeat, --rounds or list)")
     rules = scenario.payments()
     overall: dict[str, Any] = {}
     for rule in rules:

@@ -90,15 +90,15 @@ class InProcessAgent:
 
 
 def run_in_process(
-    scenario: Scenario, db: Path, seed: str, rounds: int | None, progress: Callable[[int], object] | None = None
+    scenario: Scenario, db: Path, seed: int, rounds: int | None, progress: Callable[[int], object] | None = None
 ) -> Path:
-    """Run the scenario's market to its end, writing the ledger to ``db``; returns ``db``."""
+    """Run the scenario's market to its end with a run's ``seed``, writing the ledger to ``db``; returns ``db``."""
     settings = scenario.settings(db, seed, rounds)
     clock = SimulatedClock()
-    expected = settings.max_tokens
+    expected = rounds or scenario.expected_rounds()
     with Ledger(db, durable=False) as ledger:
         exchange = Exchange(settings, ledger, clock)
-        agents = [InProcessAgent(spec.name, build_agent(spec, expected, int(seed[:8], 16))) for spec in scenario.agents]
+        agents = [InProcessAgent(spec.name, build_agent(spec, expected, seed)) for spec in scenario.agents]
         for agent in agents:
             exchange.handle(agent.peer, Hello(name=agent.name))
         exchange.start()
@@ -112,12 +112,19 @@ def drive(
     clock: SimulatedClock,
     progress: Callable[[int], object] | None = None,
     until: Callable[[], bool] | None = None,
+    before_tick: Callable[[], object] | None = None,
+    next_event: Callable[[], float] | None = None,
 ) -> None:
-    """Tick the exchange until it is finished (or ``until``): every invited agent bids in each round as it
-    opens and sees each result; the clock jumps to the next deadline when nothing else can happen."""
+    """Tick the exchange until it is finished (or ``until``): every invited agent bids in each round as
+    it opens and sees each result (``progress`` is told how many results so far). ``before_tick`` may
+    act at the current time (open markets); when nothing can happen the clock jumps to the exchange's
+    next deadline, or to ``next_event`` if sooner."""
     done = until or (lambda: exchange.finished)
     seen: dict[str, Market] = {}  # a market's last result comes after the exchange retired it
+    results = 0
     while not done():
+        if before_tick is not None:
+            before_tick()
         for agent in agents:
             exchange.handle(agent.peer, Ping())  # stay live, as a runtime's heartbeat does
         exchange.tick()
@@ -126,18 +133,18 @@ def drive(
         for message in broadcasts:
             market_id = getattr(message, "market", None)
             if isinstance(market_id, str) and market_id in seen:
-                deliver(exchange, agents, seen[market_id], message, progress)
+                deliver(exchange, agents, seen[market_id], message)
+            if isinstance(message, RoundResult):
+                results += 1
+                if progress is not None:
+                    progress(results)
         if not broadcasts and not exchange.has_due():
-            clock.now = max(clock.now, exchange.next_wake())
+            wake = exchange.next_wake() if next_event is None else min(exchange.next_wake(), next_event())
+            clock.now = max(clock.now, wake)
 
 
-def deliver(
-    exchange: Exchange,
-    agents: list[InProcessAgent],
-    market: Market,
-    message: Message,
-    progress: Callable[[int], object] | None,
-) -> None:
+def deliver(exchange: Exchange, agents: list[InProcessAgent], market: Market, message: Message) -> None:
+    """Agents bid in a round as it opens, and see every result of their markets."""
     invited = [agent for agent in agents if market.invites(agent.name)]
     if isinstance(message, RoundOpen):
         for agent in invited:
@@ -145,5 +152,3 @@ def deliver(
     elif isinstance(message, RoundResult):
         for agent in invited:
             agent.observe(exchange, market, message)
-        if progress is not None:
-            progress(message.round)

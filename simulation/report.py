@@ -230,3 +230,93 @@ def plot_comparison(by_rule: dict[str, dict[str, Any]], out: Path) -> Path:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def summarize_exchange(db: Path, scenario: Scenario) -> dict[str, Any]:
+    """An exchange run, from its ledger: revenue over time, each agent's spend against its budget,
+    round latency (from a round opening to its committed result), and every market's text.
+    Times are seconds since the first market opened."""
+    with Ledger.open_existing(db) as ledger:
+        markets = ledger.markets()
+        rounds = sorted(
+            (record for market in markets for record in ledger.rounds(market.id)), key=lambda r: r.committed_at
+        )
+        commits = ledger.commits()
+    start = min(market.opened_at for market in markets)
+    budgets = {a.name: a.budget for a in scenario.agents}
+    spend: dict[str, list[tuple[float, float]]] = {name: [(0.0, 0.0)] for name in budgets}
+    revenue: list[tuple[float, float]] = [(0.0, 0.0)]
+    for record in rounds:
+        at = record.committed_at - start
+        paid = sum(record.payments.values())
+        if paid:
+            revenue.append((at, revenue[-1][1] + paid))
+        for agent, amount in record.payments.items():
+            if amount and agent in spend:
+                spend[agent].append((at, spend[agent][-1][1] + amount))
+    latencies = [record.committed_at - record.opened_at for record in rounds]
+    return {
+        "markets": len(markets),
+        "rounds": len(rounds),
+        "fsyncs_per_round": commits / len(rounds) if rounds else None,
+        "duration": max((r.committed_at for r in rounds), default=start) - start,
+        "revenue": revenue[-1][1],
+        "revenue_over_time": revenue,
+        "latencies": latencies,
+        "latency_p50": float(np.percentile(latencies, 50)) if latencies else None,
+        "latency_p99": float(np.percentile(latencies, 99)) if latencies else None,
+        "agents": {
+            name: {"budget": budgets[name], "spent": points[-1][1], "spend_over_time": points}
+            for name, points in spend.items()
+        },
+        "texts": {
+            market.id: market.definition["settings"].get("prompt", "") + "".join(market.tokens) for market in markets
+        },
+    }
+
+
+def plot_exchange(summary: dict[str, Any], out: Path) -> list[Path]:
+    """``exchange-revenue.png`` (cumulative revenue over time), ``exchange-spend.png`` (each agent's
+    cumulative spend against its budget) and ``exchange-latency.png`` (round latency)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written = []
+
+    def save(figure: Any, name: str) -> None:
+        figure.tight_layout()
+        figure.savefig(out / name, dpi=110)
+        plt.close(figure)
+        written.append(out / name)
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    times, totals = zip(*summary["revenue_over_time"], strict=True)
+    axes.step(times, totals, where="post", color="tab:green")
+    axes.set(title=f"Revenue over time ({summary['markets']} markets)", xlabel="seconds", ylabel="revenue")
+    axes.grid(alpha=0.3)
+    save(figure, "exchange-revenue.png")
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    for name, agent in summary["agents"].items():
+        times, spent = zip(*agent["spend_over_time"], strict=True)
+        line = axes.step(times, spent, where="post", label=name)[0]
+        if agent["budget"] is not None:
+            axes.axhline(agent["budget"], color=line.get_color(), linestyle=":", alpha=0.8)
+    axes.set(title="Spend across markets (dotted: budget)", xlabel="seconds", ylabel="spent")
+    axes.legend(fontsize="small")
+    axes.grid(alpha=0.3)
+    save(figure, "exchange-spend.png")
+
+    figure, axes = plt.subplots(figsize=(7, 4))
+    p50, p99 = summary["latency_p50"], summary["latency_p99"]
+    axes.set(
+        title=f"Round latency, open to committed result (p50 {p50 * 1e3:.0f} ms, p99 {p99 * 1e3:.0f} ms)",
+        xlabel="seconds",
+        ylabel="rounds",
+    )
+    axes.hist(summary["latencies"], bins=30, color="tab:blue")
+    axes.grid(alpha=0.3)
+    save(figure, "exchange-latency.png")
+    return written

@@ -4,10 +4,17 @@
 file: the mechanism, the reference, the prompt, the timing) plus ``rounds``, the market's length,
 which also sets ``max_tokens`` and ``max_idle_rounds``. ``payment`` may be a list: the scenario is
 then run once per payment rule and the rules are compared.
+
+With an ``[exchange]`` section the scenario is an ad exchange instead: user queries arrive at a
+rate, each opens its own market (``[market]`` gives their settings, the query its prompt and a
+length drawn from ``tokens``), and the same agents, each with one budget, bid in all of them.
 """
 
 from __future__ import annotations
 
+import hashlib
+import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,6 +24,7 @@ from agent_client.scenario import AgentSpec
 from auctioneer.mechanism import MechanismConfigError, check_mechanism
 from auctioneer.settings import SETTINGS_MODEL, CheckedMechanism, ServeSettings
 from protocol.errors import describe_validation_error
+from protocol.fields import PositiveFloat
 from protocol.market_rules import MarketRules
 
 SET_BY_SCENARIO = {
@@ -24,6 +32,11 @@ SET_BY_SCENARIO = {
     "max_idle_rounds": "rounds",
     "min_agents": "the [[agents]] list",
 }
+
+
+def market_seed(seed: int) -> str:
+    """The market seed (64 hex digits: every round's seed derives from it) of a run's seed."""
+    return hashlib.sha256(f"token-auction simulation {seed}".encode()).hexdigest()
 
 
 class ScenarioError(ValueError):
@@ -60,10 +73,47 @@ class ScenarioMarket(MarketRules, CheckedMechanism):
         return self
 
 
+class QueryPlan(BaseModel):
+    """How queries arrive at an exchange: each opens a market continuing its prompt."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    queries: list[str] = Field(min_length=1, description="the prompts of the queries, cycled")
+    rate: PositiveFloat = Field(2.0, description="queries per second (Poisson arrivals)")
+    count: Annotated[int, Field(ge=1)] = Field(20, description="how many queries arrive")
+    tokens: tuple[Annotated[int, Field(ge=1)], Annotated[int, Field(ge=1)]] = Field(
+        (8, 16), description="each query's market writes between these many tokens"
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> QueryPlan:
+        if self.tokens[0] > self.tokens[1]:
+            raise ValueError("tokens must be [low, high] with low <= high")
+        return self
+
+    def arrivals(self, seed: int) -> list[Arrival]:
+        """When each query arrives (seconds after the start), its prompt and its length."""
+        rng = random.Random(seed)
+        clock, plan = 0.0, []
+        for k in range(self.count):
+            clock += rng.expovariate(self.rate)
+            plan.append(Arrival(f"q{k:04d}", clock, self.queries[k % len(self.queries)], rng.randint(*self.tokens)))
+        return plan
+
+
+@dataclass(frozen=True)
+class Arrival:
+    market: str
+    at: float
+    prompt: str
+    tokens: int
+
+
 class Scenario(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     market: ScenarioMarket = Field(default_factory=ScenarioMarket)
+    exchange: QueryPlan | None = None
     agents: list[AgentSpec]
 
     @model_validator(mode="after")
@@ -83,6 +133,12 @@ class Scenario(BaseModel):
         except ValidationError as exc:
             raise ScenarioError(f"scenario {origin}: {describe_validation_error(exc)}") from None
 
+    def expected_rounds(self) -> int:
+        """How many rounds an agent should expect in the whole scenario (budget pacing spreads over them)."""
+        if self.exchange is None:
+            return self.market.rounds
+        return int(self.exchange.count * sum(self.exchange.tokens) / 2)
+
     def payments(self) -> list[str]:
         """The payment rules to run: the list given, or the one rule."""
         return self.market.payment_rules or [self.market.payment]
@@ -90,18 +146,22 @@ class Scenario(BaseModel):
     def with_payment(self, payment: str) -> Scenario:
         return self.model_copy(update={"market": self.market.model_copy(update={"payment": payment})})
 
-    def settings(self, db: Path, seed: str, rounds: int | None = None, **process: Any) -> ServeSettings:
-        """The auctioneer's settings for this scenario (its current payment rule) with ``process`` settings."""
+    def settings(self, db: Path, seed: int, rounds: int | None = None, **process: Any) -> ServeSettings:
+        """The auctioneer's settings for this scenario (its current payment rule) and a run's ``seed``, with
+        ``process`` settings. A market scenario's market opens at start; an exchange starts empty and stays."""
         length = rounds or self.market.rounds
         rules = self.market.model_dump(exclude={"rounds", "payment_rules"})
+        if self.exchange is not None:
+            rules.pop("prompt")
+            process = {"stay": True, **process}
         try:
             return ServeSettings.model_validate(
                 {
                     **rules,
                     "db": db,
-                    "seed": seed,
+                    "seed": market_seed(seed),
                     "max_tokens": length,
-                    "max_idle_rounds": length,
+                    "max_idle_rounds": length if self.exchange is None else 3,
                     "min_agents": len(self.agents),
                     "budgets": {a.name: a.budget for a in self.agents if a.budget is not None},
                     **process,

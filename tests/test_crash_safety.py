@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from auctioneer.ledger import Ledger
 from tests.helpers import MarketRun, committed_rounds, read_ledger, run_cli, static_agent, wait_until
 
 KILLS = 20
@@ -52,3 +53,53 @@ def test_random_sigkills_lose_nothing_and_charge_nobody_twice(market_run: Market
     assert sum(1 for r in rounds if {"alice", "bob"} <= set(r["bids"])) >= len(rounds) - 2 * KILLS
     audit = run_cli("-m", "auctioneer", "audit", "--db", str(market_run.db))
     assert audit.returncode == 0, audit.stdout
+
+
+def test_sigkills_with_many_open_markets_lose_nothing_and_keep_every_budget(market_run: MarketRun) -> None:
+    rng = random.Random(20261126)
+    count, kills = 12, 6
+    config = market_run.directory / "exchange.toml"
+    config.write_text(
+        "max_tokens = 100000\nmax_idle_rounds = 100000\nround_timeout = 0.3\nmin_agents = 2\n"
+        'payment = "first_price"\nbudget = 40.0\n'
+        + "".join(f'[[markets]]\nid = "q{k:02d}"\nprompt = "Q{k}:"\n' for k in range(count))
+    )
+    market_run.serve("--config", str(config))
+    market_run.agent("alice", *static_agent("a=0.7,b=0.3", 0.25), "--stay")
+    market_run.agent("bob", *static_agent("b=0.5,c=0.5", 0.5), "--stay")
+
+    def rounds_per_market() -> dict[str, int]:
+        if not market_run.db.exists():
+            return {}
+        with Ledger(market_run.db) as ledger:
+            return {m.id: m.last_round for m in ledger.markets()}
+
+    before: list[dict[str, int]] = []
+    for _ in range(kills):
+        wait_until(lambda: sum(rounds_per_market().values()) > sum((before or [{}])[-1].values()), what="progress")
+        time.sleep(rng.uniform(0.0, 0.4))
+        auctioneer = market_run.processes[0] if not before else market_run.processes[-1]
+        auctioneer.send_signal(signal.SIGKILL)
+        auctioneer.wait()
+        before.append(rounds_per_market())
+        market_run.serve("--config", str(config))
+    # Every market resumes: each commits rounds beyond its count at the last kill.
+    wait_until(lambda: all(n > before[-1][m] for m, n in rounds_per_market().items()), what="every market resumed")
+    market_run.processes[-1].send_signal(signal.SIGTERM)
+    assert market_run.processes[-1].wait(10) == 0
+    for agent in market_run.processes[1:3]:
+        agent.terminate()
+        agent.wait(30)
+
+    with Ledger.open_existing(market_run.db) as ledger:
+        for market in ledger.markets():
+            numbers = [r.round for r in ledger.rounds(market.id)]
+            assert numbers == list(range(1, len(numbers) + 1)), f"market {market.id} lost or repeated a round"
+            for stored in ledger.rounds(market.id):
+                assert set(stored.payments) == {b.agent for b in stored.bids}
+        spent = ledger.spent()
+        refused = "BUDGET_EXCEEDED" in (market_run.directory / "bob.log").read_text()
+    assert spent["bob"] <= 40.0 + 1e-9 and spent["alice"] <= 40.0 + 1e-9
+    assert refused and spent["bob"] > 39.0, "the budget should be reached, and held"
+    audit = run_cli("-m", "auctioneer", "audit", "--db", str(market_run.db))
+    assert audit.returncode == 0, audit.stdout[-2000:]

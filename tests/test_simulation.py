@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
+from auctioneer.ledger import Ledger
 from simulation.in_process import run_in_process
 from simulation.report import summarize
 from simulation.scenario import Scenario, ScenarioError
@@ -25,7 +27,7 @@ def settled_bid_ratio(summary: dict, name: str, last: int) -> float:
 @pytest.mark.parametrize("payment", ["first_price", "second_price"])
 def test_learning_bidders_bid_their_value_only_under_second_price(payment: str, tmp_path: Path) -> None:
     scenario = load_scenario(EXAMPLES / "first-vs-second-price.toml").with_payment(payment)
-    db = run_in_process(scenario, tmp_path / "ledger.db", "ab" * 32, rounds=None)
+    db = run_in_process(scenario, tmp_path / "ledger.db", 0, rounds=None)
     summary = summarize(db, scenario)
     ratios = {name: settled_bid_ratio(summary, name, last=800) for name in ("red", "blue", "green")}
     if payment == "second_price":
@@ -103,7 +105,7 @@ def test_bad_scenarios_get_one_line(tmp_path: Path, content: str, message: str) 
 
 def test_a_scenario_takes_every_public_market_setting(tmp_path: Path) -> None:
     document = {"market": {"eps": 1e-3, "aggregation": "log_linear", "max_bid": 5.0}, "agents": [{"name": "a"}]}
-    settings = Scenario.from_document(document, tmp_path / "s.toml").settings(tmp_path / "l.db", "ab" * 32, rounds=7)
+    settings = Scenario.from_document(document, tmp_path / "s.toml").settings(tmp_path / "l.db", 0, rounds=7)
     assert (settings.eps, settings.aggregation, settings.max_bid) == (1e-3, "log_linear", 5.0)
     assert (settings.max_tokens, settings.max_idle_rounds, settings.min_agents) == (7, 7, 1)
     with pytest.raises(ScenarioError, match="max_tokens is set by rounds"):
@@ -112,7 +114,7 @@ def test_a_scenario_takes_every_public_market_setting(tmp_path: Path) -> None:
 
 def test_learners_bid_about_their_value_under_critical_bid(tmp_path: Path) -> None:
     scenario = load_scenario(EXAMPLES / "payment-rules.toml").with_payment("critical_bid")
-    db = run_in_process(scenario, tmp_path / "ledger.db", "cd" * 32, rounds=None)
+    db = run_in_process(scenario, tmp_path / "ledger.db", 1, rounds=None)
     summary = summarize(db, scenario)
     ratios = {name: settled_bid_ratio(summary, name, last=800) for name in ("red", "blue", "green")}
     assert all(0.6 <= r <= 1.4 for r in ratios.values()), ratios
@@ -134,3 +136,49 @@ def test_simulate_compares_payment_rules(tmp_path: Path) -> None:
             sum(a["realised_value"] for a in summary["agents"].values())
         )
     assert (out / "comparison.png").stat().st_size > 10_000
+
+
+def check_exchange_run(out: Path, markets: int) -> dict[str, Any]:
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["markets"] == markets and summary["rounds"] >= 8 * markets
+    assert all(
+        text.startswith(("Vacations", "Cheap", "Weekend", "Family", "Ski")) for text in summary["texts"].values()
+    )
+    revenue = [total for _, total in summary["revenue_over_time"]]
+    assert revenue == sorted(revenue) and revenue[-1] == pytest.approx(summary["revenue"])
+    for name, agent in summary["agents"].items():
+        assert agent["spent"] <= agent["budget"] + 1e-9, name
+    with Ledger.open_existing(out / "ledger.db") as ledger:
+        assert sum(ledger.spent().values()) == pytest.approx(summary["revenue"])
+        assert all(m.closed is not None for m in ledger.markets())
+    assert {p.name for p in out.glob("*.png")} == {"exchange-revenue.png", "exchange-spend.png", "exchange-latency.png"}
+    return dict(summary)
+
+
+def test_ad_exchange_in_process_paces_every_budget(tmp_path: Path) -> None:
+    out = tmp_path / "exchange"
+    result = run_cli(
+        "-m", "auctioneer", "simulate", str(EXAMPLES / "ad-exchange.toml"), "--in-process", "--out", str(out)
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = check_exchange_run(out, 40)
+    for agent in summary["agents"].values():
+        # the budget lasts the whole run: half of it is left at half time, and nearly all of it is used
+        halfway = max(spent for at, spent in agent["spend_over_time"] if at <= summary["duration"] / 2)
+        assert 0.3 * agent["budget"] <= halfway <= 0.8 * agent["budget"]
+        assert agent["spent"] >= 0.9 * agent["budget"]
+
+
+def test_ad_exchange_as_live_processes(tmp_path: Path) -> None:
+    scenario = (
+        (EXAMPLES / "ad-exchange.toml")
+        .read_text()
+        .replace("count = 40", "count = 6")
+        .replace("rate = 4.0", "rate = 8.0")
+    )
+    (tmp_path / "short.toml").write_text(scenario)
+    out = tmp_path / "exchange"
+    result = run_cli("-m", "auctioneer", "simulate", str(tmp_path / "short.toml"), "--out", str(out), timeout=180)
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = check_exchange_run(out, 6)
+    assert 0 < summary["latency_p50"] <= summary["latency_p99"] and summary["fsyncs_per_round"] <= 1.0

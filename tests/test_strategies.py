@@ -58,13 +58,35 @@ def test_simple_strategies() -> None:
         Shading(1.0, 1.5)
 
 
-def test_budget_pacing_spreads_what_is_left_across_markets() -> None:
-    paced = BudgetPaced(budget=10.0, expected_rounds=10)
-    assert paced.amount(context(decisions=1)) == pytest.approx(1.0)
-    assert paced.amount(context(decisions=6, spent=7.0)) == pytest.approx(3.0 / 5)
-    # bids in other markets' open rounds hold part of what is left
-    assert paced.amount(context(round_=1, decisions=6, spent=5.0, reserved=2.0)) == pytest.approx(3.0 / 5)
-    assert paced.amount(context(decisions=10, spent=10.0)) == 0.0
+def test_budget_pacing_bids_value_shaded_by_its_multiplier_and_never_over_what_remains() -> None:
+    paced = BudgetPaced(value=2.0, budget=10.0, expected_rounds=10)
+    assert paced.amount(context(budget=10.0)) == 2.0  # mu = 0: bid the value
+    paced.learn(2.0, 0.0, 3.0, context(budget=10.0, spent=3.0))  # paid 3, three times the share of 1
+    assert paced.multiplier == pytest.approx(0.05 * 2.0)
+    assert paced.amount(context(budget=10.0)) == pytest.approx(2.0 / 1.1)
+    paced.learn(2.0, 0.0, 0.0, context())  # paid nothing: mu falls, never below zero
+    paced.learn(2.0, 0.0, 0.0, context())
+    paced.learn(2.0, 0.0, 0.0, context())
+    assert paced.multiplier == 0.0
+    # what bids in other markets' open rounds hold is not available either
+    assert paced.amount(context(budget=10.0, spent=8.5, reserved=1.0)) == pytest.approx(0.5)
+
+
+def test_budget_pacing_spends_about_its_budget_over_the_expected_rounds() -> None:
+    """Against a market where a bid b costs b/4: the multiplier settles where the spend per round is the
+    even share, so the budget lasts the expected rounds and is nearly all spent."""
+    rounds, budget = 400, 20.0
+    paced = BudgetPaced(value=1.0, budget=budget, expected_rounds=rounds)
+    spent, halfway = 0.0, 0.0
+    for k in range(1, rounds + 1):
+        bid = paced.amount(context(budget=budget, spent=spent, decisions=k))
+        paid = bid / 4
+        spent += paid
+        paced.learn(bid, 0.0, paid, context(budget=budget, spent=spent, decisions=k))
+        if k == rounds // 2:
+            halfway = spent
+    assert 0.9 * budget <= spent <= budget
+    assert 0.35 * budget <= halfway <= 0.65 * budget
 
 
 def test_observed_utility_is_value_times_allocation_minus_payment() -> None:

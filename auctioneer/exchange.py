@@ -30,7 +30,7 @@ from auctioneer.accounts import Accounts
 from auctioneer.ledger import Ledger, LedgerError, StoredMarket
 from auctioneer.market import Decision, Market
 from auctioneer.settings import MarketSettings, MarketSpec, ServeSettings
-from protocol import LIMITS, ErrorCode, ProtocolError
+from protocol import LIMITS, ErrorCode, ProtocolError, encode
 from protocol.errors import describe_validation_error
 from protocol.market_rules import MarketRules
 from protocol.messages import (
@@ -68,6 +68,7 @@ RECENT_MARKETS = 100
 SYNC_RESULT_BYTES = LIMITS.from_auctioneer.max_message_bytes // 2
 
 Broadcast = RoundOpen | RoundResult | MarketClosed | MarketOpened | MarketEnded
+Queued = tuple[Broadcast, bytes]  # a broadcast and the bytes it goes out as (encoded once)
 
 
 @dataclass
@@ -93,7 +94,7 @@ class Exchange:
         self.exchange_seq = ledger.exchange_seq()
         self.default_market = ledger.default_market()
         self.opened_at_start = False
-        self._outbox: list[Broadcast] = []
+        self._outbox: list[Queued] = []
         self._deadlines: list[tuple[float, str, int]] = []  # (deadline, market, round) of open rounds
         self._openings: list[tuple[float, str]] = []  # (when the next round may open, market)
         self._unstarted: set[str] = set()  # markets waiting for min_agents before their first round
@@ -189,7 +190,7 @@ class Exchange:
         if default:
             self.default_market = market_id
         market = self._add(Market(self._info(market_id, settings, definition), settings))
-        self._outbox.append(MarketOpened(seq=self.exchange_seq, market=market.info))
+        self._queue(MarketOpened(seq=self.exchange_seq, market=market.info))
         log.info("market %s opened: %r", market_id, settings.prompt)
         return market
 
@@ -222,9 +223,9 @@ class Exchange:
         self._complete.discard(market.id)
         self._unstarted.discard(market.id)
         self.recent.append(market.status())
-        self._outbox.append(market.closed)
+        self._queue(market.closed)
         self.exchange_seq += 1
-        self._outbox.append(
+        self._queue(
             MarketEnded(seq=self.exchange_seq, market=market.id, reason=market.closed.reason, rounds=market.last_round)
         )
 
@@ -416,7 +417,7 @@ class Exchange:
             for decision in decisions:
                 market = decision.market
                 market.committed(decision, now)
-                self._outbox.append(decision.result)
+                self._outbox.append((decision.result, decision.record.payload))
                 if market.closed is not None:
                     self._retire(market)
                 else:
@@ -424,7 +425,7 @@ class Exchange:
         for market in self._ready_to_open(now):
             announcement = market.open_round(now)
             heapq.heappush(self._deadlines, (announcement.deadline, market.id, announcement.round))
-            self._outbox.append(announcement)
+            self._queue(announcement)
 
     def _ready_to_open(self, now: float) -> list[Market]:
         ready: dict[str, Market] = {}
@@ -485,8 +486,11 @@ class Exchange:
                 wake = min(wake, queue[0][0])
         return wake
 
-    def drain(self) -> list[Broadcast]:
-        """Everything queued for broadcast, in order (each already durable where it must be)."""
+    def _queue(self, message: Broadcast) -> None:
+        self._outbox.append((message, encode(message)))
+
+    def drain(self) -> list[Queued]:
+        """Everything queued for broadcast, in order, with its bytes (each already durable where it must be)."""
         queued, self._outbox = self._outbox, []
         return queued
 

@@ -125,13 +125,15 @@ class StoredBid:
 
 @dataclass(frozen=True)
 class RoundRecord:
-    """What a commit writes for one round: its broadcast result, seed, opening time and bids."""
+    """What a commit writes for one round: its broadcast result (and the bytes it is broadcast as),
+    seed, opening time and bids."""
 
     market: str
     result: RoundResult
     seed: bytes
     opened_at: float
     bids: Sequence[StoredBid]
+    payload: bytes
 
 
 @dataclass(frozen=True)
@@ -328,8 +330,7 @@ class Ledger:
         """Write ``rounds`` (committed at ``committed_at``, Unix seconds), the markets' ``closings``,
         ``accounts`` (agent -> (budget, reserved)) and the exchange's notice seq in one transaction."""
         with self._transaction() as db:
-            for record in rounds:
-                self._write_round(db, record, committed_at)
+            self._write_rounds(db, rounds, committed_at)
             for closing in closings:
                 db.execute(
                     "UPDATE markets SET closed = ?, seq = MAX(seq, ?) WHERE market = ?",
@@ -347,29 +348,19 @@ class Ledger:
                 self._set_meta(db, "commits", str(self.commits() + 1))
 
     @staticmethod
-    def _write_round(db: sqlite3.Connection, record: RoundRecord, committed_at: float) -> None:
-        result, market = record.result, record.market
-        db.execute(
-            "INSERT INTO rounds(market, round, token, seed, seed_commitment, result_seq, opened_at, committed_at,"
-            " result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                market,
-                result.round,
-                result.token,
-                record.seed,
-                result.seed_commitment,
-                result.seq,
-                record.opened_at,
-                committed_at,
-                encode(result),
-            ),
-        )
-        db.executemany(
-            "INSERT INTO bids(market, round, agent, bid, tokens, probs, reference) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [
+    def _write_rounds(db: sqlite3.Connection, records: Sequence[RoundRecord], committed_at: float) -> None:
+        """Every table's rows for all ``records``, one statement per table."""
+        rounds, bids, payments, sponsors, seqs = [], [], [], [], []
+        for record in records:
+            result, market = record.result, record.market
+            key = (market, result.round)
+            rounds.append(
+                (*key, result.token, record.seed, result.seed_commitment, result.seq, record.opened_at, committed_at,
+                 record.payload)
+            )  # fmt: skip
+            bids += [
                 (
-                    market,
-                    result.round,
+                    *key,
                     b.agent,
                     b.bid,
                     msgpack.packb(list(b.tokens)),
@@ -377,17 +368,21 @@ class Ledger:
                     int(b.reference),
                 )
                 for b in record.bids
-            ],
+            ]
+            payments += [(*key, agent, amount) for agent, amount in result.payments.items()]
+            sponsors += [(*key, sponsor, share) for sponsor, share in result.sponsors.items()]
+            seqs.append((result.seq, market))
+        db.executemany(
+            "INSERT INTO rounds(market, round, token, seed, seed_commitment, result_seq, opened_at, committed_at,"
+            " result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            rounds,
         )
         db.executemany(
-            "INSERT INTO payments(market, round, agent, amount) VALUES (?, ?, ?, ?)",
-            [(market, result.round, agent, amount) for agent, amount in result.payments.items()],
+            "INSERT INTO bids(market, round, agent, bid, tokens, probs, reference) VALUES (?, ?, ?, ?, ?, ?, ?)", bids
         )
-        db.executemany(
-            "INSERT INTO sponsors(market, round, sponsor, share) VALUES (?, ?, ?, ?)",
-            [(market, result.round, sponsor, share) for sponsor, share in result.sponsors.items()],
-        )
-        db.execute("UPDATE markets SET seq = MAX(seq, ?) WHERE market = ?", (result.seq, market))
+        db.executemany("INSERT INTO payments(market, round, agent, amount) VALUES (?, ?, ?, ?)", payments)
+        db.executemany("INSERT INTO sponsors(market, round, sponsor, share) VALUES (?, ?, ?, ?)", sponsors)
+        db.executemany("UPDATE markets SET seq = MAX(seq, ?) WHERE market = ?", seqs)
 
     # --- reading --------------------------------------------------------------------------
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from auctioneer.ledger import RoundRecord, StoredBid, StoredMarket
 from auctioneer.mechanism import Reference, SparseDistribution, run_auction
 from auctioneer.settings import MarketSettings
-from protocol import ErrorCode, ProtocolError
+from protocol import ErrorCode, ProtocolError, encode
 from protocol.draw import SEED_BYTES, seed_commitment
 from protocol.messages import (
     Heartbeat,
@@ -194,13 +194,14 @@ class Market:
                 reference,
             )
             token = outcome.token
-            distribution = OutcomeDistribution.from_arrays(outcome.vocab, outcome.distribution)
+            distribution = OutcomeDistribution.of_aggregate(outcome.vocab, outcome.distribution)
             payments = dict(zip(names, outcome.payments.tolist(), strict=True))
             sponsors = outcome.sponsors_by_name(names)
         balances = dict(self.balances)
         for name, amount in payments.items():
             balances[name] = balances.get(name, 0.0) + amount
-        result = RoundResult(
+        # Built from what the mechanism and this market produced: constructed, not validated again.
+        result = RoundResult.model_construct(
             seq=self.seq + 1,
             round=current.number,
             token=token,
@@ -239,7 +240,7 @@ class Market:
                 rounds=current.number,
                 market=self.id,
             )
-        record = RoundRecord(self.id, result, current.seed, current.opened_at, stored)
+        record = RoundRecord(self.id, result, current.seed, current.opened_at, stored, encode(result))
         return Decision(self, record, closing, {name: b.bid for name, b in zip(names, bids, strict=True)})
 
     def _round_reference(self, current: OpenRound) -> Reference | None:

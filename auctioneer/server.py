@@ -31,6 +31,9 @@ log = logging.getLogger(__name__)
 
 DRAIN_BATCH = 256
 Observer = Callable[[Message], None]
+# Flags as plain ints: pyzmq's send_multipart combines its enum flags in Python for every frame.
+MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
+LAST = int(zmq.NOBLOCK)
 
 
 class EndpointError(Exception):
@@ -124,26 +127,25 @@ class AuctioneerServer:
         while True:
             await asyncio.sleep(self.settings.heartbeat_interval)
             for beat in self.exchange.heartbeats():
-                self._publish(beat)
+                self._publish(beat, encode(beat))
 
     # --- the feed -------------------------------------------------------------------------
 
     def _publish_queued(self) -> None:
-        for message in self.exchange.drain():
-            self._publish(message)
+        for message, payload in self.exchange.drain():
+            self._publish(message, payload)
             if self.observer is not None:
                 self.observer(message)
 
-    def _publish(self, message: Message) -> None:
+    def _publish(self, message: Message, payload: bytes) -> None:
         """Send one broadcast under its topic (PUB never blocks: a slow subscriber loses messages and resyncs)."""
-        payload = encode(message)
         market = getattr(message, "market", None)
         if isinstance(market, str):
-            self._feed.send(topic_frame(market_topic(market), payload), zmq.NOBLOCK)
+            self._feed.send(topic_frame(market_topic(market), payload), LAST)
             if market == self.exchange.default_market:
-                self._feed.send(payload, zmq.NOBLOCK)
+                self._feed.send(payload, LAST)
         else:
-            self._feed.send(topic_frame(EXCHANGE_TOPIC, payload), zmq.NOBLOCK)
+            self._feed.send(topic_frame(EXCHANGE_TOPIC, payload), LAST)
 
     # --- requests -------------------------------------------------------------------------
 
@@ -185,7 +187,9 @@ class AuctioneerServer:
             else:
                 reply = self._handle(peer, request, identity, _peer_address(payload))
         try:
-            self._router_replies.send_multipart([*envelope, encode(reply)], flags=zmq.NOBLOCK)
+            for frame in envelope:
+                self._router_replies.send(frame, MORE)
+            self._router_replies.send(encode(reply), LAST)
         except zmq.ZMQError as exc:
             log.warning("could not reply to a peer (%s)", exc)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import msgpack
 import numpy as np
+import psutil
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
@@ -187,4 +188,114 @@ def bid_rounds(
                 result.rounds += 1
                 break
     result.seconds = time.perf_counter() - started if started is not None else 0.0
+    return result
+
+
+@dataclass
+class ExchangeLoad:
+    """What the exchange driver measured: rounds completed, when, how fast each result came, what was lost."""
+
+    rounds: int = 0
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    lost_acks: int = 0
+    lost_results: int = 0
+    peak_rss: int = 0
+
+    @property
+    def lost_messages(self) -> int:
+        return self.lost_acks + self.lost_results
+
+    def percentile(self, q: float) -> float:
+        return float(np.percentile(self.latencies, q)) if self.latencies else float("nan")
+
+
+def drive_exchange(
+    market: str, feed: str, agents: int, support: int, rounds: int, timeout: float = 120.0, pid: int | None = None
+) -> ExchangeLoad:
+    """``agents`` agents bid in every round of every market as it opens, until ``rounds`` results arrived.
+
+    One process, one SUB for every market's topic, one DEALER per agent. Latency is from a round's
+    last acknowledgement to its result; a round whose acknowledgements or result never come is lost.
+    ``pid``: the auctioneer's process, whose peak resident memory is sampled.
+    """
+    context = zmq.Context()
+    watched = psutil.Process(pid) if pid is not None else None
+    try:
+        subscriber = context.socket(zmq.SUB)
+        subscriber.setsockopt(zmq.SUBSCRIBE, MARKET_TOPICS)
+        subscriber.setsockopt(zmq.RCVHWM, 0)
+        connect_subscriber(subscriber, feed, timeout)
+        dealers = []
+        for _ in range(agents):
+            dealer = context.socket(zmq.DEALER)
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.setsockopt(zmq.RCVHWM, 0)
+            dealer.connect(market)
+            dealers.append(dealer)
+        for i, dealer in enumerate(dealers):
+            dealer.send(msgpack.packb({"v": 1, "type": "hello", "name": f"load{i}", "id": 0}))
+            if not dealer.poll(int(timeout * 1000)):
+                raise RuntimeError(f"the exchange at {market} did not welcome agent {i}")
+            dealer.recv()
+        return _trade(subscriber, dealers, bid_payloads(agents, support), rounds, timeout, watched)
+    finally:
+        context.destroy(linger=0)
+
+
+def _trade(
+    subscriber: zmq.Socket[bytes],
+    dealers: list[zmq.Socket[bytes]],
+    payloads: list[dict[str, object]],
+    rounds: int,
+    timeout: float,
+    watched: psutil.Process | None,
+) -> ExchangeLoad:
+    result = ExchangeLoad()
+    poller = zmq.Poller()
+    for sock in (*dealers, subscriber):
+        poller.register(sock, zmq.POLLIN)
+    waiting: dict[tuple[str, int], int] = {}  # (market, round) -> acknowledgements still due
+    acked_at: dict[tuple[str, int], float] = {}
+    sent = acknowledged = 0
+    started: float | None = None
+    last_activity = time.monotonic()
+    while result.rounds < rounds and time.monotonic() - last_activity < timeout:
+        events = dict(poller.poll(1000))
+        if not events:
+            continue
+        last_activity = time.monotonic()
+        for dealer in dealers:  # acknowledgements first: each was sent before its round's result
+            while dealer.poll(0):
+                reply = msgpack.unpackb(dealer.recv())
+                acknowledged += reply.get("type") == "bid_accepted"
+                key = (str(reply.get("market")), int(reply.get("round", 0)))
+                if key in waiting:
+                    waiting[key] -= 1
+                    if not waiting[key]:
+                        del waiting[key]
+                        acked_at[key] = time.perf_counter()
+        while subscriber.poll(0):
+            message = feed_message(subscriber.recv())
+            key = (str(message.get("market")), int(message.get("round", 0)))  # type: ignore[call-overload]
+            if message["type"] == "round_open":
+                started = started or time.perf_counter()
+                waiting[key] = len(dealers)
+                for dealer, payload in zip(dealers, payloads, strict=True):
+                    dealer.send(msgpack.packb({**payload, "round": key[1], "market": key[0]}))
+                    sent += 1
+            elif message["type"] == "round_result":
+                result.rounds += 1
+                waiting.pop(key, None)
+                opened = acked_at.pop(key, None)
+                if opened is not None:
+                    result.latencies.append(time.perf_counter() - opened)
+        if watched is not None and result.rounds % 200 == 0:
+            result.peak_rss = max(result.peak_rss, watched.memory_info().rss)
+    result.seconds = time.perf_counter() - started if started is not None else 0.0
+    for dealer in dealers:  # acknowledgements still on their way
+        while dealer.poll(100):
+            acknowledged += msgpack.unpackb(dealer.recv()).get("type") == "bid_accepted"
+    result.lost_acks = sent - acknowledged
+    result.lost_results = max(rounds - result.rounds, 0)
     return result

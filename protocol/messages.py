@@ -45,6 +45,11 @@ class OutcomeDistribution(Distribution):
     def from_arrays(cls, tokens: list[str], probs: np.ndarray) -> OutcomeDistribution:
         return cls.model_validate({"tokens": tokens, "probs": probs}, context={"max_support": len(tokens)})
 
+    @classmethod
+    def of_aggregate(cls, tokens: list[str], probs: np.ndarray) -> OutcomeDistribution:
+        """The mechanism's own aggregate, taken as it is: no checks (the mechanism guarantees them)."""
+        return cls.model_construct(tokens=tokens, probs=probs)
+
     def support_limit(self, context: dict[str, Any]) -> int:
         return len(self.tokens)
 

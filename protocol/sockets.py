@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 
 HIGH_WATER_MARK = 100_000
 # The feed keeps at most this many broadcasts queued per subscriber: a slow subscriber loses the
-# rest and resyncs (SPEC 3.3), instead of growing the auctioneer's memory.
-FEED_HIGH_WATER_MARK = 1_000
+# rest and resyncs (SPEC 3.3), instead of growing the auctioneer's memory. An exchange announces a
+# round in every market at once (a burst of one broadcast per market), so it is far above that.
+FEED_HIGH_WATER_MARK = 20_000
 
 
 def make_socket(context: zmq.asyncio.Context, kind: int, *, max_message_bytes: int | None = None) -> zmq.asyncio.Socket:

@@ -129,7 +129,7 @@ def drive(
             exchange.handle(agent.peer, Ping())  # stay live, as a runtime's heartbeat does
         exchange.tick()
         seen.update(exchange.markets)
-        broadcasts: list[Message] = list(exchange.drain())
+        broadcasts: list[Message] = [message for message, _ in exchange.drain()]
         for message in broadcasts:
             market_id = getattr(message, "market", None)
             if isinstance(market_id, str) and market_id in seen:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.exchange import run_exchange, run_single
 from benchmarks.market import market_figures, measure, median_run
 from benchmarks.profile_market import print_profile, profile_market
 
@@ -52,3 +53,12 @@ def test_profile_market_profiles_a_whole_market(tmp_path: Path, capsys: pytest.C
     print_profile(output, ROUNDS, limit=60)
     printed = capsys.readouterr().out
     assert "tick" in printed and "decide" in printed and "decode" in printed and " commit" in printed
+
+
+def test_the_exchange_benchmark_measures_complete_runs(tmp_path: Path) -> None:
+    load, fsyncs = run_exchange(markets=30, rounds=2, scratch=tmp_path, run=0)
+    assert (load.rounds, load.lost_messages) == (60, 0)
+    assert len(load.latencies) == 60 and load.seconds > 0 and load.peak_rss > 0
+    assert 0 < fsyncs < 1  # rounds were grouped into fewer commits
+    single = run_single(rounds=20, scratch=tmp_path, run=0)
+    assert (single.rounds, single.lost_messages) == (20, 0)

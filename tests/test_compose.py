@@ -1,7 +1,8 @@
 """docker-compose.yml: every service's command parses with our CLIs, and the services run as local processes.
 
 There is no Docker engine here, so the compose file's commands are run directly, with the compose
-hostnames and wildcard binds swapped for 127.0.0.1 and the ports for free ones.
+hostnames and wildcard binds swapped for 127.0.0.1 and the ports for free ones. The default services
+are the demo market; the ``exchange`` profile is an exchange, an operator and two advertisers.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import yaml
 
+from auctioneer.ledger import Ledger
 from cli.agent import build_parser as agent_parser
 from cli.main import auctioneer_parser
 from protocol.sockets import free_tcp_endpoint
@@ -23,17 +25,34 @@ ROOT = Path(__file__).resolve().parents[1]
 PARSERS = {"auctioneer": auctioneer_parser, "agent-client": agent_parser}
 
 
-def services() -> dict[str, list[str]]:
+def services(profile: str | None = None) -> dict[str, list[str]]:
+    """The commands of the services of ``profile`` (None: the services without a profile)."""
     compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-    return {name: shlex.split(spec["command"]) for name, spec in compose["services"].items()}
+    return {
+        name: shlex.split(spec["command"])
+        for name, spec in compose["services"].items()
+        if (profile in spec.get("profiles", [])) or (profile is None and "profiles" not in spec)
+    }
 
 
 def test_every_service_command_is_accepted_by_our_parsers() -> None:
-    commands = services()
-    assert set(commands) == {"auctioneer", "agent1", "agent2", "agent3"}
-    for argv in commands.values():
+    assert set(services()) == {"auctioneer", "agent1", "agent2", "agent3"}
+    assert set(services("exchange")) == {"exchange", "operator", "alpha", "beta"}
+    for argv in [*services().values(), *services("exchange").values()]:
         args = PARSERS[argv[0]]().parse_args(argv[1:])
         assert callable(args.run)
+
+
+def start_services(
+    commands: dict[str, list[str]], swaps: dict[str, str], logs: Path
+) -> dict[str, subprocess.Popen[bytes]]:
+    started = {}
+    for name, argv in commands.items():
+        module = "auctioneer" if argv[0] == "auctioneer" else "agent_client"
+        command = [sys.executable, "-m", module, *[swaps.get(a, a) for a in argv[1:]]]
+        with open(logs / f"{name}.log", "wb") as log:
+            started[name] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    return started
 
 
 def test_compose_services_run_as_local_processes(tmp_path: Path) -> None:
@@ -45,22 +64,44 @@ def test_compose_services_run_as_local_processes(tmp_path: Path) -> None:
         "tcp://auctioneer:5556": feed,
         "/data/market.db": str(tmp_path / "m.db"),
     }
-    processes = []
+    processes = start_services(services(), swaps, tmp_path)
     try:
-        for name, argv in services().items():
-            module = "auctioneer" if argv[0] == "auctioneer" else "agent_client"
-            command = [sys.executable, "-m", module, *[swaps.get(a, a) for a in argv[1:]]]
-            log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115
-            processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT))
-        codes = [p.wait(90) for p in processes]
+        codes = [p.wait(90) for p in processes.values()]
     finally:
-        for p in processes:
+        for p in processes.values():
             p.kill()
     logs = "\n".join(f.read_text() for f in tmp_path.glob("*.log"))
     assert codes == [0, 0, 0, 0], logs
     ledger = read_ledger(tmp_path / "m.db")
     assert ledger["text"].startswith("Mechanism Design for")
     assert sorted(ledger["rounds"][0]["bids"]) == ["agent1", "agent2", "agent3"]
+
+
+def test_compose_exchange_profile_runs_as_local_processes(tmp_path: Path) -> None:
+    market, feed = free_tcp_endpoint(), free_tcp_endpoint()
+    swaps = {
+        "tcp://0.0.0.0:6555": market,
+        "tcp://0.0.0.0:6556": feed,
+        "tcp://exchange:6555": market,
+        "tcp://exchange:6556": feed,
+        "/data/exchange.db": str(tmp_path / "x.db"),
+        "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16": "127.0.0.0/8",  # local processes come from loopback
+    }
+    processes = start_services(services("exchange"), swaps, tmp_path)
+    try:
+        # the operator opens the market and exits; the advertisers exit once it closed
+        codes = [processes[name].wait(90) for name in ("operator", "alpha", "beta")]
+    finally:
+        for p in processes.values():
+            p.terminate()
+            p.wait(30)
+    logs = "\n".join(f.read_text() for f in tmp_path.glob("*.log"))
+    assert codes == [0, 0, 0], logs
+    with Ledger.open_existing(tmp_path / "x.db") as ledger:
+        document = ledger.document("hawaii")
+        assert document["text"].startswith("Vacations in Hawaii:") and document["closed"] == "max_tokens"
+        assert sorted(document["rounds"][0]["bids"]) == ["alpha", "beta"]
+        assert ledger.overview()["accounts"]["alpha"]["budget"] == 20.0
 
 
 def test_the_image_holds_every_package_the_commands_import() -> None:

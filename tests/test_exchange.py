@@ -140,7 +140,9 @@ def test_a_revision_1_2_client_trades_in_the_default_market_beside_others(market
     assert [m["round"] for m in plain if m["type"] == "round_result"] == list(range(1, rounds + 1))
     with Ledger.open_existing(market_run.db) as ledger:
         old = ledger.document(welcome["market"])
-    assert old["text"] == "Old:" + "o" * rounds and all("oldtimer" in r["bids"] for r in old["rounds"])
+    # The default market invites every agent: the modern one may bid there too, with its "n".
+    assert len(old["rounds"]) == rounds and all("oldtimer" in r["bids"] for r in old["rounds"])
+    assert old["text"].startswith("Old:") and set(old["text"][4:]) <= {"o", "n"}
 
 
 def test_many_markets_every_round_and_bid_accounted_for(market_run: MarketRun) -> None:

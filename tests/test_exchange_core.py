@@ -96,7 +96,11 @@ def register(exchange: Exchange, *names: str) -> None:
 
 def tick(exchange: Exchange) -> list[Message]:
     exchange.tick()
-    return list(exchange.drain())
+    return drained(exchange)
+
+
+def drained(exchange: Exchange) -> list[Message]:
+    return [message for message, _ in exchange.drain()]
 
 
 def opened(broadcasts: list[Message]) -> dict[str, int]:
@@ -350,7 +354,7 @@ def test_operators_open_and_close_markets_others_may_not(make_exchange: Any) -> 
     assert isinstance(reply, MarketStatusReply) and reply.re == 3
     info = reply.status.market
     assert (info.id, info.rules.prompt, info.rules.max_tokens, info.rules.payment) == ("hawaii", "Hawaii:", 9, "none")
-    notices = exchange.drain()
+    notices = drained(exchange)
     assert [type(n) for n in notices] == [MarketOpened] and notices[0].seq == exchange.exchange_seq
     bad = exchange.handle(b"op", OpenMarket(settings={"payment": "vickrey"}), address=LOOPBACK)
     assert error_code(bad) == "INVALID_SETTINGS" and "vickrey" in bad.message  # type: ignore[attr-defined]
@@ -360,7 +364,7 @@ def test_operators_open_and_close_markets_others_may_not(make_exchange: Any) -> 
     closed = exchange.handle(b"op", CloseMarket(market="hawaii"), address=LOOPBACK)
     assert isinstance(closed, MarketStatusReply) and closed.status.closed == "operator"
     assert exchange.accounts["a"].reserved == 0.0  # the abandoned round's bid is released
-    assert [type(n).__name__ for n in exchange.drain()] == ["MarketClosed", "MarketEnded"]
+    assert [type(n).__name__ for n in drained(exchange)] == ["MarketClosed", "MarketEnded"]
     sync = exchange.handle(b"late", SyncRequest(market="hawaii"))
     assert isinstance(sync, SyncReply) and sync.closed is not None and sync.closed.reason == "operator"
     listing = exchange.handle(b"anyone", ListMarkets())

@@ -15,6 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol import Distribution, ErrorCode, Limits, MechanismSettings, ProtocolError, decode, encode
+from protocol.codec import unpack_map, well_formed_bid
+from protocol.distribution import DEFAULT_MAX_SUPPORT
 from protocol.market_rules import MarketRules
 from protocol.messages import (
     MESSAGE_TYPES,
@@ -238,3 +240,81 @@ msgpack_values = st.recursive(
 def test_fuzzed_structures_raise_only_protocol_errors(kind: str, fields: dict[str, Any]) -> None:
     with contextlib.suppress(ProtocolError):
         decode(msgpack.packb({"v": 1, "type": kind, **fields}))
+
+
+# --- the fast path for sealed bids -------------------------------------------------------------
+
+anything = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(), st.text(max_size=4), st.binary(max_size=24)
+)
+
+
+@st.composite
+def valid_bids(draw: st.DrawFn) -> dict[str, Any]:
+    tokens = draw(st.lists(st.text(min_size=1, max_size=6), min_size=1, max_size=8, unique=True))
+    weights = np.array(draw(st.lists(st.floats(0.01, 1.0), min_size=len(tokens), max_size=len(tokens))))
+    probs = (weights / weights.sum()).tolist()
+    body: dict[str, Any] = {
+        "round": draw(st.integers(1, 2**63 - 1)),
+        "bid": draw(st.one_of(st.floats(0, 1e12), st.integers(0, 10**6))),
+        "distribution": {"tokens": tokens, "probs": draw(st.sampled_from([probs, np.array(probs).tobytes()]))},
+    }
+    for key, values in (
+        ("id", st.integers(0, 2**63 - 1)),
+        ("market", st.from_regex(r"[a-z0-9_.-]{1,64}", fullmatch=True)),
+    ):
+        if draw(st.booleans()):
+            body[key] = draw(values)
+    return body
+
+
+@st.composite
+def mutated_bids(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid bid with one part replaced by anything at all."""
+    body = draw(valid_bids())
+    where = draw(st.sampled_from(["round", "bid", "id", "re", "market", "distribution", "tokens", "probs", "token"]))
+    if where in ("tokens", "probs"):
+        body["distribution"] = {
+            **body["distribution"],
+            where: draw(st.one_of(anything, st.lists(anything, max_size=4))),
+        }
+    elif where == "token":
+        tokens = list(body["distribution"]["tokens"])
+        tokens[0] = draw(anything)
+        body["distribution"] = {**body["distribution"], "tokens": tokens}
+    else:
+        body[where] = draw(anything)
+    return body
+
+
+def both_decoders(body: dict[str, Any]) -> tuple[SealedBid | None, SealedBid | None]:
+    obj = unpack_map(msgpack.packb({"v": 1, "type": "sealed_bid", **body}, use_bin_type=True))
+    try:
+        model: SealedBid | None = SealedBid.model_validate(obj, context={"max_support": DEFAULT_MAX_SUPPORT})
+    except ValueError:
+        model = None
+    return well_formed_bid(obj, DEFAULT_MAX_SUPPORT), model
+
+
+def same_bid(a: SealedBid, b: SealedBid) -> bool:
+    return (
+        (a.id, a.re, a.round, a.bid, a.market, a.distribution.tokens)
+        == (b.id, b.re, b.round, b.bid, b.market, b.distribution.tokens)
+        and np.array_equal(a.distribution.probs, b.distribution.probs)
+        and type(a.bid) is float
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(body=valid_bids())
+def test_every_well_formed_bid_takes_the_fast_path_and_equals_the_model(body: dict[str, Any]) -> None:
+    fast, model = both_decoders(body)
+    assert fast is not None and model is not None and same_bid(fast, model)
+
+
+@settings(max_examples=1500, deadline=None)
+@given(body=st.one_of(mutated_bids(), st.dictionaries(st.sampled_from(["round", "bid", "distribution"]), anything)))
+def test_the_fast_path_accepts_nothing_the_model_refuses(body: dict[str, Any]) -> None:
+    fast, model = both_decoders(body)
+    if fast is not None:
+        assert model is not None and same_bid(fast, model)

@@ -7,8 +7,9 @@ draw (``protocol.draw``), so anyone can recompute it from the published aggregat
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -57,20 +58,26 @@ class Reference:
 @dataclass(frozen=True)
 class AuctionOutcome:
     """What a round decided. ``payments``, ``allocations`` and ``sponsors`` follow the order of the
-    bids given; ``reference_share`` is the reference's part in pulling the token."""
+    bids given; ``reference_share`` is the reference's part in pulling the token. What a market does
+    not need every round (allocations, the commitment) is computed when first asked for."""
 
     vocab: list[str]
     distribution: FloatArray
     token: str
     payments: FloatArray
-    allocations: FloatArray
     sponsors: FloatArray
     reference_share: float
     seed: bytes
-    seed_commitment: str = field(init=False)
+    wishes: FloatArray  # the agents' distributions over ``vocab``, one row each
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "seed_commitment", seed_commitment(self.seed))
+    @functools.cached_property
+    def allocations(self) -> FloatArray:
+        """Each agent's ``1 - TV(p_i, q)``."""
+        return 1.0 - total_variation(self.wishes, self.distribution)
+
+    @functools.cached_property
+    def seed_commitment(self) -> str:
+        return seed_commitment(self.seed)
 
     def distribution_mapping(self) -> dict[str, float]:
         return dict(zip(self.vocab, self.distribution.tolist(), strict=True))
@@ -129,7 +136,7 @@ def run_auction(
         distribution=outcome,
         token=vocab[winner],
         payments=payments,
-        allocations=1.0 - total_variation(matrix[:n_agents], outcome),
+        wishes=matrix[:n_agents],
         sponsors=shares[:n_agents],
         reference_share=float(shares[n_agents:].sum()),
         seed=seed,

@@ -358,7 +358,9 @@ class AgentRuntime:
         own = state.sent.pop(result.round, None)
         acknowledged = result.round in state.acknowledged
         state.acknowledged.discard(result.round)
-        if self.name not in result.bids and not acknowledged:
+        if state.info.reference_agent == self.name:
+            own = None  # this agent is the market's reference: its distribution is p_0, not a priced bid
+        elif self.name not in result.bids and not acknowledged:
             own = None  # sent but never acknowledged: it may not have arrived, nothing to check
         rules = state.info.rules
         problems = result_problems(

@@ -72,10 +72,12 @@ class MarketRun(LocalMarket):
         self.directory = directory
         self.db = directory / "market.db"
 
-    def serve(self, *args: str) -> None:
-        """Start an auctioneer (again); it opens a market with an empty prompt unless told otherwise."""
+    def serve(self, *args: str, default_market: bool = True) -> None:
+        """Start an auctioneer (again); it opens a market with an empty prompt unless the arguments
+        say otherwise, or ``default_market`` is False (an exchange that starts empty)."""
         starts = len(list(self.directory.glob("auctioneer*.log")))
-        market = [] if "--prompt" in args or "--config" in args else ["--prompt", ""]
+        given = "--prompt" in args or "--config" in args
+        market = [] if given or not default_market else ["--prompt", ""]
         self.start_auctioneer(self.db, [*FAST, *market, *args], self.directory / f"auctioneer{starts or ''}.log")
 
     def agent(self, name: str, *args: str) -> subprocess.Popen[bytes]:

@@ -184,3 +184,27 @@ def test_watch_follows_a_named_market(market_run: MarketRun) -> None:
     )  # fmt: skip
     assert spectator.returncode == 0, spectator.stderr
     assert "market closed (max_tokens) after 3 rounds" in spectator.stdout and "Named:www" in spectator.stdout
+
+
+def test_a_publishers_agent_is_a_markets_live_reference_and_never_pays(market_run: MarketRun) -> None:
+    market_run.serve("--payment", "first_price", "--mode", "greedy", "--reference-weight", "3", default_market=False)
+    publisher = market_run.agent("publisher", *static_agent(" news=1", 50))
+    advertiser = market_run.agent("advertiser", *static_agent(" ad=1", 1))
+    market = open_market(
+        market_run, "--prompt", "Q:", "--max-tokens", "3", "--min-agents", "2", "--reference-agent", "publisher"
+    )
+    assert market["reference_agent"] == "publisher"
+    # both exit 0: the market closed and every result verified (the publisher checks no charge of its own)
+    assert [publisher.wait(60), advertiser.wait(60)] == [0, 0], market_run.logs()
+    with Ledger.open_existing(market_run.db) as ledger:
+        rounds = list(ledger.rounds(market["market"]))
+        spent = ledger.spent()
+    for stored in rounds:
+        # q = (3 news + 1 ad) / 4: the publisher's weight decides the word; only the advertiser pays
+        assert stored.token == " news" and stored.payments == {"advertiser": 1.0}
+        assert [(b.agent, b.bid, b.reference) for b in stored.bids] == [
+            ("advertiser", 1.0, False),
+            ("publisher", 3.0, True),
+        ]
+    assert "publisher" not in spent
+    assert run_cli("-m", "auctioneer", "audit", "--db", str(market_run.db)).returncode == 0

@@ -7,7 +7,12 @@ and decides once per (market, round), concurrently across markets. User code nev
 network tasks: sync ``decide`` methods run in worker threads (one at a time per market), async ones
 as tasks, and both are abandoned at the round deadline (a slow agent just misses the round). Every
 result is verified (SPEC section 4): the commitment, the draw, and the agent's own bid, charge and
-sponsor share. A round reopened after an auctioneer restart (same number, new commitment) is bid again.
+sponsor share. A round reopened after an auctioneer restart (same number, announced again under a new
+seq) is bid again: the bid acknowledged before the restart went with the old round.
+
+Without CurveZMQ the exchange binds a name to a resume secret handed out in the first ``welcome``;
+the runtime sends it with every later ``hello``, and keeps it in ``resume_file`` (if given) so that a
+restarted agent process can return under its name.
 
 The runtime ends when every market it joined has closed (and it joined one), unless ``stay``.
 """
@@ -16,9 +21,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import zmq
 import zmq.asyncio
@@ -131,8 +138,9 @@ class MarketState:
     applied_round: int = 0
     decided_round: int = 0
     commitments: dict[int, str] = field(default_factory=dict)
+    announced: dict[int, int] = field(default_factory=dict)  # round -> seq of its latest round_open
     sent: dict[int, OwnBid] = field(default_factory=dict)
-    acknowledged: set[int] = field(default_factory=set)
+    acknowledged: dict[int, int] = field(default_factory=dict)  # round -> seq of the round_open it answered
     thinking: asyncio.Future[Bid | None] | None = None
 
 
@@ -151,6 +159,7 @@ class AgentRuntime:
         give_up_after: float = GIVE_UP_AFTER,
         context: zmq.asyncio.Context | None = None,
         stay: bool = False,
+        resume_file: Path | None = None,
     ) -> None:
         self.agent = agent
         self.name = name
@@ -161,6 +170,8 @@ class AgentRuntime:
         self.history = history
         self.give_up_after = give_up_after
         self.stay = stay
+        self.resume_file = resume_file
+        self._resume = read_resume_secret(resume_file)
         self._shared_context = context
         self._last_contact = time.monotonic()
         self.report = AgentReport(name)
@@ -226,7 +237,8 @@ class AgentRuntime:
         while True:
             try:
                 timeout = min(self.request_timeout, max(self.give_up_after, 0.1))
-                reply = await self.client.request(Hello(name=self.name, client="token-auction"), timeout)
+                hello = Hello(name=self.name, client="token-auction", resume=self._resume)
+                reply = await self.client.request(hello, timeout)
             except (TimeoutError, ConnectionResetError):
                 self._check_not_lost()
                 log.info("auctioneer not answering hello; retrying in %.1fs", delay)
@@ -234,12 +246,23 @@ class AgentRuntime:
             else:
                 self._last_contact = time.monotonic()
                 if isinstance(reply, Welcome):
+                    self._keep_resume_secret(reply.resume)
                     return reply
-                if isinstance(reply, Error) and reply.code != "NAME_TAKEN":
-                    raise AgentRejected(f"{reply.code}: {reply.message}")
-                log.info("registration refused (%s); retrying in %.1fs", getattr(reply, "code", reply.type), delay)
+                if isinstance(reply, Error):
+                    hint = ""
+                    if reply.code == "NAME_TAKEN" and self.resume_file is None:
+                        hint = " (an agent process returns under its name with --resume-file)"
+                    raise AgentRejected(f"{reply.code}: {reply.message}{hint}")
+                log.info("unexpected reply to hello (%s); retrying in %.1fs", reply.type, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
+
+    def _keep_resume_secret(self, secret: str | None) -> None:
+        if secret is None or secret == self._resume:
+            return
+        self._resume = secret
+        if self.resume_file is not None:
+            write_resume_secret(self.resume_file, secret)
 
     def _welcomed(self, welcome: Welcome) -> None:
         self.budget = welcome.budget
@@ -338,16 +361,19 @@ class AgentRuntime:
             state.report.text = text
 
     def _round_opened(self, state: MarketState, announcement: RoundOpen) -> None:
-        previous = state.commitments.get(announcement.round)
+        previous = state.announced.get(announcement.round)
         state.commitments[announcement.round] = announcement.seed_commitment
-        reopened = previous is not None and previous != announcement.seed_commitment
+        state.announced[announcement.round] = announcement.seq
+        reopened = previous is not None and previous != announcement.seq
         if reopened:
-            # The auctioneer restarted and opened this round afresh: a bid it acknowledged before
-            # is gone with the old round, so decide and bid again.
+            # The auctioneer restarted and opened this round afresh (a market with a fixed seed even
+            # commits to the same seed again): a bid it acknowledged before is gone with the old
+            # round, so decide and bid again.
             log.warning("round %d of %s was reopened (the auctioneer restarted): bidding again", announcement.round,
                         state.info.id)  # fmt: skip
             state.sent.pop(announcement.round, None)
-            state.acknowledged.discard(announcement.round)
+            state.acknowledged.pop(announcement.round, None)
+            state.report.record(announcement.round).status = "reopened"
         if announcement.round > state.decided_round or reopened:
             state.decided_round = announcement.round
             task = asyncio.create_task(self._decide_and_bid(state, announcement))
@@ -356,16 +382,23 @@ class AgentRuntime:
 
     def _apply_result(self, state: MarketState, result: RoundResult) -> None:
         own = state.sent.pop(result.round, None)
-        acknowledged = result.round in state.acknowledged
-        state.acknowledged.discard(result.round)
+        # The commitment to check is the one announced right before this result (seq - 1): an older
+        # announcement of the round was superseded by a restart whose round_open this agent missed.
+        announced = state.announced.pop(result.round, None)
+        commitment = state.commitments.pop(result.round, None) if announced == result.seq - 1 else None
+        answered = state.acknowledged.pop(result.round, None)
+        acknowledged = answered == result.seq - 1
+        if answered is not None and not acknowledged:
+            # Acknowledged in an opening that a restart superseded, and the reopened round closed
+            # before this agent heard of it (a feed gap): the bid went with the old opening.
+            log.warning("market %s round %d: the bid acknowledged before a restart was not bid again in time",
+                        state.info.id, result.round)  # fmt: skip
         if state.info.reference_agent == self.name:
             own = None  # this agent is the market's reference: its distribution is p_0, not a priced bid
         elif self.name not in result.bids and not acknowledged:
             own = None  # sent but never acknowledged: it may not have arrived, nothing to check
         rules = state.info.rules
-        problems = result_problems(
-            result, state.commitments.pop(result.round, None), rules, own, rules.effective_reference_weight
-        )
+        problems = result_problems(result, commitment, rules, own, rules.effective_reference_weight)
         for problem in problems:
             log.error("market %s round %d FAILED VERIFICATION: %s", state.info.id, result.round, problem)
         self.report.verification_failures += bool(problems)
@@ -439,7 +472,7 @@ class AgentRuntime:
         if isinstance(reply, BidAccepted):
             record.status = "accepted"
             if announcement.round > state.applied_round:
-                state.acknowledged.add(announcement.round)
+                state.acknowledged[announcement.round] = announcement.seq
         elif isinstance(reply, Error):
             record.status = reply.code
             state.sent.pop(announcement.round, None)
@@ -465,3 +498,20 @@ class AgentRuntime:
             record.status = "agent error"
             log.exception("market %s round %d: agent.decide raised", state.info.id, context.round)
         return None
+
+
+def read_resume_secret(path: Path | None) -> str | None:
+    """The resume secret kept in ``path`` (None without a file, or before the first welcome wrote it)."""
+    if path is None or not path.exists():
+        return None
+    return path.read_text(encoding="ascii").strip() or None
+
+
+def write_resume_secret(path: Path, secret: str) -> None:
+    """Keep the secret readable by this user only, replacing the file whole (never half-written)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w", encoding="ascii") as file:
+        file.write(secret + "\n")
+    os.replace(partial, path)

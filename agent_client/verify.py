@@ -98,6 +98,8 @@ def own_problems(result: RoundResult, mechanism: MechanismSettings, own: OwnBid,
     """What is wrong with this agent's listed bid, charge and sponsor share."""
     listed = result.bids.get(own.name)
     if listed is None:
+        if own.amount == 0 and (reference_weight > 0 or any(bid > 0 for bid in result.bids.values())):
+            return []  # a zero bid weighs nothing beside a positive bid or a reference: it is left out
         return [f"your acknowledged bid of {own.amount} is missing from the result"]
     if not _close(listed, own.amount):
         return [f"the result lists your bid as {listed}, you sent {own.amount}"]

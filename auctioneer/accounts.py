@@ -61,6 +61,18 @@ class Accounts:
         # Adding and taking away the same amounts in another order can leave a rounding residue.
         account.reserved = max(account.reserved - amount, 0.0) if account.open_bids else 0.0
 
+    def forget(self, agent: str) -> bool:
+        """Whether ``agent`` may be forgotten (no open bid); its account goes too if it never paid
+        (one that paid stays: what it spent is only read from the ledger at start)."""
+        account = self._accounts.get(agent)
+        if account is None:
+            return True
+        if account.open_bids:
+            return False
+        if not account.spent:
+            del self._accounts[agent]
+        return True
+
     def snapshot(self, agents: Iterable[str]) -> dict[str, tuple[float | None, float]]:
         """agent -> (budget, reserved), for the ledger."""
         return {agent: (self[agent].budget, self[agent].reserved) for agent in agents}

@@ -9,18 +9,29 @@ it opens the rounds that are ready. Everything to broadcast is queued and taken 
 
 An agent registers once (one name, one budget for the exchange) and takes part in every market
 that invites it. Liveness is exchange-wide: an agent is live while it sent anything within three
-heartbeats; a round closes early when every live participant of its market has bid.
+heartbeats; a round closes early when every engaged live participant of its market has answered
+(``auctioneer.market``).
+
+Names: with CurveZMQ a name is the key's. Without, a name belongs to its first registrant: the
+``welcome`` hands out a resume secret, and any later ``hello`` under that name must carry it
+(``NAME_TAKEN`` otherwise, whether or not the holder is connected). The binding is made durable with
+the agent's first committed bid. A connection holds one name; an address holds at most
+``max_agents_per_address``; agents silent for :data:`FORGET_AFTER_HEARTBEATS` heartbeats with no
+open bid are forgotten (what they paid stays in the ledger).
 """
 
 from __future__ import annotations
 
 import hashlib
 import heapq
+import hmac
 import logging
+import math
+import secrets
 import time
 import uuid
-from collections import deque
-from collections.abc import Callable
+from collections import Counter, deque
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +41,8 @@ from auctioneer.accounts import Accounts
 from auctioneer.ledger import Ledger, LedgerError, StoredMarket
 from auctioneer.market import Decision, Market
 from auctioneer.settings import MarketSettings, MarketSpec, ServeSettings
-from protocol import LIMITS, ErrorCode, ProtocolError, encode
+from protocol import ErrorCode, ProtocolError, encode
+from protocol.codec import encode_with_encoded
 from protocol.errors import describe_validation_error
 from protocol.market_rules import MarketRules
 from protocol.messages import (
@@ -62,10 +74,11 @@ from protocol.messages import (
 log = logging.getLogger(__name__)
 
 LIVENESS_HEARTBEATS = 3
+FORGET_AFTER_HEARTBEATS = 30
 RECENT_MARKETS = 100
-# A sync_reply carries stored results up to this many bytes (at least one), leaving room for its
-# snapshot within what clients accept from the auctioneer; the rest is paged (``more``).
-SYNC_RESULT_BYTES = LIMITS.from_auctioneer.max_message_bytes // 2
+# A sync_reply carries stored results up to this many bytes (at least one); the rest is paged
+# (``more``). Small pages bound what one request makes the auctioneer read and hold.
+SYNC_RESULT_BYTES = 1024 * 1024
 
 Broadcast = RoundOpen | RoundResult | MarketClosed | MarketOpened | MarketEnded
 Queued = tuple[Broadcast, bytes]  # a broadcast and the bytes it goes out as (encoded once)
@@ -77,6 +90,13 @@ class AgentRecord:
     peer: bytes
     identity: str | None
     last_seen: float
+    address: str | None = None
+    secret_hash: str | None = None  # without CurveZMQ: the hash of the name's resume secret
+    bound: bool = False  # the binding is in the ledger
+
+
+def secret_hash(secret: str) -> str:
+    return hashlib.sha256(bytes.fromhex(secret)).hexdigest()
 
 
 class Exchange:
@@ -89,7 +109,10 @@ class Exchange:
         self.accounts = Accounts(settings.budget_of, ledger.spent())
         self.agents: dict[str, AgentRecord] = {}
         self._peers: dict[bytes, str] = {}
+        self._per_address: Counter[str] = Counter()
+        self._swept = clock()
         self.markets: dict[str, Market] = {}
+        self._market_ids = set(ledger.market_ids())  # every market this exchange ever opened
         self.recent: deque[MarketStatus] = deque(maxlen=RECENT_MARKETS)
         self.exchange_seq = ledger.exchange_seq()
         self.default_market = ledger.default_market()
@@ -97,13 +120,13 @@ class Exchange:
         self._outbox: list[Queued] = []
         self._deadlines: list[tuple[float, str, int]] = []  # (deadline, market, round) of open rounds
         self._openings: list[tuple[float, str]] = []  # (when the next round may open, market)
-        self._unstarted: set[str] = set()  # markets waiting for min_agents before their first round
+        self._awaiting: set[str] = set()  # markets waiting for live agents (min_agents before round 1)
         self._complete: set[str] = set()  # markets whose open round every live participant bid in
-        self._live: frozenset[str] = frozenset()
+        self._live: set[str] = set()
         self._live_version = 0
         self._live_checked = float("-inf")
         self._scanned_version = 0
-        self._unstarted_version = 0
+        self._awaiting_version = 0
         self._reset_reservations()
         for stored in ledger.markets():
             if stored.closed is None:
@@ -186,6 +209,7 @@ class Exchange:
             "reference_agent": spec.reference_agent,
         }
         self.ledger.create_market(market_id, definition, self.clock(), self.exchange_seq + 1, default)
+        self._market_ids.add(market_id)
         self.exchange_seq += 1
         if default:
             self.default_market = market_id
@@ -205,6 +229,10 @@ class Exchange:
         self._retire(market)
         return market.status()
 
+    def knows_market(self, market_id: str) -> bool:
+        """Whether this exchange ever opened a market ``market_id`` (open or ended)."""
+        return market_id in self._market_ids
+
     def _open_market(self, market_id: str | None) -> Market:
         """The open market ``market_id`` names (or the default market): refusals say why not."""
         wanted = market_id or self.default_market
@@ -221,7 +249,7 @@ class Exchange:
         assert market.closed is not None
         del self.markets[market.id]
         self._complete.discard(market.id)
-        self._unstarted.discard(market.id)
+        self._awaiting.discard(market.id)
         self.recent.append(market.status())
         self._queue(market.closed)
         self.exchange_seq += 1
@@ -236,21 +264,24 @@ class Exchange:
 
     # --- requests -------------------------------------------------------------------------
 
-    def handle(self, peer: bytes, message: Message, identity: str | None = None, address: str | None = None) -> Message:
+    def handle(
+        self, peer: bytes, message: Message, identity: str | None = None, address: str | None = None
+    ) -> Message | bytes:
         """Answer one decoded request from ``peer`` (``identity``: its CurveZMQ key name; ``address``:
-        its network address). Every reply echoes the request's ``id`` as ``re``."""
+        its network address). Every reply echoes the request's ``id`` as ``re``; a ``sync_reply``
+        comes already encoded (it splices stored broadcasts as they are)."""
         try:
             return self._dispatch(peer, message, identity, address)
         except ProtocolError as exc:
             return Error(code=exc.code, message=exc.message, field=exc.field, re=message.id)
 
-    def _dispatch(self, peer: bytes, message: Message, identity: str | None, address: str | None) -> Message:
+    def _dispatch(self, peer: bytes, message: Message, identity: str | None, address: str | None) -> Message | bytes:
         now = self.clock()
         name = self._peers.get(peer)
         if name is not None:
             self.agents[name].last_seen = now
         if isinstance(message, Hello):
-            return self._register(peer, message, identity, now)
+            return self._register(peer, message, identity, address, now)
         if isinstance(message, SyncRequest):
             return self._sync(message)
         if isinstance(message, ListMarkets):
@@ -275,7 +306,9 @@ class Exchange:
         if isinstance(message, Ping):
             default = self.markets.get(self.default_market or "")
             account = self.accounts[name]
-            return Pong(
+            return Pong.model_construct(  # the heartbeat's reply, from the exchange's own numbers: not validated again
+                type="pong",
+                id=None,
                 seq=default.seq if default else self.exchange_seq,
                 exchange_seq=self.exchange_seq,
                 spent=account.spent,
@@ -291,20 +324,37 @@ class Exchange:
         elif address is None or not self.settings.is_operator_address(address):
             raise ProtocolError(ErrorCode.UNAUTHORIZED, f"operator requests are not accepted from {address}")
 
-    def _register(self, peer: bytes, hello: Hello, identity: str | None, now: float) -> Welcome:
+    def _register(self, peer: bytes, hello: Hello, identity: str | None, address: str | None, now: float) -> Welcome:
         if identity is not None and hello.name != identity:
             raise ProtocolError(ErrorCode.UNAUTHORIZED, f"your key is authorised as {identity!r}, not {hello.name!r}")
+        holder = self._peers.get(peer)
+        if holder is not None and holder != hello.name:
+            raise ProtocolError(
+                ErrorCode.LIMIT_REACHED, f"this connection is registered as {holder!r}: one name per connection"
+            )
         existing = self.agents.get(hello.name)
-        if existing is not None and existing.peer != peer:
-            if identity is None and self._is_live(existing, now):
-                raise ProtocolError(ErrorCode.NAME_TAKEN, f"agent {hello.name!r} is connected from another peer")
-            self._peers.pop(existing.peer, None)
-            log.info("agent %s re-registered from a new connection", hello.name)
-        elif existing is None:
-            log.info("agent %s registered", hello.name)
-        self.agents[hello.name] = AgentRecord(hello.name, peer, identity, now)
+        secret, bound = (None, False) if identity is not None else self._resume_secret(hello, existing)
+        if (
+            existing is None
+            and address is not None
+            and self._per_address[address] >= self.settings.max_agents_per_address
+        ):
+            raise ProtocolError(
+                ErrorCode.LIMIT_REACHED,
+                f"{address} already has {self._per_address[address]} registered agents (the exchange's maximum)",
+            )
+        if existing is not None:
+            self._unregister(existing)
+            if existing.peer != peer:
+                log.debug("agent %s re-registered from a new connection", hello.name)
+        else:
+            log.debug("agent %s registered", hello.name)
+        record = AgentRecord(hello.name, peer, identity, now, address, secret and secret_hash(secret), bound)
+        self.agents[hello.name] = record
         self._peers[peer] = hello.name
-        self._refresh_liveness(now, force=True)
+        if address is not None:
+            self._per_address[address] += 1
+        self._now_live(hello.name)
         account = self.accounts[hello.name]
         default = self.markets.get(self.default_market or "")
         legacy: dict[str, Any] = {}
@@ -322,6 +372,7 @@ class Exchange:
             }
         return Welcome(
             name=hello.name,
+            resume=secret,
             budget=account.budget,
             spent=account.spent,
             heartbeat_interval=self.settings.heartbeat_interval,
@@ -330,6 +381,66 @@ class Exchange:
             re=hello.id,
             **legacy,
         )
+
+    def _resume_secret(self, hello: Hello, existing: AgentRecord | None) -> tuple[str, bool]:
+        """Without CurveZMQ a name belongs to its first registrant: a later ``hello`` must carry the
+        secret its first ``welcome`` gave. The secret in effect for the name (a new one for a new name,
+        or the one a returning agent proposes for a name the exchange does not know), and whether its
+        binding is already in the ledger."""
+        if existing is not None:
+            bound, durable = existing.secret_hash, existing.bound
+        else:
+            bound = self.ledger.binding(hello.name)
+            durable = bound is not None
+        if bound is None:
+            return hello.resume or secrets.token_hex(32), False
+        if hello.resume is None or not hmac.compare_digest(secret_hash(hello.resume), bound):
+            raise ProtocolError(
+                ErrorCode.NAME_TAKEN,
+                f"the name {hello.name!r} belongs to another agent: to return under it, send the resume "
+                "secret its first welcome gave; otherwise choose another name",
+                "resume",
+            )
+        return hello.resume, durable
+
+    def _unregister(self, agent: AgentRecord) -> None:
+        if self._peers.get(agent.peer) == agent.name:
+            del self._peers[agent.peer]
+        if agent.address is not None:
+            self._per_address[agent.address] -= 1
+            if not self._per_address[agent.address]:
+                del self._per_address[agent.address]
+
+    def _forget_silent(self, now: float) -> None:
+        """Forget agents silent for long with no open bid (at most once a heartbeat)."""
+        if now - self._swept < self.settings.heartbeat_interval:
+            return
+        self._swept = now
+        horizon = FORGET_AFTER_HEARTBEATS * self.settings.heartbeat_interval
+        silent = [agent for agent in self.agents.values() if now - agent.last_seen > horizon]
+        for agent in silent:
+            if self.accounts.forget(agent.name):
+                self._unregister(agent)
+                del self.agents[agent.name]
+        if silent:
+            log.debug("forgot %d silent agents", len(silent))
+
+    def precheck_bid(self, peer: bytes, fields: Mapping[str, Any]) -> None:
+        """Refuse a ``sealed_bid`` (still a decoded map) that its sender, market or round already
+        refuse, before its distribution is examined: a late or misdirected bid costs little however
+        large. Fields of the wrong type are left for the message's own checks to word."""
+        name = self._peers.get(peer)
+        if name is None:
+            raise ProtocolError(ErrorCode.NOT_REGISTERED, "send hello first")
+        market, number, amount = fields.get("market"), fields.get("round"), fields.get("bid")
+        if (
+            (market is None or isinstance(market, str))
+            and type(number) is int
+            and 1 <= number < 2**63
+            and isinstance(amount, int | float)
+            and math.isfinite(amount)
+        ):
+            self._open_market(market).check_round(name, number, float(amount))
 
     def _accept_bid(self, name: str, bid: SealedBid, now: float) -> BidAccepted:
         market = self._open_market(bid.market)
@@ -342,17 +453,19 @@ class Exchange:
             self._complete.add(market.id)
         return BidAccepted(round=bid.round, market=market.id, re=bid.id)
 
-    def _sync(self, request: SyncRequest) -> SyncReply:
-        """A market's snapshot and the results the requester missed (a closed market's from the ledger)."""
+    def _sync(self, request: SyncRequest) -> bytes:
+        """A market's snapshot and the results the requester missed (a closed market's from the
+        ledger), encoded: the stored results go out as the bytes they were broadcast as."""
         market_id = request.market or self.default_market
         market = self.markets.get(market_id or "")
         stored = None if market is not None else self.ledger.market(market_id or "")
         if market_id is None or (market is None and stored is None):
             raise ProtocolError(ErrorCode.UNKNOWN_MARKET, f"no market {market_id!r}", "market")
         results, more = self.ledger.results_since(market_id, request.since_seq, request.limit, SYNC_RESULT_BYTES)
-        reply = {"results": results, "more": more, "market": market_id, "re": request.id}
+        reply = {"results": [], "more": more, "market": market_id, "re": request.id}
+        snapshot: SyncReply
         if market is not None:
-            return SyncReply.model_validate(
+            snapshot = SyncReply.model_validate(
                 {
                     **reply,
                     "seq": market.seq,
@@ -365,9 +478,10 @@ class Exchange:
                     "closed": market.closed,
                 }
             )
+            return encode_with_encoded(snapshot, "results", results)
         assert stored is not None
         prompt = str(stored.definition["settings"].get("prompt", ""))
-        return SyncReply.model_validate(
+        snapshot = SyncReply.model_validate(
             {
                 **reply,
                 "seq": stored.seq,
@@ -379,6 +493,7 @@ class Exchange:
                 "closed": stored.closed,
             }
         )
+        return encode_with_encoded(snapshot, "results", results)
 
     # --- liveness -------------------------------------------------------------------------
 
@@ -389,14 +504,20 @@ class Exchange:
         now = self.clock()
         return [name for name, agent in self.agents.items() if self._is_live(agent, now)]
 
-    def _refresh_liveness(self, now: float, force: bool = False) -> None:
-        """Recompute who is live at most every half heartbeat (or now, after a registration)."""
-        if not force and now - self._live_checked <= self.settings.heartbeat_interval / 2:
+    def _refresh_liveness(self, now: float) -> None:
+        """Recompute who is live, at most every half heartbeat."""
+        if now - self._live_checked <= self.settings.heartbeat_interval / 2:
             return
         self._live_checked = now
-        live = frozenset(name for name, agent in self.agents.items() if self._is_live(agent, now))
-        if live != self._live or force:
+        live = {name for name, agent in self.agents.items() if self._is_live(agent, now)}
+        if live != self._live:
             self._live = live
+            self._live_version += 1
+
+    def _now_live(self, name: str) -> None:
+        """A registration: the agent is live from now on (without recomputing everyone's liveness)."""
+        if name not in self._live:
+            self._live.add(name)
             self._live_version += 1
 
     # --- the clock ------------------------------------------------------------------------
@@ -405,9 +526,10 @@ class Exchange:
         """Close and commit every due round, then open every round that is ready; queue the broadcasts."""
         now = self.clock()
         self._refresh_liveness(now)
+        self._forget_silent(now)
         due = self._due_markets(now)
         if due:
-            decisions = [market.decide() for market in due]
+            decisions = [market.decide(self._attended(market)) for market in due]
             touched: set[str] = set()
             for decision in decisions:
                 for agent, amount in decision.bids.items():
@@ -427,6 +549,15 @@ class Exchange:
             heapq.heappush(self._deadlines, (announcement.deadline, market.id, announcement.round))
             self._queue(announcement)
 
+    def _attended(self, market: Market) -> bool:
+        """Whether a participant of ``market`` was heard from since its open round opened (asked only
+        of rounds without bids: whether they count as idle)."""
+        current = market.current
+        assert current is not None
+        if current.bids or current.reference_bid is not None:
+            return True
+        return any(a.last_seen >= current.opened_at for a in self.agents.values() if market.invites(a.name))
+
     def _ready_to_open(self, now: float) -> list[Market]:
         ready: dict[str, Market] = {}
         while self._openings and self._openings[0][0] <= now:
@@ -436,27 +567,32 @@ class Exchange:
                 continue
             if market.can_open(now, self._live):
                 ready[market_id] = market
-            elif not market.started:
-                self._unstarted.add(market_id)
-        if self._unstarted and self._live_version != self._unstarted_version:
-            self._unstarted_version = self._live_version
-            for market_id in sorted(self._unstarted):
+            elif market.closed is None and market.current is None:
+                self._awaiting.add(market_id)
+        if self._awaiting and self._live_version != self._awaiting_version:
+            self._awaiting_version = self._live_version
+            for market_id in sorted(self._awaiting):
                 market = self.markets[market_id]
                 if market.can_open(now, self._live):
-                    self._unstarted.discard(market_id)
+                    self._awaiting.discard(market_id)
                     ready[market_id] = market
         return list(ready.values())
 
     def _commit(self, decisions: list[Decision], closings: list[MarketClosed], agents: set[str]) -> None:
-        """One transaction for every decided round and ended market (the notices' seq included)."""
+        """One transaction for every decided round and ended market (the notices' seq included), with
+        the name bindings of the agents whose bids it settles."""
         notices = len(closings)
+        unbound = [self.agents[a] for a in agents if a in self.agents and not self.agents[a].bound]
         self.ledger.commit(
             [d.record for d in decisions],
             closings,
             self.accounts.snapshot(agents),
             self.exchange_seq + notices if notices else None,
             self.clock(),
+            {agent.name: agent.secret_hash for agent in unbound if agent.secret_hash is not None},
         )
+        for agent in unbound:
+            agent.bound = True
 
     def _due_markets(self, now: float) -> list[Market]:
         due = {market_id: self.markets[market_id] for market_id in self._complete if market_id in self.markets}

@@ -10,19 +10,25 @@ Tables:
   round, append-only (triggers). A bid row marked ``reference``
   holds a live reference agent's distribution and the weight it was given; it never pays;
 - ``accounts``: each agent's budget and, as of the last commit, what its bids in open rounds
-  reserve. What an agent spent is the sum of its payments.
+  reserve. What an agent spent is the sum of its payments;
+- ``agents``: without CurveZMQ, the hash of the resume secret each name is bound to (written with
+  the agent's first committed bid: a name that never bid is not kept).
 
 :meth:`Ledger.commit` writes every round that closed in one tick of the exchange, every market
-that ended and the accounts they touched in **one** transaction: one fsync for many markets.
+that ended and the accounts they touched in **one** transaction: one fsync for many markets. Before
+and after, it checks that the database file (and its write-ahead log) are still the ones it opened:
+a ledger deleted or replaced under a running exchange stops it before anything else is broadcast.
+Every SQLite failure (a full or read-only disk) is a :class:`LedgerError` with one line saying why.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,6 +95,11 @@ CREATE TABLE IF NOT EXISTS accounts (
     agent TEXT PRIMARY KEY,
     budget REAL,
     reserved REAL NOT NULL DEFAULT 0 CHECK (reserved >= 0)
+);
+CREATE TABLE IF NOT EXISTS agents (
+    agent TEXT PRIMARY KEY,
+    secret_hash TEXT NOT NULL,
+    bound_at REAL NOT NULL
 );
 CREATE TRIGGER IF NOT EXISTS rounds_append_only BEFORE UPDATE ON rounds
     BEGIN SELECT RAISE(ABORT, 'rounds are append-only'); END;
@@ -176,6 +187,7 @@ class Ledger:
     def __init__(self, path: Path, durable: bool = True) -> None:
         """``durable=False`` skips fsync (for simulations, where a crash just means running again)."""
         self.path = path
+        self._wal = path.with_name(path.name + "-wal")
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -188,6 +200,7 @@ class Ledger:
                     self._set_meta(db, "schema", SCHEMA_VERSION)
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{path} is not a usable SQLite ledger: {exc}") from None
+        self._files = {file: _file_identity(file) for file in (path, self._wal)}
 
     def _refuse_older_schema(self) -> None:
         tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -219,13 +232,35 @@ class Ledger:
 
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
+        """One write transaction; a SQLite failure (disk full, read-only, I/O error) is a
+        :class:`LedgerError` and leaves the ledger as it was before the transaction."""
         try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+                self._db.execute("COMMIT")
+            except BaseException:
+                if self._db.in_transaction:
+                    with suppress(sqlite3.Error):
+                        self._db.execute("ROLLBACK")
+                raise
+        except sqlite3.IntegrityError:
             raise
-        self._db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise LedgerError(f"cannot write the ledger {self.path}: {exc}") from None
+
+    def check_files(self) -> None:
+        """Raise :class:`LedgerError` if the database or its write-ahead log is no longer the file this
+        ledger opened (deleted, or replaced): whatever is written from then on could never be read."""
+        for file, known in self._files.items():
+            current = _file_identity(file)
+            if known is None:
+                self._files[file] = current  # the log appears with the first write
+            elif current != known:
+                raise LedgerError(
+                    f"the ledger file {file} was deleted or replaced while the exchange was running; "
+                    "stopping before broadcasting what can no longer be stored"
+                )
 
     # --- meta -----------------------------------------------------------------------------
 
@@ -326,11 +361,19 @@ class Ledger:
         accounts: Mapping[str, tuple[float | None, float]] | None = None,
         exchange_seq: int | None = None,
         committed_at: float = 0.0,
+        bindings: Mapping[str, str] | None = None,
     ) -> None:
         """Write ``rounds`` (committed at ``committed_at``, Unix seconds), the markets' ``closings``,
-        ``accounts`` (agent -> (budget, reserved)) and the exchange's notice seq in one transaction."""
+        ``accounts`` (agent -> (budget, reserved)), name ``bindings`` (agent -> secret hash) and the
+        exchange's notice seq in one transaction. :class:`LedgerError` if it cannot be made durable."""
+        self.check_files()
         with self._transaction() as db:
             self._write_rounds(db, rounds, committed_at)
+            if bindings:
+                db.executemany(
+                    "INSERT OR IGNORE INTO agents(agent, secret_hash, bound_at) VALUES (?, ?, ?)",
+                    [(agent, secret_hash, committed_at) for agent, secret_hash in bindings.items()],
+                )
             for closing in closings:
                 db.execute(
                     "UPDATE markets SET closed = ?, seq = MAX(seq, ?) WHERE market = ?",
@@ -346,6 +389,7 @@ class Ledger:
                 self._set_meta(db, "exchange_seq", str(exchange_seq))
             if rounds:
                 self._set_meta(db, "commits", str(self.commits() + 1))
+        self.check_files()
 
     @staticmethod
     def _write_rounds(db: sqlite3.Connection, records: Sequence[RoundRecord], committed_at: float) -> None:
@@ -387,9 +431,11 @@ class Ledger:
     # --- reading --------------------------------------------------------------------------
 
     def balances(self, market: str) -> dict[str, float]:
-        """Total paid per agent in one market: the sum of its payments there."""
+        """Total paid per agent in one market, for the agents that paid anything there."""
         rows = self._db.execute(
-            "SELECT agent, SUM(amount) FROM payments WHERE market = ? GROUP BY agent ORDER BY agent", (market,)
+            "SELECT agent, SUM(amount) FROM payments WHERE market = ? GROUP BY agent HAVING SUM(amount) > 0"
+            " ORDER BY agent",
+            (market,),
         )
         return {agent: float(total) for agent, total in rows}
 
@@ -398,15 +444,21 @@ class Ledger:
         rows = self._db.execute("SELECT agent, SUM(amount) FROM payments GROUP BY agent ORDER BY agent")
         return {agent: float(total) for agent, total in rows}
 
+    def binding(self, agent: str) -> str | None:
+        """The hash of the resume secret ``agent`` is bound to, if it ever had a bid committed."""
+        row = self._db.execute("SELECT secret_hash FROM agents WHERE agent = ?", (agent,)).fetchone()
+        return None if row is None else str(row[0])
+
     def accounts(self) -> dict[str, tuple[float | None, float]]:
         """agent -> (budget, reserved as of the last commit)."""
         rows = self._db.execute("SELECT agent, budget, reserved FROM accounts ORDER BY agent")
         return {agent: (budget, float(reserved)) for agent, budget, reserved in rows}
 
-    def results_since(self, market: str, seq: int, limit: int, max_bytes: int) -> tuple[list[RoundResult], bool]:
-        """A market's stored ``round_result`` broadcasts with ``seq`` above ``seq``, oldest first, and
-        whether more remain: at most ``limit`` of them and, past the first, at most ``max_bytes`` encoded."""
-        results: list[RoundResult] = []
+    def results_since(self, market: str, seq: int, limit: int, max_bytes: int) -> tuple[list[bytes], bool]:
+        """A market's stored ``round_result`` broadcasts with ``seq`` above ``seq``, oldest first, as the
+        bytes they were broadcast as, and whether more remain: at most ``limit`` of them and, past the
+        first, at most ``max_bytes`` in all."""
+        results: list[bytes] = []
         size = 0
         rows = self._db.execute(
             "SELECT result FROM rounds WHERE market = ? AND result_seq > ? ORDER BY result_seq LIMIT ?",
@@ -416,18 +468,17 @@ class Ledger:
             size += len(data)
             if len(results) == limit or (results and size > max_bytes):
                 return results, True
-            message = _stored_message(data)
-            assert isinstance(message, RoundResult)
-            results.append(message)
+            results.append(bytes(data))
         return results, False
 
     def rounds(self, market: str) -> Iterator[StoredRound]:
         """Every committed round of a market with its bids, payments and sponsors, in order."""
+        # Row by row (never all at once): a ledger may hold more than fits in memory.
         for number, token, seed, commitment, result, opened_at, committed_at in self._db.execute(
             "SELECT round, token, seed, seed_commitment, result, opened_at, committed_at FROM rounds"
             " WHERE market = ? ORDER BY round",
             (market,),
-        ).fetchall():
+        ):
             key = (market, number)
             bids = [
                 StoredBid(agent, bid, msgpack.unpackb(tokens), np.frombuffer(probs, dtype="<f8"), bool(reference))
@@ -538,6 +589,15 @@ def account_row(account: tuple[float | None, float], spent: float) -> dict[str, 
     budget, reserved = account
     remaining = None if budget is None else budget - spent - reserved
     return {"budget": budget, "spent": spent, "reserved": reserved, "remaining": remaining}
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """The file's (device, inode), or None if there is no such file."""
+    try:
+        status = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return status.st_dev, status.st_ino
 
 
 def _stored_message(data: bytes) -> Message:

@@ -7,6 +7,21 @@ on. No sockets, no ledger, no budgets here (the exchange owns those).
 
 Each market has its own feed ``seq``: every broadcast of the market (round open, result, closing)
 takes the next one; a heartbeat repeats the latest.
+
+What a round admits and waits for is bounded whatever peers send:
+
+- a zero bid is acknowledged but carries no weight once a round has a positive bid or a reference
+  weight: it is then left out of the mechanism, the result and the ledger (when every bid of a round
+  is zero and there is no reference, each counts ``1/n``, as the mechanism says);
+- the distinct tokens a round's bids bring are capped (``max_round_tokens``, separately for priced
+  and for zero bids, so either way the result's distribution is bounded): a bid that would pass the
+  cap is refused with ``TOO_LARGE``;
+- a round closes early once every *engaged* live participant answered: one that made a positive bid
+  (or tried to, too late) in one of the last :data:`ENGAGED_ROUNDS` rounds; where nobody did, one
+  that bid at all. Registered agents that never bid, or only bid nothing, do not hold rounds to
+  their deadline (in the first rounds of a run every live participant is waited for);
+- a round without bids counts towards ``max_idle_rounds`` only if a participant was heard from while
+  it was open: a market whose agents all paused (a frozen host, a network blip) is not ended as idle.
 """
 
 from __future__ import annotations
@@ -14,8 +29,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import secrets
+from collections import deque
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from auctioneer.ledger import RoundRecord, StoredBid, StoredMarket
 from auctioneer.mechanism import Reference, SparseDistribution, run_auction
@@ -35,6 +52,8 @@ from protocol.messages import (
 
 log = logging.getLogger(__name__)
 
+ENGAGED_ROUNDS = 2
+
 
 @dataclass
 class OpenRound:
@@ -44,6 +63,18 @@ class OpenRound:
     opened_at: float
     bids: dict[str, SealedBid] = field(default_factory=dict)
     reference_bid: SealedBid | None = None
+    priced_tokens: set[str] = field(default_factory=set)  # the tokens of positive bids (and the reference's)
+    free_tokens: set[str] = field(default_factory=set)  # the tokens of zero bids
+    answered: set[str] = field(default_factory=set)  # who bid while it was open
+    paying: set[str] = field(default_factory=set)  # who bid a positive amount (or is the reference), even late
+
+
+class Participation(NamedTuple):
+    """Who took part in a closed round: who answered, and who meant to pay (late bids included)."""
+
+    number: int
+    answered: set[str]
+    paying: set[str]
 
 
 @dataclass(frozen=True)
@@ -53,7 +84,8 @@ class Decision:
     market: Market
     record: RoundRecord
     closing: MarketClosed | None
-    bids: dict[str, float]  # agent -> amount reserved, to release at commit
+    bids: dict[str, float]  # agent -> amount reserved, to release at commit (zero bids left out included)
+    idle_rounds: int  # the market's idle streak once this round is committed
 
     @property
     def result(self) -> RoundResult:
@@ -72,9 +104,9 @@ class Market:
         stored = stored or StoredMarket(info.id, {}, 0.0, 0, None)
         self.tokens = list(stored.tokens)
         self.text = settings.prompt + "".join(self.tokens)
-        self.balances = dict(stored.balances)
+        self.balances = dict(stored.balances)  # agent -> total paid in this market, for those who paid
         self.last_round = stored.last_round
-        self.idle_rounds = stored.idle_streak
+        self.idle_rounds = 0  # counted afresh after a restart: the first rounds wait for agents to return
         # A crashed predecessor may have announced one round_open beyond the ledger: skip its seq.
         self.seq = stored.seq + (1 if stored.seq else 0)
         self.closed = stored.closed
@@ -83,6 +115,7 @@ class Market:
         self.started = False  # round 1 of this run waits for min_agents live agents
         self._waiting: set[str] = set()
         self._waiting_version = -1
+        self._recent: deque[Participation] = deque(maxlen=ENGAGED_ROUNDS)  # of the last rounds
         if self.last_round:
             log.info("resuming market %s after round %d (%d tokens)", self.id, self.last_round, len(self.tokens))
 
@@ -94,44 +127,96 @@ class Market:
     def participants(self, live: Collection[str]) -> set[str]:
         return {agent for agent in live if self.invites(agent)}
 
+    def has_participant(self, live: Collection[str]) -> bool:
+        if self.info.agents is None:
+            return bool(live)
+        return any(agent in live for agent in (*self.info.agents, self.info.reference_agent))
+
+    def engaged(self, live: Collection[str]) -> set[str]:
+        """The live participants a round waits for: those that bid a positive amount in one of the last
+        rounds (if none did: those that bid at all); everyone, in the first rounds of a run."""
+        if len(self._recent) < ENGAGED_ROUNDS:
+            return self.participants(live)
+        # From the recent rounds' (few) bidders, not from every live agent: registered agents that
+        # do not bid cost nothing here.
+        for took_part in ([r.paying for r in self._recent], [r.answered for r in self._recent]):
+            engaged = {agent for agents in took_part for agent in agents if agent in live and self.invites(agent)}
+            if engaged:
+                return engaged
+        return set()
+
     # --- bids -----------------------------------------------------------------------------
 
-    def check_bid(self, agent: str, bid: SealedBid) -> bool:
-        """Raise the refusal for ``bid`` if any; True if it is the market's reference speaking."""
+    def check_round(self, agent: str, number: int, amount: float) -> OpenRound:
+        """The open round a bid of ``amount`` from ``agent`` for round ``number`` goes to, or the refusal:
+        what can be told without looking at the bid's distribution (checked first, as it is cheap)."""
         if self.closed is not None:
             raise ProtocolError(ErrorCode.MARKET_CLOSED, f"market {self.id} has ended")
         if not self.invites(agent):
             raise ProtocolError(ErrorCode.NOT_INVITED, f"market {self.id} is limited to other agents", "market")
         current = self.current
-        if current is None or bid.round != current.number:
-            if bid.round <= (current.number if current else self.last_round):
-                raise ProtocolError(ErrorCode.ROUND_CLOSED, f"round {bid.round} is closed", "round")
-            raise ProtocolError(ErrorCode.WRONG_ROUND, f"round {bid.round} is not open", "round")
+        if current is None or number != current.number:
+            if number <= (current.number if current else self.last_round):
+                self._bid_late(agent, number, amount)
+                raise ProtocolError(ErrorCode.ROUND_CLOSED, f"round {number} is closed", "round")
+            raise ProtocolError(ErrorCode.WRONG_ROUND, f"round {number} is not open", "round")
+        if agent in current.bids or (agent == self.info.reference_agent and current.reference_bid is not None):
+            raise ProtocolError(ErrorCode.DUPLICATE_BID, f"you already bid in round {number}")
+        return current
+
+    def check_bid(self, agent: str, bid: SealedBid) -> bool:
+        """Raise the refusal for ``bid`` if any; True if it is the market's reference speaking."""
+        current = self.check_round(agent, bid.round, bid.bid)
         reference = agent == self.info.reference_agent
-        if agent in current.bids or (reference and current.reference_bid is not None):
-            raise ProtocolError(ErrorCode.DUPLICATE_BID, f"you already bid in round {bid.round}")
         if not reference and bid.bid > self.settings.max_bid:
             raise ProtocolError(ErrorCode.INVALID_BID, f"bid exceeds the market maximum {self.settings.max_bid}", "bid")
         if len(bid.distribution.tokens) > self.settings.max_support:
             raise ProtocolError(ErrorCode.INVALID_DISTRIBUTION, "support exceeds the market maximum", "distribution")
+        vocabulary = self._vocabulary(current, bid, reference)
+        new = sum(token not in vocabulary for token in bid.distribution.tokens)
+        if len(vocabulary) + new > self.settings.max_round_tokens:
+            raise ProtocolError(
+                ErrorCode.TOO_LARGE,
+                f"round {bid.round} already has {len(vocabulary)} distinct tokens; yours would pass the market's "
+                f"maximum of {self.settings.max_round_tokens}",
+                "distribution",
+            )
         return reference
 
+    @staticmethod
+    def _vocabulary(current: OpenRound, bid: SealedBid, reference: bool) -> set[str]:
+        return current.priced_tokens if reference or bid.bid > 0 else current.free_tokens
+
     def accept(self, agent: str, bid: SealedBid, reference: bool) -> None:
-        assert self.current is not None
+        current = self.current
+        assert current is not None
         if reference:
-            self.current.reference_bid = bid
+            current.reference_bid = bid
         else:
-            self.current.bids[agent] = bid
+            current.bids[agent] = bid
+        self._vocabulary(current, bid, reference).update(bid.distribution.tokens)
+        current.answered.add(agent)
+        if reference or bid.bid > 0:
+            current.paying.add(agent)
         self._waiting.discard(agent)
+
+    def _bid_late(self, agent: str, number: int, amount: float) -> None:
+        """``agent`` bid for a round after it closed: if it meant to pay, it takes part, only slowly."""
+        if amount > 0 or agent == self.info.reference_agent:
+            for closed in self._recent:
+                if closed.number == number:
+                    closed.paying.add(agent)
 
     # --- the round clock ------------------------------------------------------------------
 
     def can_open(self, now: float, live: Collection[str]) -> bool:
-        """Whether the next round may open now: not closed, none open, its pause over, and (before its
-        first round in this run) ``min_agents`` invited agents live."""
+        """Whether the next round may open now: not closed, none open, its pause over, and an invited
+        agent live (before its first round in this run, ``min_agents`` of them)."""
         if self.closed is not None or self.current is not None or now < self.next_open_at:
             return False
-        return self.started or len(self.participants(live)) >= self.settings.min_agents
+        if self.started:
+            return self.has_participant(live)  # nobody there: wait for someone rather than burn rounds
+        return len(self.participants(live)) >= max(self.settings.min_agents, 1)
 
     def _round_seed(self, number: int) -> bytes:
         if self.settings.seed is None:
@@ -159,8 +244,8 @@ class Market:
         return announcement
 
     def due(self, now: float, live: Collection[str], live_version: int) -> bool:
-        """Whether the open round should close now: its deadline passed, or it has bids and every live
-        participant has bid (the set of those still to bid is refreshed when liveness changed)."""
+        """Whether the open round should close now: its deadline passed, or it has bids and every engaged
+        live participant has answered (who is still awaited is refreshed when liveness changed)."""
         current = self.current
         if current is None:
             return False
@@ -169,23 +254,25 @@ class Market:
         if not current.bids:
             return False
         if live_version != self._waiting_version:
-            done = set(current.bids) | ({self.info.reference_agent} if current.reference_bid else set())
-            self._waiting = self.participants(live) - done
+            self._waiting = self.engaged(live) - current.answered
             self._waiting_version = live_version
         return not self._waiting
 
-    def decide(self) -> Decision:
-        """Run the mechanism on the open round: the result to commit and broadcast (not yet applied)."""
+    def decide(self, attended: bool) -> Decision:
+        """Run the mechanism on the open round: the result to commit and broadcast (not yet applied).
+        ``attended``: a participant was heard from while the round was open."""
         current = self.current
         assert current is not None
-        names = sorted(current.bids)
+        reference = self._round_reference(current)
+        names = sorted(name for name, b in current.bids.items() if b.bid > 0)
+        if not names and (reference is None or reference.weight == 0):
+            names = sorted(current.bids)  # B == 0: every submitted distribution weighs 1/n
         bids = [current.bids[name] for name in names]
         token: str | None = None
         distribution: OutcomeDistribution | None = None
         payments: dict[str, float] = {}
         sponsors: dict[str, float] = {}
-        reference = self._round_reference(current)
-        if bids:
+        if current.bids:
             outcome = run_auction(
                 [SparseDistribution(b.distribution.tokens, b.distribution.probs) for b in bids],
                 [b.bid for b in bids],
@@ -197,9 +284,7 @@ class Market:
             distribution = OutcomeDistribution.of_aggregate(outcome.vocab, outcome.distribution)
             payments = dict(zip(names, outcome.payments.tolist(), strict=True))
             sponsors = outcome.sponsors_by_name(names)
-        balances = dict(self.balances)
-        for name, amount in payments.items():
-            balances[name] = balances.get(name, 0.0) + amount
+        balances = {name: self.balances.get(name, 0.0) + payments.get(name, 0.0) for name in names}
         # Built from what the mechanism and this market produced: constructed, not validated again.
         result = RoundResult.model_construct(
             seq=self.seq + 1,
@@ -230,7 +315,8 @@ class Market:
                     reference=True,
                 )
             )
-        reason = self._closing_reason(token)
+        idle_rounds = 0 if current.bids else self.idle_rounds + attended
+        reason = self._closing_reason(token, idle_rounds)
         closing = None
         if reason is not None:
             closing = MarketClosed(
@@ -241,7 +327,8 @@ class Market:
                 market=self.id,
             )
         record = RoundRecord(self.id, result, current.seed, current.opened_at, stored, encode(result))
-        return Decision(self, record, closing, {name: b.bid for name, b in zip(names, bids, strict=True)})
+        reserved = {name: b.bid for name, b in current.bids.items()}
+        return Decision(self, record, closing, reserved, idle_rounds)
 
     def _round_reference(self, current: OpenRound) -> Reference | None:
         """The live reference agent's distribution this round, else the market's fixed reference."""
@@ -250,14 +337,13 @@ class Market:
             return Reference(SparseDistribution(live.tokens, live.probs), self.settings.reference_weight)
         return self._reference
 
-    def _closing_reason(self, token: str | None) -> str | None:
+    def _closing_reason(self, token: str | None, idle_rounds: int) -> str | None:
         if token is not None and token == self.settings.stop_token:
             return "stop_token"
         tokens = len(self.tokens) + (token is not None)
         if tokens >= self.settings.max_tokens:
             return "max_tokens"
-        idle = 0 if token is not None else self.idle_rounds + 1
-        if idle >= self.settings.max_idle_rounds:
+        if idle_rounds >= self.settings.max_idle_rounds:
             return "idle"
         return None
 
@@ -265,15 +351,15 @@ class Market:
         """The decision is durable: move the market on."""
         result = decision.result
         self.seq = result.seq
-        self.balances = dict(result.balances)
+        self.balances.update((name, total) for name, total in result.balances.items() if total > 0)
         self.text = result.text
         self.last_round = result.round
+        assert self.current is not None
+        self._recent.append(Participation(self.current.number, self.current.answered, self.current.paying))
         self.current = None
         self.next_open_at = now + self.settings.round_pause
-        if result.token is None:
-            self.idle_rounds += 1
-        else:
-            self.idle_rounds = 0
+        self.idle_rounds = decision.idle_rounds
+        if result.token is not None:
             self.tokens.append(result.token)
         if decision.closing is not None:
             self.seq = decision.closing.seq

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 
 from auctioneer.exchange import Exchange
 from auctioneer.ledger import Ledger
 from auctioneer.security import CurveServer
-from auctioneer.server import AuctioneerServer, Observer
+from auctioneer.server import AuctioneerServer, EndpointError, Observer
 from auctioneer.settings import ServeSettings
 from protocol.sockets import is_loopback_endpoint
 
@@ -27,15 +28,18 @@ async def serve(
 
     Raises :class:`~auctioneer.ledger.LedgerError` for a ledger that cannot hold these markets,
     :class:`~protocol.curve.KeyFileError` for unusable keys and
-    :class:`~auctioneer.server.EndpointError` for endpoints that cannot be bound.
+    :class:`~auctioneer.server.EndpointError` for endpoints that cannot be bound, or that other hosts
+    could reach without CurveZMQ (unless ``insecure``).
     """
     for endpoint in (settings.market, settings.feed):
         if not is_loopback_endpoint(endpoint) and settings.curve_secret is None:
-            log.warning(
-                "%s is reachable from other hosts and CurveZMQ is off: anyone who can connect can bid under "
-                "any name. Use --curve-secret/--authorized-keys.",
-                endpoint,
-            )
+            if not settings.insecure:
+                raise EndpointError(
+                    f"refusing to bind {endpoint} without CurveZMQ: anyone who can reach it could register, bid "
+                    "and hold connections. Pass --curve-secret and --authorized-keys, or --insecure to accept that"
+                )
+            log.warning("%s is reachable from other hosts and CurveZMQ is off (--insecure)", endpoint)
+    raise_descriptor_limit()
     curve = CurveServer(settings) if settings.curve_secret is not None else None
     with Ledger(settings.db) as ledger:
         exchange = Exchange(settings, ledger)
@@ -50,6 +54,14 @@ async def serve(
             if stopper is not None:
                 stopper.cancel()
         return exchange
+
+
+def raise_descriptor_limit() -> None:
+    """Raise this process's open-file limit to its hard limit: every connection holds a descriptor."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    log.info("up to %d open descriptors (connections)", hard)
 
 
 async def _stop_when_set(stop: asyncio.Event, server: AuctioneerServer) -> None:

@@ -7,12 +7,20 @@ publishes every open market's latest seq and the exchange's, so subscribers can 
 
 Every broadcast goes out under its topic (``protocol.topics``); the default market's are also
 published as plain frames for clients of revision 1.2.
+
+What a peer can make the auctioneer do or hold is bounded here: requests pass their connection's
+budget (:mod:`auctioneer.peer_budget`) before they are decoded; replies never block (a reply to a
+peer that vanished, or whose queue of unread replies is full, is dropped and counted); the feed
+socket accepts only subscriptions to the exchange's own topics, of at most
+:data:`MAX_SUBSCRIPTION_BYTES`; a connection that does not finish its ZeroMQ handshake within
+:data:`HANDSHAKE_SECONDS` is closed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable
 
@@ -20,16 +28,22 @@ import zmq
 import zmq.asyncio
 
 from auctioneer.exchange import Exchange
+from auctioneer.peer_budget import PeerBudgets, ThrottledWarnings
 from auctioneer.security import CurveServer
 from protocol import ErrorCode, ProtocolError, decode, encode
 from protocol.codec import Limits
-from protocol.messages import AUCTIONEER_REQUESTS, Error, Message
+from protocol.messages import AUCTIONEER_REQUESTS, Error, Message, SyncRequest
 from protocol.sockets import FEED_HIGH_WATER_MARK, make_socket
-from protocol.topics import EXCHANGE_TOPIC, market_topic, topic_frame
+from protocol.topics import BROAD_SUBSCRIPTIONS, EXCHANGE_TOPIC, market_topic, subscribed_market, topic_frame
 
 log = logging.getLogger(__name__)
 
 DRAIN_BATCH = 256
+REPLY_HIGH_WATER_MARK = 1000  # unread replies queued per peer; beyond, replies to it are dropped
+REQUEST_HIGH_WATER_MARK = 1000  # unread requests queued per peer; beyond, libzmq stops reading it
+MAX_SUBSCRIPTION_BYTES = 4096  # a subscription is a topic prefix (a market id: 64 bytes); CurveZMQ handshakes need room
+HANDSHAKE_SECONDS = 5.0
+SYNC_LIMITED = "this connection was sent its share of sync replies for now: retry in a second"
 Observer = Callable[[Message], None]
 # Flags as plain ints: pyzmq's send_multipart combines its enum flags in Python for every frame.
 MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
@@ -48,18 +62,26 @@ class AuctioneerServer:
         self.settings = exchange.settings
         self.observer = observer
         self._limits = Limits(self.settings.max_message_bytes, self.settings.max_support)
+        self._budgets = PeerBudgets(self.settings.peer_rate)
+        self._warnings = ThrottledWarnings(log)
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self.context = zmq.asyncio.Context()
         self.router = make_socket(self.context, zmq.ROUTER, max_message_bytes=self.settings.max_message_bytes)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.router.setsockopt(zmq.SNDHWM, REPLY_HIGH_WATER_MARK)
+        self.router.setsockopt(zmq.RCVHWM, REQUEST_HIGH_WATER_MARK)
         # Queued requests are drained and replies sent without waiting (NOBLOCK) through a plain view
         # of the same socket.
         self._router_replies: zmq.Socket[bytes] = zmq.Socket.shadow(self.router.underlying)
-        self.publisher = make_socket(self.context, zmq.PUB)
+        # XPUB in manual mode: a subscription takes effect only once checked (_serve_subscriptions).
+        self.publisher = make_socket(self.context, zmq.XPUB, max_message_bytes=MAX_SUBSCRIPTION_BYTES)
         self.publisher.setsockopt(zmq.SNDHWM, FEED_HIGH_WATER_MARK)
+        self.publisher.setsockopt(zmq.XPUB_MANUAL, 1)
         self._feed: zmq.Socket[bytes] = zmq.Socket.shadow(self.publisher.underlying)
+        for sock in (self.router, self.publisher):
+            sock.setsockopt(zmq.HANDSHAKE_IVL, int(HANDSHAKE_SECONDS * 1000))
         self._curve: CurveServer | None = None
 
     def configure_curve(self, curve: CurveServer) -> None:
@@ -79,7 +101,11 @@ class AuctioneerServer:
             self._bind(self.publisher, self.settings.feed)
             log.info("market socket on %s, feed on %s", self.settings.market, self.settings.feed)
             self._publish_queued()
-            background = [asyncio.create_task(self._serve_requests()), asyncio.create_task(self._heartbeats())]
+            background = [
+                asyncio.create_task(self._serve_requests()),
+                asyncio.create_task(self._serve_subscriptions()),
+                asyncio.create_task(self._heartbeats()),
+            ]
             clock = asyncio.create_task(self._run_clock())
             stopper = asyncio.create_task(self._stop.wait())
             await asyncio.wait({clock, stopper}, return_when=asyncio.FIRST_COMPLETED)
@@ -128,14 +154,19 @@ class AuctioneerServer:
             await asyncio.sleep(self.settings.heartbeat_interval)
             for beat in self.exchange.heartbeats():
                 self._publish(beat, encode(beat))
+            self._take_subscriptions()
 
     # --- the feed -------------------------------------------------------------------------
 
     def _publish_queued(self) -> None:
+        published = False
         for message, payload in self.exchange.drain():
             self._publish(message, payload)
+            published = True
             if self.observer is not None:
                 self.observer(message)
+        if published:
+            self._take_subscriptions()
 
     def _publish(self, message: Message, payload: bytes) -> None:
         """Send one broadcast under its topic (PUB never blocks: a slow subscriber loses messages and resyncs)."""
@@ -147,13 +178,45 @@ class AuctioneerServer:
         else:
             self._feed.send(topic_frame(EXCHANGE_TOPIC, payload), LAST)
 
+    # --- the feed's subscriptions -----------------------------------------------------------
+
+    async def _serve_subscriptions(self) -> None:
+        """Apply a subscriber's (un)subscription if it names the exchange's own topics; ignore the rest
+        (so what subscribers can make the feed socket hold is bounded by the markets that exist)."""
+        while True:
+            self._subscription(await self.publisher.recv())
+            self._take_subscriptions()
+            await asyncio.sleep(0)
+
+    def _take_subscriptions(self) -> None:
+        """Apply the (un)subscriptions already queued, without a trip through the loop each. Also run
+        after publishing: a send through the shadow socket processes libzmq's commands and can use
+        up the edge of ZMQ_FD that the pending asyncio receive waits for, leaving a subscription
+        unread until the next one arrives."""
+        for _ in range(DRAIN_BATCH):
+            try:
+                self._subscription(self._feed.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+
+    def _subscription(self, message: bytes) -> None:
+        if len(message) < 1 or message[0] not in (0, 1):
+            return
+        prefix = message[1:]
+        market = subscribed_market(prefix)
+        if prefix in BROAD_SUBSCRIPTIONS or (market is not None and self.exchange.knows_market(market)):
+            self._feed.setsockopt(zmq.SUBSCRIBE if message[0] == 1 else zmq.UNSUBSCRIBE, prefix)
+        else:
+            self._warnings.note("feed subscriptions to unknown topics ignored")
+
     # --- requests -------------------------------------------------------------------------
 
     async def _serve_requests(self) -> None:
         while True:
             self._answer(await self.router.recv_multipart(copy=False))
             # Answer what is already queued without a trip through the event loop per message;
-            # bounded, so the clock and heartbeats still get their turn.
+            # bounded, then the loop is yielded: the clock gets its turn after each batch however
+            # many requests wait, and rounds that became complete within one batch commit together.
             for _ in range(DRAIN_BATCH):
                 try:
                     frames = self._router_replies.recv_multipart(zmq.NOBLOCK, copy=False)
@@ -163,8 +226,9 @@ class AuctioneerServer:
             self._publish_queued()
             if self.exchange.has_due():
                 self._wake.set()
+            await asyncio.sleep(0)
 
-    def _handle(self, peer: bytes, request: Message, identity: str | None, address: str | None) -> Message:
+    def _handle(self, peer: bytes, request: Message, identity: str | None, address: str | None) -> Message | bytes:
         try:
             return self.exchange.handle(peer, request, identity, address)
         except Exception:
@@ -173,25 +237,38 @@ class AuctioneerServer:
 
     def _answer(self, frames: list[zmq.Frame]) -> None:
         peer = frames[0].bytes
+        if not self._budgets.admit_request(peer, sum(len(frame) for frame in frames[1:])):
+            self._warnings.note("requests over their connection's budget dropped")
+            return
         envelope = [peer, b""] if len(frames) == 3 and not frames[1].bytes else [peer]
-        reply: Message
+        reply: Message | bytes
         if len(frames) != len(envelope) + 1:
             reply = Error(code=ErrorCode.MALFORMED, message=f"expected one message frame, got {len(frames) - 1}")
         else:
             payload = frames[-1]
             identity = str(payload.get("User-Id")) if self.settings.curve_secret else None
             try:
-                request = decode(payload.bytes, self._limits, AUCTIONEER_REQUESTS)
+                precheck = functools.partial(self.exchange.precheck_bid, peer)
+                request = decode(payload.bytes, self._limits, AUCTIONEER_REQUESTS, precheck)
             except ProtocolError as exc:
-                reply = Error(code=exc.code, message=exc.message, field=exc.field)
+                reply = Error(code=exc.code, message=exc.message, field=exc.field, re=exc.request_id)
             else:
-                reply = self._handle(peer, request, identity, _peer_address(payload))
+                if isinstance(request, SyncRequest) and not self._budgets.admit_sync(peer):
+                    reply = Error(code=ErrorCode.LIMIT_REACHED, message=SYNC_LIMITED, re=request.id)
+                else:
+                    reply = self._handle(peer, request, identity, _peer_address(payload))
+        if isinstance(reply, bytes):
+            data = reply
+            self._budgets.sync_sent(peer, len(data))
+        else:
+            data = encode(reply)
         try:
             for frame in envelope:
                 self._router_replies.send(frame, MORE)
-            self._router_replies.send(encode(reply), LAST)
-        except zmq.ZMQError as exc:
-            log.warning("could not reply to a peer (%s)", exc)
+            self._router_replies.send(data, LAST)
+        except zmq.ZMQError:
+            # The peer is gone (EHOSTUNREACH) or does not read its replies (EAGAIN): drop, count.
+            self._warnings.note("replies dropped (peer gone, or not reading its replies)")
 
 
 def _peer_address(frame: zmq.Frame) -> str | None:

@@ -4,7 +4,7 @@
   mechanism's registries;
 - :class:`MarketSettings`: a market's public rules plus its private ``seed``;
 - :class:`ExchangeSettings`: what one ``auctioneer serve`` process needs whatever its markets:
-  endpoints, ledger, liveness, request limits, budgets, CurveZMQ, operators;
+  endpoints, ledger, liveness, request limits and per-peer budgets, budgets, CurveZMQ, operators;
 - :class:`ServeSettings`: both, flat: the market fields are the exchange's defaults for every market
   it opens, and given a ``prompt`` they also describe the market opened at start (its default
   market). A config file may list more markets to open at start (``[[markets]]``, :class:`MarketSpec`).
@@ -118,6 +118,15 @@ class ExchangeSettings(BaseModel):
         description="without CurveZMQ, networks whose peers may open and close markets",
     )
     stay: bool = Field(False, description="keep serving after the last market opened at start closes")
+    insecure: bool = Field(
+        False, description="allow endpoints reachable from other hosts without CurveZMQ (anyone may connect)"
+    )
+    peer_rate: PositiveFloat = Field(
+        5000.0, description="request units per second one connection may use (1 per request and per KiB)"
+    )
+    max_agents_per_address: Annotated[int, Field(ge=1)] = Field(
+        10_000, description="the most agent names registered at once from one network address"
+    )
 
     @model_validator(mode="after")
     def _curve_needs_both_keys(self) -> ExchangeSettings:

@@ -71,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--stay", action="store_true", help="keep waiting for new markets after every joined market closed"
     )
+    parser.add_argument(
+        "--resume-file",
+        type=Path,
+        help="keep the name's resume secret in FILE, so a restarted agent can return under its name (without CurveZMQ)",
+    )
     parser.add_argument("--quiet", action="store_true", help="no report at the end")
     parser.add_argument("--report-json", type=Path, help="also write this agent's report as JSON to FILE")
     parser.set_defaults(run=run)
@@ -136,7 +141,14 @@ async def run_until_closed(runtime: AgentRuntime) -> AgentReport:
 def run(args: argparse.Namespace) -> int:
     agent = build_agent(args)
     runtime = AgentRuntime(
-        agent, args.name, args.market, args.feed, curve_setup(args), give_up_after=args.give_up_after, stay=args.stay
+        agent,
+        args.name,
+        args.market,
+        args.feed,
+        curve_setup(args),
+        give_up_after=args.give_up_after,
+        stay=args.stay,
+        resume_file=args.resume_file,
     )
     try:
         report = asyncio.run(run_until_closed(runtime))

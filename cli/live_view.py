@@ -33,7 +33,8 @@ class MarketView:
         elif isinstance(event, RoundOpen):
             self.status = f"round {event.round} open ({event.timeout:g}s)"
         elif isinstance(event, RoundResult):
-            self.last, self.text, self.balances = event, event.text, dict(event.balances)
+            self.last, self.text = event, event.text
+            self.balances.update(event.balances)  # a result lists the totals of its own bidders
             self.history.append(event)
             self.status = f"round {event.round} decided"
         elif isinstance(event, MarketClosed):

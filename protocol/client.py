@@ -219,18 +219,29 @@ class FeedFollower:
         return message
 
     async def _notice(self, message: Message) -> AsyncIterator[ExchangeEvent]:
+        """The exchange's notices in order (a ``market_list`` after a gap). A followed market that
+        ended is resynced, so its ``market_closed`` comes even if its own broadcast was lost."""
         if self._notices_seq is None or not isinstance(message, MarketOpened | MarketEnded | ExchangeHeartbeat):
             return
         if message.seq <= self._notices_seq:
             return
         if message.seq == self._notices_seq + 1 and not isinstance(message, ExchangeHeartbeat):
             self._notices_seq = message.seq
+            if isinstance(message, MarketEnded):
+                self._resync_if_followed(message.market)
             yield message
             return
         log.info("gap in the exchange's notices after seq %d: listing markets", self._notices_seq)
         listing = await self._request(ListMarkets(), MarketList)
         self._notices_seq = max(self._notices_seq, listing.seq)
+        for status in listing.markets:
+            if status.closed is not None:
+                self._resync_if_followed(status.market.id)
         yield listing
+
+    def _resync_if_followed(self, market: str) -> None:
+        if market in self._last and market not in self._stale:
+            self._stale.append(market)
 
     async def _resync(self, market: str) -> AsyncIterator[MarketEvent]:
         reply: SyncReply | None = None
@@ -274,7 +285,8 @@ async def follow_market(market: str | None, endpoint: str, feed: str, on_event: 
     context = zmq.asyncio.Context()
     client = MarketClient(context, endpoint)
     client.connect()
-    follower = FeedFollower(context, feed, client)
+    # The exchange's notices too: if the market's own closing broadcast is lost, its end still shows.
+    follower = FeedFollower(context, feed, client, notices_seq=0)
     try:
         if market is None:
             market = await _default_market(client)

@@ -9,7 +9,8 @@ broadcasts from the auctioneer (read by agents and observers), and for the ledge
 (written by the auctioneer itself, never bounded).
 
 Sealed bids, the one message every round brings many of, take a faster path when well formed
-(:func:`well_formed_bid`); anything else goes through the message's pydantic model.
+(:func:`well_formed_bid`), and so do pings (every agent's heartbeat); anything else goes through the
+message's pydantic model.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Collection
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,7 +32,7 @@ from pydantic import ValidationError
 from protocol.distribution import DEFAULT_MAX_SUPPORT, Distribution, check_distribution
 from protocol.errors import ErrorCode, ProtocolError, error_message
 from protocol.fields import AGENT_NAME_PATTERN
-from protocol.messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message, SealedBid
+from protocol.messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message, Ping, SealedBid
 
 MARKET_ID = re.compile(AGENT_NAME_PATTERN)
 
@@ -91,16 +92,33 @@ def _is_flat(model: type[Message]) -> bool:
     return all(_is_scalar(field.annotation) for field in model.model_fields.values())
 
 
-def encode(message: Message) -> bytes:
-    """Pack a message as one msgpack map with the protocol version; optional fields left unset are
-    absent (a required field that may be nil, such as an idle round's ``token``, is sent as nil)."""
+def _wire_map(message: Message) -> dict[str, Any]:
     kind = type(message)
     body = dict(message.__dict__) if _is_flat(kind) else message.model_dump(mode="python")
     for optional in _optional_fields(kind):
         if body[optional] is None:
             del body[optional]
     body["v"] = PROTOCOL_VERSION
-    return msgpack.packb(body, use_bin_type=True)
+    return body
+
+
+def encode(message: Message) -> bytes:
+    """Pack a message as one msgpack map with the protocol version; optional fields left unset are
+    absent (a required field that may be nil, such as an idle round's ``token``, is sent as nil)."""
+    return msgpack.packb(_wire_map(message), use_bin_type=True)
+
+
+def encode_with_encoded(message: Message, field: str, encoded: Sequence[bytes]) -> bytes:
+    """``encode(message)`` with ``field`` set to an array of messages already encoded (stored
+    broadcasts, sent as the very bytes they were broadcast as: nothing is decoded or packed again)."""
+    body = _wire_map(message)
+    body.pop(field, None)
+    packer = msgpack.Packer(use_bin_type=True)
+    parts = [packer.pack_map_header(len(body) + 1)]
+    for key, value in body.items():
+        parts += [packer.pack(key), packer.pack(value)]
+    parts += [packer.pack(field), packer.pack_array_header(len(encoded)), *encoded]
+    return b"".join(parts)
 
 
 def unpack_map(data: bytes, limits: Limits = LIMITS.requests) -> dict[str, Any]:
@@ -110,18 +128,43 @@ def unpack_map(data: bytes, limits: Limits = LIMITS.requests) -> dict[str, Any]:
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
+        if isinstance(exc, ValueError) and "map key" in str(exc):
+            raise ProtocolError(ErrorCode.MALFORMED, "map keys must be strings") from None
         raise ProtocolError(ErrorCode.MALFORMED, f"not a msgpack message ({type(exc).__name__})") from None
     if not isinstance(obj, dict):
         raise ProtocolError(ErrorCode.MALFORMED, "a message must be a msgpack map")
     return obj
 
 
-def decode(data: bytes, limits: Limits = LIMITS.requests, accepted: Collection[str] | None = None) -> Message:
+BidPrecheck = Callable[[Mapping[str, Any]], None]
+
+
+def decode(
+    data: bytes,
+    limits: Limits = LIMITS.requests,
+    accepted: Collection[str] | None = None,
+    precheck_bid: BidPrecheck | None = None,
+) -> Message:
     """Bytes to the typed message they encode, or :class:`ProtocolError`.
 
     ``accepted`` limits the message types this receiver handles; others are ``UNKNOWN_TYPE``.
+    ``precheck_bid`` sees a ``sealed_bid``'s map before its distribution is checked and may refuse
+    it (the receiver's cheap checks first). Once the bytes are a map, a refusal carries the map's
+    ``id`` (if it is a valid request id) as ``request_id``, so the error reply can name the request.
     """
     obj = unpack_map(data, limits)
+    try:
+        return _decode_map(obj, limits, accepted, precheck_bid)
+    except ProtocolError as exc:
+        request_id = obj.get("id")
+        if type(request_id) is int and _request_id(request_id):
+            exc.request_id = request_id
+        raise
+
+
+def _decode_map(
+    obj: dict[str, Any], limits: Limits, accepted: Collection[str] | None, precheck_bid: BidPrecheck | None
+) -> Message:
     version = obj.get("v")
     if type(version) is not int:
         raise ProtocolError(ErrorCode.MALFORMED, "missing or non-integer protocol version", "v")
@@ -134,9 +177,15 @@ def decode(data: bytes, limits: Limits = LIMITS.requests, accepted: Collection[s
     if model is None:
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind[:64]!r}", "type")
     if model is SealedBid:
+        if precheck_bid is not None:
+            precheck_bid(obj)
         bid = well_formed_bid(obj, limits.max_support)
         if bid is not None:
             return bid
+    elif model is Ping and _request_id(obj.get("id")) and _request_id(obj.get("re")):
+        return Ping.model_construct(
+            type="ping", id=obj.get("id"), re=obj.get("re")
+        )  # the heartbeat: nothing else to check
     try:
         return model.model_validate(obj, context={"max_support": limits.max_support})
     except ValidationError as exc:

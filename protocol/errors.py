@@ -18,9 +18,9 @@ class ErrorCode(StrEnum):
     MALFORMED = "MALFORMED"  # not msgpack, not a map, wrong frame count, fields of the wrong type
     UNKNOWN_TYPE = "UNKNOWN_TYPE"  # a message type this peer does not handle
     VERSION = "VERSION"  # protocol version not supported
-    TOO_LARGE = "TOO_LARGE"  # a message or distribution over the configured limits
+    TOO_LARGE = "TOO_LARGE"  # a message over the size limit, or a bid that would overflow the round's vocabulary
     NOT_REGISTERED = "NOT_REGISTERED"  # send hello first (also after an auctioneer restart)
-    NAME_TAKEN = "NAME_TAKEN"  # another live connection holds this agent name
+    NAME_TAKEN = "NAME_TAKEN"  # the name is another agent's: connected elsewhere, or bound to a resume secret
     UNAUTHORIZED = "UNAUTHORIZED"  # the name does not match the authenticated key, or not an operator
     ROUND_CLOSED = "ROUND_CLOSED"  # the round is no longer collecting bids
     WRONG_ROUND = "WRONG_ROUND"  # the bid names a round that is not the open one
@@ -32,17 +32,22 @@ class ErrorCode(StrEnum):
     UNKNOWN_MARKET = "UNKNOWN_MARKET"  # no market has this id (or, without an id, there is no default market)
     NOT_INVITED = "NOT_INVITED"  # the market is limited to other agents
     INVALID_SETTINGS = "INVALID_SETTINGS"  # open_market with settings that cannot run
+    LIMIT_REACHED = (
+        "LIMIT_REACHED"  # a per-connection or per-address limit (one name per connection, names per address)
+    )
     INTERNAL = "INTERNAL"  # the auctioneer failed to handle a valid request (a bug; it keeps serving)
 
 
 class ProtocolError(Exception):
-    """A message was refused. ``field`` names the offending field when there is one."""
+    """A message was refused. ``field`` names the offending field when there is one; ``request_id``
+    is the refused request's ``id`` when it could be read (the error reply carries it as ``re``)."""
 
-    def __init__(self, code: ErrorCode, message: str, field: str | None = None) -> None:
+    def __init__(self, code: ErrorCode, message: str, field: str | None = None, request_id: int | None = None) -> None:
         super().__init__(f"{code}: {field + ': ' if field else ''}{message}")
         self.code = code
         self.message = message
         self.field = field
+        self.request_id = request_id
 
 
 def error_message(error: Mapping[str, Any]) -> str:

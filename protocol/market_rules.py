@@ -17,6 +17,7 @@ from protocol.distribution import DEFAULT_MAX_SUPPORT, Distribution
 from protocol.fields import NonNegativeFloat, PositiveFloat, UnitInterval
 
 DEFAULT_EPS = 1e-6
+DEFAULT_MAX_ROUND_TOKENS = 65_536
 WIRE_MODEL = ConfigDict(strict=True, frozen=True, extra="ignore")
 
 
@@ -66,4 +67,7 @@ class MarketRules(ReferenceSettings, MechanismSettings):
     max_bid: PositiveFloat = Field(1e9, description="the largest bid accepted")
     max_support: Annotated[int, Field(ge=1)] = Field(
         DEFAULT_MAX_SUPPORT, description="the most tokens a bid's distribution may list"
+    )
+    max_round_tokens: Annotated[int, Field(ge=1)] = Field(
+        DEFAULT_MAX_ROUND_TOKENS, description="the most distinct tokens a round's bids may bring (bounds its result)"
     )

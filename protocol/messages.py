@@ -88,6 +88,7 @@ class Hello(Message):
     type: Literal["hello"] = "hello"
     name: AgentName
     client: Annotated[str, Field(max_length=128)] = ""
+    resume: HexDigest | None = None  # the secret a previous welcome gave this name
 
 
 class SealedBid(Message):
@@ -190,6 +191,7 @@ class Welcome(Message):
     max_bid: float | None = None
     max_support: int | None = None
     reference_weight: float = 0.0
+    resume: HexDigest | None = None  # without CurveZMQ: the secret that takes this name back
 
 
 class BidAccepted(Message):

@@ -35,3 +35,20 @@ def split_frame(frame: bytes) -> tuple[bytes | None, bytes]:
         return None, frame
     topic, _, payload = frame[1:].partition(TOPIC_END)
     return topic, payload
+
+
+MARKET_PREFIX = TOPIC_MARK + b"m."
+BROAD_SUBSCRIPTIONS = frozenset(
+    {subscription(EXCHANGE_TOPIC)[:n] for n in range(4)} | {MARKET_PREFIX[:n] for n in range(4)}
+)
+"""Subscriptions a feed accepts whatever markets exist: everything, every market, the exchange's notices."""
+
+
+def subscribed_market(prefix: bytes) -> str | None:
+    """The market a complete market subscription names; None if ``prefix`` is not one."""
+    if not (prefix.startswith(MARKET_PREFIX) and prefix.endswith(TOPIC_END)):
+        return None
+    try:
+        return prefix[len(MARKET_PREFIX) : -1].decode("ascii")
+    except UnicodeDecodeError:
+        return None

@@ -3,10 +3,17 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from auctioneer.exchange import Exchange
+from auctioneer.ledger import Ledger
+from auctioneer.settings import ServeSettings
+from protocol import Distribution
+from protocol.messages import BidAccepted, Hello, SealedBid
 from tests.helpers import MarketRun, read_ledger, run_cli, static_agent
 
 
@@ -48,7 +55,22 @@ def test_serve_reads_a_config_file_and_flags_win(market_run: MarketRun, tmp_path
     assert market_run.wait(60) == [0, 0], market_run.logs()
     ledger = read_ledger(market_run.db)
     assert ledger["text"] == "From config:xx"
-    assert ledger["balances"] == {"a": 0.0}
+    assert ledger["rounds"][0]["payments"] == {"a": 0.0} and ledger["balances"] == {}  # only who paid
+
+
+def test_ledger_json_into_a_pipe_closed_early_stops_quietly(tmp_path: Path) -> None:
+    db = tmp_path / "wide.db"
+    with Ledger(db) as ledger:
+        exchange = Exchange(ServeSettings(db=db, prompt="", max_tokens=1, min_agents=1), ledger)
+        exchange.start()
+        exchange.handle(b"a", Hello(name="a"))
+        exchange.tick()
+        wide = Distribution.from_mapping({f"t{k}": 1 / 4096 for k in range(4096)})
+        assert isinstance(exchange.handle(b"a", SealedBid(round=1, distribution=wide, bid=1.0)), BidAccepted)
+        exchange.tick()
+    command = f"{sys.executable} -m auctioneer ledger --db {db} --json | head -c 100"
+    result = subprocess.run(command, shell=True, capture_output=True, text=True, timeout=60)
+    assert len(result.stdout) == 100 and result.stderr == ""
 
 
 def test_ledger_json_and_table(market_run: MarketRun) -> None:

@@ -5,6 +5,7 @@ No sockets: requests go straight to :meth:`Exchange.handle`, the test moves the 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -12,10 +13,10 @@ from typing import Any
 import pytest
 
 from auctioneer.audit import audit_ledger
-from auctioneer.exchange import Exchange
+from auctioneer.exchange import FORGET_AFTER_HEARTBEATS, Exchange
 from auctioneer.ledger import Ledger, LedgerError
 from auctioneer.settings import MarketSpec, ServeSettings
-from protocol import Distribution, encode
+from protocol import Distribution, decode
 from protocol.critical_bid import REFERENCE_SPONSOR
 from protocol.messages import (
     BidAccepted,
@@ -89,9 +90,20 @@ def error_code(reply: Message) -> str:
     return reply.code
 
 
+def sync(exchange: Exchange, request: SyncRequest) -> SyncReply:
+    reply = exchange.handle(b"late", request)
+    assert isinstance(reply, bytes), reply
+    decoded = decode(reply)
+    assert isinstance(decoded, SyncReply)
+    return decoded
+
+
 def register(exchange: Exchange, *names: str) -> None:
+    """Register each name from a peer of the same name, proposing a resume secret of its own (the same
+    after a restart)."""
     for name in names:
-        assert isinstance(exchange.handle(name.encode(), Hello(name=name)), Welcome)
+        secret = hashlib.sha256(name.encode()).hexdigest()
+        assert isinstance(exchange.handle(name.encode(), Hello(name=name, resume=secret)), Welcome)
 
 
 def tick(exchange: Exchange) -> list[Message]:
@@ -136,15 +148,53 @@ def test_welcome_describes_the_exchange_and_the_default_market(make_exchange: An
     assert isinstance(bob, Welcome) and {m.id for m in bob.markets} == {exchange.default_market, other.id}
 
 
-def test_a_live_name_is_refused_to_another_peer_until_its_holder_goes_silent(
-    make_exchange: Any, clock: FakeClock
-) -> None:
+def test_a_name_returns_only_with_its_resume_secret(make_exchange: Any, clock: FakeClock) -> None:
     exchange = make_exchange(prompt="")
-    register(exchange, "alice")
+    welcome = exchange.handle(b"alice", Hello(name="alice"))
+    assert isinstance(welcome, Welcome) and welcome.resume is not None
+    secret = welcome.resume
     assert error_code(exchange.handle(b"intruder", Hello(name="alice"))) == "NAME_TAKEN"
-    clock.advance(SILENCE)
-    assert isinstance(exchange.handle(b"intruder", Hello(name="alice")), Welcome)
-    assert error_code(exchange.handle(b"alice", Ping())) == "NOT_REGISTERED"
+    clock.advance(SILENCE)  # silence does not free the name
+    assert error_code(exchange.handle(b"intruder", Hello(name="alice"))) == "NAME_TAKEN"
+    assert error_code(exchange.handle(b"intruder", Hello(name="alice", resume="0" * 64))) == "NAME_TAKEN"
+    back = exchange.handle(b"alice-again", Hello(name="alice", resume=secret))
+    assert isinstance(back, Welcome) and back.resume == secret
+    assert error_code(exchange.handle(b"alice", Ping())) == "NOT_REGISTERED"  # the old connection lost it
+    assert isinstance(exchange.handle(b"alice-again", Ping()), Pong)
+
+
+def test_a_binding_is_durable_once_the_agent_bid(make_exchange: Any, clock: FakeClock) -> None:
+    first = make_exchange(prompt="")
+    secrets = {name: first.handle(name.encode(), Hello(name=name)).resume for name in ("payer", "idler")}
+    number = opened(tick(first))[first.default_market or ""]
+    assert isinstance(first.handle(b"payer", bid(number, 1.0)), BidAccepted)
+    clock.advance(2.5)  # past the deadline (idler never bids)
+    assert [r.bids for r in tick(first) if isinstance(r, RoundResult)] == [{"payer": 1.0}]
+    first.ledger.close()
+    again = make_exchange(prompt="")
+    assert error_code(again.handle(b"mallory", Hello(name="payer"))) == "NAME_TAKEN"
+    assert isinstance(again.handle(b"payer", Hello(name="payer", resume=secrets["payer"])), Welcome)
+    # a name that never bid was never stored: after the restart its agent proposes its secret again
+    assert isinstance(again.handle(b"idler", Hello(name="idler", resume=secrets["idler"])), Welcome)
+    assert error_code(again.handle(b"mallory", Hello(name="idler"))) == "NAME_TAKEN"
+
+
+def test_one_name_per_connection_and_a_cap_per_address(make_exchange: Any) -> None:
+    exchange = make_exchange(prompt="", max_agents_per_address=2)
+    assert isinstance(exchange.handle(b"p1", Hello(name="a"), address="10.0.0.1"), Welcome)
+    assert error_code(exchange.handle(b"p1", Hello(name="b"), address="10.0.0.1")) == "LIMIT_REACHED"
+    assert isinstance(exchange.handle(b"p2", Hello(name="b"), address="10.0.0.1"), Welcome)
+    assert error_code(exchange.handle(b"p3", Hello(name="c"), address="10.0.0.1")) == "LIMIT_REACHED"
+    assert isinstance(exchange.handle(b"p4", Hello(name="c"), address="10.0.0.2"), Welcome)
+
+
+def test_silent_agents_are_forgotten_and_their_unused_names_freed(make_exchange: Any, clock: FakeClock) -> None:
+    exchange = make_exchange(prompt="", max_agents_per_address=1)
+    assert isinstance(exchange.handle(b"p1", Hello(name="ghost"), address=LOOPBACK), Welcome)
+    clock.advance(FORGET_AFTER_HEARTBEATS * HEARTBEAT + 1)
+    tick(exchange)
+    assert "ghost" not in exchange.agents
+    assert isinstance(exchange.handle(b"p2", Hello(name="ghost"), address=LOOPBACK), Welcome)
 
 
 def test_liveness_follows_the_last_message(make_exchange: Any, clock: FakeClock) -> None:
@@ -174,6 +224,88 @@ def test_a_round_closes_early_once_every_live_participant_bid(make_exchange: Any
     exchange.handle(b"b", Ping())
     results = [m for m in tick(exchange) if isinstance(m, RoundResult)]
     assert [(r.round, sorted(r.bids)) for r in results] == [(number, ["a", "b"])]
+
+
+def results(broadcasts: list[Message]) -> list[RoundResult]:
+    return [m for m in broadcasts if isinstance(m, RoundResult)]
+
+
+def test_a_registered_agent_that_never_bids_stops_holding_rounds(make_exchange: Any, clock: FakeClock) -> None:
+    exchange = make_exchange(prompt="", round_timeout=10.0)
+    register(exchange, "a", "silent")
+    broadcasts = tick(exchange)
+    for _ in range(2):  # the first rounds of a run wait for everyone live: to their deadline
+        exchange.handle(b"a", bid(opened(broadcasts)[exchange.default_market or ""]))
+        assert results(tick(exchange)) == []
+        clock.advance(2.0)
+        exchange.handle(b"silent", Ping())
+        exchange.handle(b"a", Ping())
+        clock.advance(8.1)
+        exchange.handle(b"silent", Ping())
+        exchange.handle(b"a", Ping())
+        broadcasts = tick(exchange)
+        assert len(results(broadcasts)) == 1
+    # silent never bid: live, but not engaged; the round closes at a's bid
+    exchange.handle(b"a", bid(opened(broadcasts)[exchange.default_market or ""]))
+    assert exchange.has_due() and [r.bids for r in results(tick(exchange))] == [{"a": 1.0}]
+
+
+def test_zero_bids_are_acknowledged_but_left_out_beside_a_positive_bid(make_exchange: Any) -> None:
+    exchange = make_exchange(prompt="", payment="first_price")
+    register(exchange, "payer", "free1", "free2")
+    number = opened(tick(exchange))[exchange.default_market or ""]
+    assert isinstance(exchange.handle(b"payer", bid(number, 1.0)), BidAccepted)
+    for name in ("free1", "free2"):
+        wide = {f"{name}.{k}": 0.25 for k in range(4)}
+        assert isinstance(exchange.handle(name.encode(), bid(number, 0.0, **wide)), BidAccepted)
+    (result,) = results(tick(exchange))
+    assert (result.bids, result.payments, result.balances) == ({"payer": 1.0}, {"payer": 1.0}, {"payer": 1.0})
+    assert result.distribution is not None and result.distribution.tokens == ["x"]
+    assert [b.agent for b in next(exchange.ledger.rounds(exchange.default_market or "")).bids] == ["payer"]
+
+
+def test_when_every_bid_is_zero_each_counts_equally(make_exchange: Any) -> None:
+    exchange = make_exchange(prompt="", mode="greedy")
+    register(exchange, "a", "b")
+    number = opened(tick(exchange))[exchange.default_market or ""]
+    exchange.handle(b"a", bid(number, 0.0, x=1.0))
+    exchange.handle(b"b", bid(number, 0.0, y=1.0))
+    (result,) = results(tick(exchange))
+    assert result.bids == {"a": 0.0, "b": 0.0} and result.balances == {"a": 0.0, "b": 0.0}
+    assert result.distribution is not None and result.distribution.as_mapping() == {"x": 0.5, "y": 0.5}
+
+
+def test_a_rounds_vocabulary_is_capped_for_priced_and_for_zero_bids(make_exchange: Any) -> None:
+    exchange = make_exchange(prompt="", max_round_tokens=3)
+    register(exchange, "a", "b", "c", "d")
+    number = opened(tick(exchange))[exchange.default_market or ""]
+    assert isinstance(exchange.handle(b"a", bid(number, 1.0, x=0.5, y=0.5)), BidAccepted)
+    refused = exchange.handle(b"b", bid(number, 1.0, z=0.5, w=0.5))
+    assert error_code(refused) == "TOO_LARGE" and refused.field == "distribution"  # type: ignore[attr-defined]
+    assert isinstance(exchange.handle(b"b", bid(number, 1.0, x=0.5, z=0.5)), BidAccepted)
+    assert isinstance(exchange.handle(b"c", bid(number, 0.0, p=0.25, q=0.25, r=0.5)), BidAccepted)
+    assert error_code(exchange.handle(b"d", bid(number, 0.0, s=1.0))) == "TOO_LARGE"
+    assert exchange.accounts["b"].reserved == 1.0  # the refusal changed nothing
+
+
+def test_rounds_nobody_was_heard_in_do_not_end_a_market_as_idle(make_exchange: Any, clock: FakeClock) -> None:
+    exchange = make_exchange(prompt="", max_idle_rounds=2, round_timeout=1.0)
+    register(exchange, "a")
+    broadcasts = tick(exchange)
+    for _ in range(3):  # a is paused: rounds go by unattended while it still counts as live
+        assert opened(broadcasts)
+        clock.advance(1.05)
+        broadcasts = tick(exchange)
+        assert not any(isinstance(m, MarketClosed) for m in broadcasts)
+    assert not opened(broadcasts) and not exchange.live_agents()  # nobody there: no round opens
+    exchange.handle(b"a", Ping())  # a is back, and does not bid: now rounds are idle
+    broadcasts = tick(exchange)
+    for _ in range(2):
+        clock.advance(0.5)
+        exchange.handle(b"a", Ping())
+        clock.advance(0.55)
+        broadcasts = tick(exchange)
+    assert [m.reason for m in broadcasts if isinstance(m, MarketClosed)] == ["idle"]
 
 
 def test_admission_checks_in_order_and_refusals_change_nothing(make_exchange: Any) -> None:
@@ -246,8 +378,7 @@ def test_an_exchange_resumes_from_its_ledger(make_exchange: Any) -> None:
     register(again, "a")
     # seqs never repeat: the announced round_open's seq is skipped
     assert [m.seq for m in tick(again) if isinstance(m, RoundOpen)] == [unfinished.seq + 1]
-    sync = again.handle(b"late", SyncRequest(since_seq=0))
-    assert isinstance(sync, SyncReply) and [r.round for r in sync.results] == [1, 2, 3]
+    assert [r.round for r in sync(again, SyncRequest(since_seq=0)).results] == [1, 2, 3]
     with pytest.raises(LedgerError, match="different payment"):
         make_exchange(prompt="P:", payment="second_price")
 
@@ -261,11 +392,11 @@ def test_sync_results_are_paged_by_bytes_and_always_make_progress(make_exchange:
             exchange.handle(b"a", bid(number))
         broadcasts = tick(exchange)
     market = exchange.default_market or ""
-    one_result = len(encode(exchange.ledger.results_since(market, 0, 1, 10**9)[0][0]))
+    one_result = len(exchange.ledger.results_since(market, 0, 1, 10**9)[0][0])
 
     def page(max_bytes: int) -> tuple[list[int], bool]:
         results, more = exchange.ledger.results_since(market, 0, 100, max_bytes)
-        return [r.round for r in results], more
+        return [decode(r).round for r in results], more  # type: ignore[attr-defined]
 
     assert page(2 * one_result + 1) == ([1, 2], True)
     assert page(1) == ([1], True)  # a result larger than the budget still goes, alone
@@ -365,8 +496,8 @@ def test_operators_open_and_close_markets_others_may_not(make_exchange: Any) -> 
     assert isinstance(closed, MarketStatusReply) and closed.status.closed == "operator"
     assert exchange.accounts["a"].reserved == 0.0  # the abandoned round's bid is released
     assert [type(n).__name__ for n in drained(exchange)] == ["MarketClosed", "MarketEnded"]
-    sync = exchange.handle(b"late", SyncRequest(market="hawaii"))
-    assert isinstance(sync, SyncReply) and sync.closed is not None and sync.closed.reason == "operator"
+    closed_sync = sync(exchange, SyncRequest(market="hawaii"))
+    assert closed_sync.closed is not None and closed_sync.closed.reason == "operator"
     listing = exchange.handle(b"anyone", ListMarkets())
     assert isinstance(listing, MarketList) and [(s.market.id, s.closed) for s in listing.markets] == [
         ("hawaii", "operator")
@@ -388,5 +519,5 @@ def test_requests_without_a_market_go_to_the_default_one(make_exchange: Any) -> 
     register(empty, "a")
     assert error_code(empty.handle(b"a", bid(1))) == "UNKNOWN_MARKET"
     assert error_code(empty.handle(b"a", bid(1, market="nowhere"))) == "UNKNOWN_MARKET"
-    assert error_code(empty.handle(b"a", SyncRequest())) == "UNKNOWN_MARKET"
+    assert error_code(empty.handle(b"a", SyncRequest())) == "UNKNOWN_MARKET"  # type: ignore[arg-type]
     assert not empty.finished  # an empty exchange waits for operators

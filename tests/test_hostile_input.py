@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import time
+
+import msgpack
 
 from protocol import decode, encode
 from protocol.messages import BidAccepted, Error, Hello, Ping, SealedBid, Welcome
@@ -10,6 +13,7 @@ from tests.helpers import BID, MarketRun, RawPeer, open_round, read_ledger, run_
 from tests.hostile_corpus import DROPPED, corpus
 
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+BID_MAP = {"tokens": ["x"], "probs": [1.0]}
 
 
 def test_every_hostile_message_gets_its_code_and_changes_nothing(market_run: MarketRun) -> None:
@@ -46,6 +50,18 @@ def test_every_hostile_message_gets_its_code_and_changes_nothing(market_run: Mar
         assert isinstance(replayed, Error) and replayed.code == "ROUND_CLOSED"
         assert unregistered.request(SealedBid(round=current, distribution=BID, bid=1.0)).code == "NOT_REGISTERED"
         assert unregistered.request(Ping()).code == "NOT_REGISTERED"
+        # impersonation: an honest agent's name without its resume secret
+        assert unregistered.request(Hello(name="honest1")).code == "NAME_TAKEN"
+        # a refusal names the request it answers, even when the request was refused while decoding
+        for refused in (
+            {"v": 2, "type": "ping", "id": 71},
+            {"v": 1, "type": "steal_funds", "id": 72},
+            {"v": 1, "type": "sealed_bid", "round": current, "bid": math.nan, "distribution": BID_MAP, "id": 73},
+            {"v": 1, "type": "sealed_bid", "round": "1", "bid": 1.0, "distribution": BID_MAP, "id": 74},
+        ):
+            mallory.send(msgpack.packb(refused))
+            reply = mallory.receive()
+            assert isinstance(reply, Error) and reply.re == refused["id"], refused
         # The oversized frame: the transport drops the connection; nothing answers it.
         oversized = next(frames for _, frames, expected in entries if expected == DROPPED)
         mallory.send(*oversized)

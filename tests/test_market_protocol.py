@@ -114,9 +114,9 @@ async def test_late_joiner_catches_up_and_bids(market_run: MarketRun) -> None:
 
 
 async def test_subscriber_that_missed_broadcasts_resyncs(market_run: MarketRun, peer: RawPeer) -> None:
-    # A registered agent that never bids (kept live by a long heartbeat) makes every round last 0.3 s.
-    market_run.serve("--min-agents", "2", "--max-tokens", "12", "--round-timeout", "0.3", "--heartbeat", "5")
-    welcome = peer.request(Hello(name="silent"))
+    # A pause of 0.3 s between rounds: the follower's link is down for about three of them.
+    market_run.serve("--min-agents", "1", "--max-tokens", "12", "--round-pause", "0.3", "--heartbeat", "5")
+    welcome = peer.request(Hello(name="observer"))
     assert isinstance(welcome, Welcome) and welcome.market is not None
     market_run.agent("steady", *static_agent("a=0.5,b=0.5", 1))
     context = zmq.asyncio.Context()

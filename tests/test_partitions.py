@@ -120,6 +120,7 @@ def test_partitioned_agent_misses_rounds_resyncs_and_bids_again(hosts: Hosts, tm
                 "0.1",
                 "--heartbeat",
                 "0.2",
+                "--insecure",  # the namespaces' addresses are not loopback; this test is about partitions
             ],
             tmp_path / "auctioneer.log",
         )

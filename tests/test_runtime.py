@@ -110,6 +110,7 @@ async def test_rounds_larger_than_a_request_still_sync_and_followers_catch_up(tm
         max_tokens=3,
         round_timeout=30,
         max_support=support,
+        max_round_tokens=2 * support,
         max_message_bytes=16 * 2**20,
         heartbeat_interval=1.0,
     )
@@ -137,7 +138,7 @@ async def test_rounds_larger_than_a_request_still_sync_and_followers_catch_up(tm
             client.close()
             context.term()
         assert isinstance(reply, SyncReply)
-        assert [r.round for r in reply.results] == [1, 2]
+        assert [r.round for r in reply.results] == [1] and reply.more  # a page holds one result at least
         assert len(encode(reply.results[0])) > 4 * 2**20
         await follow_market(None, settings.market, settings.feed, seen.append)
         reports = await trading

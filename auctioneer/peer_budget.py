@@ -1,0 +1,114 @@
+"""Fair service between the auctioneer's peers: budgets per connection, and warnings about failing
+peers that cannot flood the log.
+
+Each connection (keyed by its routing id) has two token buckets, refilled continuously up to a burst:
+
+- **requests**: one unit per request plus one per KiB it carries, at ``peer_rate`` units a second. A
+  request that arrives while its connection's bucket is empty is dropped before it is decoded and
+  gets no reply (the client's timeout and retry apply);
+- **sync replies**: the KiB of ``sync_reply`` a connection is sent, at :data:`SYNC_KIB_RATE` a second
+  after a burst of :data:`SYNC_KIB_BURST`. A ``sync_request`` while it is exhausted is answered
+  ``LIMIT_REACHED`` at once. This bounds what a peer that never reads its replies makes the
+  auctioneer hold, and the ledger reads it makes it do.
+
+Buckets that have refilled are forgotten, so connections that went quiet take no memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+
+KIB = 1024
+SYNC_KIB_RATE = 4 * 1024  # 4 MiB of sync replies a second per connection
+SYNC_KIB_BURST = 16 * 1024
+REQUEST_BURST_SECONDS = 2.0
+PRUNE_AT = 10_000  # buckets kept before the refilled ones are swept away
+
+
+class TokenBuckets:
+    """A token bucket per peer: ``rate`` units a second, at most ``burst`` saved."""
+
+    def __init__(self, rate: float, burst: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self._buckets: dict[bytes, list[float]] = {}  # peer -> [units left, when last refilled]
+        self._prune_at = PRUNE_AT
+
+    def _refilled(self, peer: bytes) -> list[float]:
+        now = self.clock()
+        bucket = self._buckets.get(peer)
+        if bucket is None:
+            if len(self._buckets) >= self._prune_at:
+                self._prune(now)
+            bucket = self._buckets[peer] = [self.burst, now]
+        else:
+            bucket[0] = min(self.burst, bucket[0] + (now - bucket[1]) * self.rate)
+            bucket[1] = now
+        return bucket
+
+    def take(self, peer: bytes, cost: float) -> bool:
+        """Spend ``cost`` if the peer has at least one unit left (it may then go below zero, and waits)."""
+        bucket = self._refilled(peer)
+        if bucket[0] < 1.0:
+            return False
+        bucket[0] -= cost
+        return True
+
+    def spend(self, peer: bytes, cost: float) -> None:
+        """Spend ``cost`` after the fact (what a reply turned out to cost)."""
+        self._refilled(peer)[0] -= cost
+
+    def _prune(self, now: float) -> None:
+        """Forget buckets that have refilled (a full bucket is what a new peer gets anyway)."""
+        self._buckets = {
+            peer: bucket
+            for peer, bucket in self._buckets.items()
+            if bucket[0] + (now - bucket[1]) * self.rate < self.burst
+        }
+        self._prune_at = max(PRUNE_AT, 2 * len(self._buckets))
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+class PeerBudgets:
+    """Both budgets of every connection."""
+
+    def __init__(self, request_rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.requests = TokenBuckets(request_rate, request_rate * REQUEST_BURST_SECONDS, clock)
+        self.sync = TokenBuckets(SYNC_KIB_RATE, SYNC_KIB_BURST, clock)
+
+    def admit_request(self, peer: bytes, size: int) -> bool:
+        return self.requests.take(peer, 1.0 + size / KIB)
+
+    def admit_sync(self, peer: bytes) -> bool:
+        return self.sync.take(peer, 0.0)
+
+    def sync_sent(self, peer: bytes, size: int) -> None:
+        self.sync.spend(peer, size / KIB)
+
+
+class ThrottledWarnings:
+    """Counts repeated failures by kind and logs them at most once per ``interval`` seconds."""
+
+    def __init__(
+        self, logger: logging.Logger, interval: float = 10.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.logger = logger
+        self.interval = interval
+        self.clock = clock
+        self._counts: Counter[str] = Counter()
+        self._since = clock() - interval  # the first failure is logged at once
+
+    def note(self, what: str) -> None:
+        self._counts[what] += 1
+        now = self.clock()
+        if now - self._since >= self.interval:
+            for kind, count in self._counts.items():
+                self.logger.warning("%s: %d in the last %.0f s", kind, count, min(now - self._since, self.interval))
+            self._counts.clear()
+            self._since = now

@@ -1,7 +1,8 @@
-"""Many agents in one process, for load tests (the command is ``python -m cli.swarm``).
+"""Many agents in one process: load tests (the command is ``python -m cli.swarm``), or agents that
+share one loaded model (:func:`run_agents`, see ``examples/shared_model.py``).
 
-Each agent is a full :class:`AgentRuntime` (its own DEALER and SUB) on one shared ZeroMQ context,
-bidding a random static distribution over ``support`` tokens. :func:`summary` says, per agent, how
+Each agent is a full :class:`AgentRuntime` (its own DEALER and SUB) on one shared ZeroMQ context;
+the load-test swarm's bid random static distributions over ``support`` tokens. :func:`summary` says, per agent, how
 many results it received and how its bids were answered, to check nothing was lost.
 """
 
@@ -10,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import zmq.asyncio
 
+from agent_client.agent import Agent
 from agent_client.builtin import StaticAgent
 from agent_client.runtime import AgentReport, AgentRuntime
 
@@ -28,19 +31,11 @@ def random_distribution(rng: np.random.Generator, support: int, vocabulary: int)
     return {f" w{t}": float(p) for t, p in zip(tokens, probs, strict=True)}
 
 
-async def run_swarm(market: str, feed: str, count: int, prefix: str, support: int, seed: int) -> list[AgentReport]:
-    rng = np.random.default_rng(seed)
+async def run_agents(agents: Mapping[str, Agent], market: str, feed: str) -> list[AgentReport]:
+    """Run every agent (name -> agent) as its own runtime in this process, on one ZeroMQ context,
+    until their markets close; their reports in the same order."""
     context = zmq.asyncio.Context()
-    runtimes = [
-        AgentRuntime(
-            StaticAgent(random_distribution(rng, support, 4 * support), float(rng.uniform(0.5, 2.0))),
-            f"{prefix}{i}",
-            market,
-            feed,
-            context=context,
-        )
-        for i in range(count)
-    ]
+    runtimes = [AgentRuntime(agent, name, market, feed, context=context) for name, agent in agents.items()]
     try:
         outcomes = await asyncio.gather(*(r.run() for r in runtimes), return_exceptions=True)
     finally:
@@ -49,6 +44,16 @@ async def run_swarm(market: str, feed: str, count: int, prefix: str, support: in
         if isinstance(outcome, BaseException):
             log.error("agent %s stopped: %s", runtime.name, outcome)
     return [runtime.report for runtime in runtimes]
+
+
+async def run_swarm(market: str, feed: str, count: int, prefix: str, support: int, seed: int) -> list[AgentReport]:
+    """``count`` static agents bidding random distributions over ``support`` tokens."""
+    rng = np.random.default_rng(seed)
+    agents = {
+        f"{prefix}{i}": StaticAgent(random_distribution(rng, support, 4 * support), float(rng.uniform(0.5, 2.0)))
+        for i in range(count)
+    }
+    return await run_agents(agents, market, feed)
 
 
 def summary(report: AgentReport) -> dict[str, Any]:

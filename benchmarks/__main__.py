@@ -11,10 +11,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import codec, exchange, market, mechanism
+from benchmarks import codec, exchange, llm, market, mechanism
 from benchmarks.timing import Figure
 
-SECTIONS = {"mechanism": mechanism.run, "codec": codec.run, "market": market.run, "exchange": exchange.run}
+SECTIONS = {
+    "mechanism": mechanism.run,
+    "codec": codec.run,
+    "market": market.run,
+    "exchange": exchange.run,
+    "llm": llm.run,
+}
 
 
 def main() -> int:

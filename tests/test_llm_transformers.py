@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 torch = pytest.importorskip("torch", reason="the [llm] extra (torch, transformers) is not installed")
-transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
+pytest.importorskip("transformers")
 
-from agent_client.llm.hf import TransformersModel  # noqa: E402
+from agent_client.llm.hf import TransformersAgent, TransformersModel  # noqa: E402
+from benchmarks.llm import build_random_gpt2  # noqa: E402
 from tests.helpers import MarketRun, read_ledger, static_agent  # noqa: E402
 
 CORPUS = [
@@ -23,21 +25,8 @@ CORPUS = [
 
 @pytest.fixture(scope="module")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    trainer = tokenizers.trainers.BpeTrainer(vocab_size=200, special_tokens=["<|endoftext|>"])
-    tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
-    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tokenizer.decoder = tokenizers.decoders.ByteLevel()
-    tokenizer.train_from_iterator(CORPUS, trainer)
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
-    )
-    torch.manual_seed(0)
-    config = transformers.GPT2Config(vocab_size=fast.vocab_size, n_positions=64, n_embd=32, n_layer=2, n_head=2)
-    model = transformers.GPT2LMHeadModel(config)
     directory = tmp_path_factory.mktemp("tiny-gpt2")
-    model.save_pretrained(directory)
-    fast.save_pretrained(directory)
-    return directory
+    return build_random_gpt2(directory, CORPUS, vocabulary=200, n_layer=2, n_embd=32, n_head=2, positions=512)
 
 
 def test_distribution_over_decoded_tokens(tiny_model_dir: Path) -> None:
@@ -74,3 +63,68 @@ def test_a_transformers_agent_bids_in_a_live_market(tiny_model_dir: Path, market
     assert market_run.wait(120) == [0, 0, 0], market_run.logs()
     rounds = read_ledger(market_run.db)["rounds"]
     assert all(len(r["bids"]["gpt"]["distribution"]) <= 10 for r in rounds)
+
+
+def held_ids(model: TransformersModel) -> list[list[int]]:
+    """The ids of every text the model holds a cache for, most recently used last."""
+    return [entry.ids for entry in model._cached]
+
+
+def test_the_cache_gives_the_full_recomputation_over_a_200_token_market(tiny_model_dir: Path) -> None:
+    model = TransformersModel(str(tiny_model_dir), top_k=20)
+    text, worst, fed = "Vacations in", 0.0, []
+    for _ in range(200):
+        before = len(held_ids(model)[-1]) if model._cached else 0
+        cached = torch.softmax(model.next_token_logits(text), dim=-1)
+        fed.append(len(held_ids(model)[-1]) - before)
+        full = torch.softmax(model.full_logits(text), dim=-1)
+        worst = max(worst, float((cached - full).abs().max()))
+        distribution = model.next_token_distribution(text)
+        text += max(distribution, key=distribution.__getitem__)  # the market's greedy draw
+    assert worst < 1e-5
+    assert len(model.token_ids(text)) >= 200 and len(held_ids(model)) == 1
+    assert sum(fed[1:]) / len(fed[1:]) < 3  # a few ids per round after the first, not the whole text
+
+
+def test_a_seam_the_tokenizer_merges_differently_is_recomputed_exactly(tiny_model_dir: Path) -> None:
+    model = TransformersModel(str(tiny_model_dir))
+    first, second = "Vacations in Haw", "Vacations in Hawaii"
+    ids_first, ids_second = model.token_ids(first), model.token_ids(second)
+    assert ids_second[: len(ids_first)] != ids_first  # " Haw" + "aii" is not " Haw" then more ids
+    model.next_token_logits(first)
+    cached = model.next_token_logits(second)
+    assert held_ids(model) == [ids_second]  # the one cache, cropped at the seam and extended
+    assert torch.allclose(torch.softmax(cached, -1), torch.softmax(model.full_logits(second), -1), atol=1e-6)
+
+
+def test_texts_of_several_markets_keep_their_own_caches(tiny_model_dir: Path) -> None:
+    model = TransformersModel(str(tiny_model_dir), cached_texts=2)
+    hawaii, resort, agents = "Vacations in Hawaii", "Stay at Beta Resort", "Generative AI agents"
+    for text in (hawaii, resort, hawaii + " with", resort + " by"):
+        assert torch.allclose(model.next_token_logits(text), model.full_logits(text), atol=1e-4)
+    assert held_ids(model) == [model.token_ids(hawaii + " with"), model.token_ids(resort + " by")]
+    model.next_token_logits(agents)  # a third text evicts the least recently used
+    assert held_ids(model) == [model.token_ids(resort + " by"), model.token_ids(agents)]
+
+
+def test_agents_share_one_loaded_model_with_their_own_caches(tiny_model_dir: Path) -> None:
+    base = TransformersModel(str(tiny_model_dir), top_k=10)
+    alpha = TransformersAgent(base, instruction="Alpha Airlines. ", top_k=5)
+    beta = TransformersAgent(base, instruction="Beta Resort. ")
+    assert alpha.model.model is base.model is beta.model.model  # the weights, loaded once
+    a = alpha.model.next_token_distribution("Alpha Airlines. Vacations in")
+    b = beta.model.next_token_distribution("Beta Resort. Vacations in")
+    assert len(a) <= 5 and a == TransformersModel(str(tiny_model_dir), top_k=5).next_token_distribution(
+        "Alpha Airlines. Vacations in"
+    )
+    assert b != a and held_ids(alpha.model) != held_ids(beta.model)
+
+
+def test_agents_sharing_one_model_trade_in_one_process(tiny_model_dir: Path, market_run: MarketRun) -> None:
+    market_run.serve("--min-agents", "3", "--max-tokens", "4", "--prompt", "Vacations in", "--round-timeout", "20")
+    command = [sys.executable, "-m", "examples.shared_model", "--market", market_run.market, "--feed", market_run.feed]
+    shared = subprocess.run([*command, "--model", str(tiny_model_dir)], capture_output=True, text=True, timeout=180)
+    assert shared.returncode == 0, shared.stderr[-3000:]
+    rounds = read_ledger(market_run.db)["rounds"]
+    assert len(rounds) == 4 and all(set(r["bids"]) == {"alpha", "beta", "gamma"} for r in rounds)
+    assert shared.stdout.count("verification failures 0") == 3

@@ -3,13 +3,46 @@
 Any causal LM by hub name or local path (``TransformersAgent(model="gpt2")`` or a directory written
 by ``save_pretrained``). The distribution is the softmax of the last position's logits over decoded
 token strings, shaped by temperature, top-k and top-p (:func:`shape_distribution`).
+
+**The cache.** The model keeps key/value caches between calls, one per recent text (``cached_texts``,
+so an agent in several markets keeps one per market). Each call tokenises the whole text, takes the
+cache with the longest common prefix of token ids, crops it to that prefix and feeds only the ids
+after it: round n of a market costs one token's work, not n. Because ids are compared (not
+strings), a seam the tokenizer merges differently once a token is appended (``" Haw"`` + ``"aii"``
+becoming ``" Hawaii"``) is recomputed exactly from the first id that changed.
+
+Several agents can share one loaded model, each with its own caches: :meth:`TransformersModel.fork`.
 """
 
 from __future__ import annotations
 
+import inspect
+import logging
+import threading
+from dataclasses import dataclass
 from typing import Any
 
 from agent_client.llm.agent import LLMAgent, shape_distribution
+
+log = logging.getLogger(__name__)
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    """How many leading ids ``a`` and ``b`` share."""
+    n = min(len(a), len(b))
+    for i in range(n):
+        if a[i] != b[i]:
+            return i
+    return n
+
+
+@dataclass
+class CachedText:
+    """The key/value cache of one text's ids, and the next-token logits after them."""
+
+    ids: list[int]
+    cache: Any
+    logits: Any
 
 
 class TransformersModel:
@@ -23,6 +56,7 @@ class TransformersModel:
         top_k: int | None = 50,
         top_p: float | None = None,
         device: str = "cpu",
+        cached_texts: int = 8,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -32,6 +66,8 @@ class TransformersModel:
             model = AutoModelForCausalLM.from_pretrained(model)
         if tokenizer is None:
             raise ValueError("pass the tokenizer along with a loaded model")
+        if cached_texts < 1:
+            raise ValueError("cached_texts must be at least 1")
         self.torch = torch
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
@@ -39,34 +75,109 @@ class TransformersModel:
         self.temperature = temperature
         self.top_k = top_k
         self.top_p = top_p
+        self.cached_texts = cached_texts
+        # Newer transformers name the argument ``cache``; older ones ``past_key_values``.
+        self._cache_argument = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        self._cached: list[CachedText] = []  # most recently used last
+        self._lock = threading.Lock()  # one forward pass at a time (the runtime calls from threads)
+        self._decoded: dict[int, str] = {}
+
+    def fork(self, **shaping: Any) -> TransformersModel:
+        """Another model over the same loaded weights and tokenizer, with its own caches; ``shaping``
+        overrides temperature, top_k or top_p. Agents that share a base model (each with its own
+        instruction) can then run in one process with the weights loaded once."""
+        settings = {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p, **shaping}
+        return TransformersModel(
+            self.model, self.tokenizer, device=self.device, cached_texts=self.cached_texts, **settings
+        )
+
+    def token_ids(self, text: str) -> list[int]:
+        ids: list[int] = self.tokenizer(text).input_ids
+        if not ids:
+            ids = [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else 0]
+        return ids
+
+    def next_token_logits(self, text: str) -> Any:
+        """The last position's logits (float32) after ``text``, reusing the cache where ids agree."""
+        ids = self.token_ids(text)
+        with self._lock:
+            return self._logits_after(ids)
+
+    def _logits_after(self, ids: list[int]) -> Any:
+        from transformers import DynamicCache
+
+        best, shared = None, 0
+        for entry in self._cached:
+            length = common_prefix_length(entry.ids, ids)
+            if length > shared:
+                best, shared = entry, length
+        if best is not None and shared == len(ids) == len(best.ids):
+            self._touch(best)
+            return best.logits
+        keep = min(shared, len(ids) - 1)  # at least one id is fed, to get its logits
+        if best is None or keep == 0:
+            entry = CachedText([], DynamicCache(), None)
+            keep = 0
+        else:
+            entry = best
+            if keep < len(entry.ids):
+                entry.cache.crop(keep - len(entry.ids))  # negative: drop that many (any transformers version)
+        fresh = self.torch.tensor([ids[keep:]], device=self.device)
+        with self.torch.no_grad():
+            output = self.model(input_ids=fresh, use_cache=True, **{self._cache_argument: entry.cache})
+        entry.ids, entry.logits = ids, output.logits[0, -1].float()  # (the cache was extended in place)
+        self._touch(entry)
+        return entry.logits
+
+    def _touch(self, entry: CachedText) -> None:
+        """Mark ``entry`` most recently used; forget the least recently used beyond ``cached_texts``."""
+        if entry in self._cached:
+            self._cached.remove(entry)
+        self._cached.append(entry)
+        del self._cached[: -self.cached_texts]
+
+    def full_logits(self, text: str) -> Any:
+        """The same logits from a full forward pass without any cache (the reference for tests)."""
+        ids = self.torch.tensor([self.token_ids(text)], device=self.device)
+        with self.torch.no_grad():
+            return self.model(input_ids=ids, use_cache=False).logits[0, -1].float()
+
+    def decoded(self, token_id: int) -> str:
+        """A token id's text, decoded once."""
+        text = self._decoded.get(token_id)
+        if text is None:
+            text = self._decoded[token_id] = self.tokenizer.decode([token_id])
+        return text
 
     def next_token_distribution(self, text: str) -> dict[str, float]:
-        ids = self.tokenizer(text, return_tensors="pt").input_ids.to(self.device)
-        if ids.shape[1] == 0:
-            start = self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else 0
-            ids = self.torch.tensor([[start]], device=self.device)
-        with self.torch.no_grad():
-            logits = self.model(ids).logits[0, -1].float()
-        logprobs = self.torch.log_softmax(logits, dim=-1)
+        logprobs = self.torch.log_softmax(self.next_token_logits(text), dim=-1)
         k = min(self.top_k or logprobs.shape[0], logprobs.shape[0])
         top = self.torch.topk(logprobs, k)
         pairs = [
-            (self.tokenizer.decode([token_id]), float(logprob))
+            (self.decoded(token_id), float(logprob))
             for token_id, logprob in zip(top.indices.tolist(), top.values.tolist(), strict=True)
         ]
         return shape_distribution(pairs, self.temperature, self.top_k, self.top_p)
 
 
 class TransformersAgent(LLMAgent):
-    """``--agent agent_client.llm.hf:TransformersAgent --param model=gpt2 --param bid=1``."""
+    """``--agent agent_client.llm.hf:TransformersAgent --param model=gpt2 --param bid=1``.
+
+    ``model`` may also be a loaded :class:`TransformersModel`: its weights are shared, see
+    :meth:`TransformersModel.fork`.
+    """
 
     def __init__(
         self,
-        model: str,
+        model: str | TransformersModel,
         bid: float = 1.0,
         instruction: str = "",
         temperature: float = 1.0,
         top_k: int | None = 50,
         top_p: float | None = None,
     ) -> None:
-        super().__init__(TransformersModel(model, None, temperature, top_k, top_p), bid, instruction)
+        if isinstance(model, TransformersModel):
+            loaded = model.fork(temperature=temperature, top_k=top_k, top_p=top_p)
+        else:
+            loaded = TransformersModel(model, None, temperature, top_k, top_p)
+        super().__init__(loaded, bid, instruction)

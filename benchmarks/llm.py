@@ -1,0 +1,166 @@
+"""LLM agent benchmark: what a market costs a real model, against the model's own generation.
+
+A random GPT-2 (4 layers, 256 wide, vocabulary 5,000, a byte-level BPE tokenizer trained here on
+synthetic words; nothing is downloaded) stands in for an LLM: the timings depend on its shape, not
+on its weights.
+
+- ``llm_market_over_generate``: tokens per second of a one-agent market (a real ``auctioneer serve``
+  and a ``TransformersAgent`` process, greedy draw) over the same model's ``generate()`` with its
+  cache. The market's rate is taken between its first and last committed rounds (the agent's model
+  loading is not counted).
+- ``llm_round_cost_400_over_20``: the agent's time per round (one ``next_token_distribution`` call
+  after the previous round's text) at a text of 400 tokens over one of 20. With the key/value cache
+  kept between rounds it stays flat; recomputing the whole text, it grows with the length
+  (``llm_round_cost_400_over_20_uncached`` is the same ratio without the cache, for comparison).
+"""
+
+from __future__ import annotations
+
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from auctioneer.ledger import Ledger
+from benchmarks.timing import Figure
+from simulation.processes import LocalMarket
+
+SHAPE = {"n_layer": 4, "n_embd": 256, "n_head": 4}
+VOCABULARY = 5000
+
+
+def synthetic_corpus(words: int, seed: int = 0) -> list[str]:
+    """Sentences of random pronounceable words, enough for a BPE of a few thousand merges."""
+    rng = random.Random(seed)
+    syllables = [c + v for c in "bcdfghklmnprstvwz" for v in "aeiou"]
+    lexicon = ["".join(rng.choice(syllables) for _ in range(rng.randint(1, 4))) for _ in range(words)]
+    return [" ".join(rng.choice(lexicon) for _ in range(12)) for _ in range(words)]
+
+
+def build_random_gpt2(
+    directory: Path, corpus: list[str], vocabulary: int, n_layer: int, n_embd: int, n_head: int, positions: int
+) -> Path:
+    """Save a GPT-2 with random weights and a byte-level BPE trained on ``corpus`` to ``directory``."""
+    import tokenizers
+    import torch
+    import transformers
+
+    trainer = tokenizers.trainers.BpeTrainer(vocab_size=vocabulary, special_tokens=["<|endoftext|>"])
+    tokenizer = tokenizers.Tokenizer(tokenizers.models.BPE())
+    tokenizer.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = tokenizers.decoders.ByteLevel()
+    tokenizer.train_from_iterator(corpus, trainer)
+    fast = transformers.PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=tokenizer, bos_token="<|endoftext|>", eos_token="<|endoftext|>"
+    )
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(
+        vocab_size=fast.vocab_size, n_positions=positions, n_embd=n_embd, n_layer=n_layer, n_head=n_head
+    )
+    transformers.GPT2LMHeadModel(config).save_pretrained(directory)
+    fast.save_pretrained(directory)
+    return directory
+
+
+def generate_rate(model_dir: Path, prompt: str, tokens: int) -> float:
+    """Tokens per second of the model's own greedy ``generate()`` with its cache (best of 3)."""
+    import torch
+    import transformers
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
+    model.eval()  # type: ignore[no-untyped-call]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    ids = tokenizer(prompt, return_tensors="pt").input_ids
+    best = float("inf")
+    for _ in range(3):
+        start = time.perf_counter()
+        with torch.no_grad():
+            model.generate(
+                ids,
+                max_new_tokens=tokens,
+                min_new_tokens=tokens,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=tokenizer.eos_token_id,
+            )
+        best = min(best, time.perf_counter() - start)
+    return tokens / best
+
+
+def market_rate(model_dir: Path, prompt: str, tokens: int, scratch: Path) -> float:
+    """Committed rounds per second of a one-agent market driven by a ``TransformersAgent``."""
+    db = Path(tempfile.mkdtemp(dir=scratch)) / "llm-market.db"
+    market = LocalMarket()
+    serve = ["--prompt", prompt, "--min-agents", "1", "--max-tokens", str(tokens), "--mode", "greedy"]
+    market.start_auctioneer(db, [*serve, "--round-timeout", "60", "--heartbeat", "5"])
+    agent = ["--agent", "agent_client.llm.hf:TransformersAgent", "--param", f"model={model_dir}"]
+    market.start_agent("llm", [*agent, "--param", "bid=1", "--param", "top_k=50"])
+    try:
+        codes = market.wait(timeout=600)
+    finally:
+        market.stop()
+    if codes != [0, 0]:
+        raise RuntimeError(f"the LLM market did not finish cleanly: exit codes {codes}")
+    with Ledger.open_existing(db) as ledger:
+        (market_id,) = [m.id for m in ledger.markets()]
+        times = [stored.committed_at for stored in ledger.rounds(market_id)]
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+def round_cost(model: Any, texts: list[str], length: int, repeats: int = 7) -> float:
+    """Median seconds of one round at ``length`` tokens: the call after the previous round's text."""
+    samples = []
+    for _ in range(repeats):
+        model.next_token_distribution(texts[length - 2])
+        start = time.perf_counter()
+        model.next_token_distribution(texts[length - 1])
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def growing_texts(model: Any, prompt: str, length: int) -> list[str]:
+    """``texts[k]`` is a text of k + 1 tokens: the prompt's first token, then random tokens."""
+    rng = random.Random(1)
+    ids = model.token_ids(prompt)[:1]
+    while len(ids) < length:
+        ids.append(rng.randrange(256, len(model.tokenizer) - 1))
+    return [model.tokenizer.decode(ids[: k + 1]) for k in range(length)]
+
+
+def cost_ratios(model_dir: Path, prompt: str) -> tuple[float, float]:
+    """Round cost at 400 tokens over 20, with the cache kept and with the whole text recomputed."""
+    from agent_client.llm.hf import TransformersModel
+
+    model = TransformersModel(str(model_dir))
+    texts = growing_texts(model, prompt, 400)
+    cached = round_cost(model, texts, 400) / round_cost(model, texts, 20)
+
+    def uncached(length: int) -> float:
+        samples = []
+        for _ in range(7):
+            start = time.perf_counter()
+            model.full_logits(texts[length - 1])
+            samples.append(time.perf_counter() - start)
+        return statistics.median(samples)
+
+    return cached, uncached(400) / uncached(20)
+
+
+def run(quick: bool = False) -> list[Figure]:
+    tokens = 60 if quick else 200
+    prompt = "Vacations in Hawaii:"
+    with tempfile.TemporaryDirectory(prefix="token-auction-llm-") as directory:
+        scratch = Path(directory)
+        model_dir = build_random_gpt2(scratch / "model", synthetic_corpus(4000), VOCABULARY, **SHAPE, positions=1024)
+        generated = generate_rate(model_dir, prompt, tokens)
+        marketed = market_rate(model_dir, prompt, tokens, scratch)
+        cached, uncached = cost_ratios(model_dir, prompt)
+    return [
+        Figure("llm", "llm_generate_tokens_per_s", f"generate() with cache, {tokens} tokens", generated, "tokens/s"),
+        Figure("llm", "llm_market_tokens_per_s", f"one-agent market, {tokens} rounds", marketed, "tokens/s"),
+        Figure("llm", "llm_market_over_generate", "market / generate() (target >= 0.5)", marketed / generated, "x"),
+        Figure("llm", "llm_round_cost_400_over_20", "round at 400 tokens / at 20 (target <= 1.5)", cached, "x"),
+        Figure("llm", "llm_round_cost_400_over_20_uncached", "same, whole text recomputed", uncached, "x"),
+    ]

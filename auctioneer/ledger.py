@@ -27,7 +27,8 @@ import json
 import logging
 import os
 import sqlite3
-from collections.abc import Iterator, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -188,6 +189,7 @@ class Ledger:
         """``durable=False`` skips fsync (for simulations, where a crash just means running again)."""
         self.path = path
         self._wal = path.with_name(path.name + "-wal")
+        self.on_commit: Callable[[float], None] | None = None  # told each commit's duration, in seconds
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -366,6 +368,7 @@ class Ledger:
         """Write ``rounds`` (committed at ``committed_at``, Unix seconds), the markets' ``closings``,
         ``accounts`` (agent -> (budget, reserved)), name ``bindings`` (agent -> secret hash) and the
         exchange's notice seq in one transaction. :class:`LedgerError` if it cannot be made durable."""
+        started = time.perf_counter()
         self.check_files()
         with self._transaction() as db:
             self._write_rounds(db, rounds, committed_at)
@@ -390,6 +393,8 @@ class Ledger:
             if rounds:
                 self._set_meta(db, "commits", str(self.commits() + 1))
         self.check_files()
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - started)
 
     @staticmethod
     def _write_rounds(db: sqlite3.Connection, records: Sequence[RoundRecord], committed_at: float) -> None:

@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from auctioneer.exchange import Exchange
 from auctioneer.ledger import Ledger
+from auctioneer.metrics import AuctioneerMetrics
 from auctioneer.security import CurveServer
 from auctioneer.server import AuctioneerServer, EndpointError, Observer
 from auctioneer.settings import ServeSettings
@@ -20,9 +23,15 @@ from protocol.sockets import is_loopback_endpoint
 
 log = logging.getLogger(__name__)
 
+Started = Callable[[Exchange, AuctioneerMetrics], Coroutine[Any, Any, None]]
+"""Runs beside the server once the exchange is up; cancelled when the server stops."""
+
 
 async def serve(
-    settings: ServeSettings, observer: Observer | None = None, stop: asyncio.Event | None = None
+    settings: ServeSettings,
+    observer: Observer | None = None,
+    stop: asyncio.Event | None = None,
+    started: Started | None = None,
 ) -> Exchange:
     """Serve the exchange of ``settings`` until it is finished or ``stop`` is set; return it, stopped.
 
@@ -30,6 +39,9 @@ async def serve(
     :class:`~protocol.curve.KeyFileError` for unusable keys and
     :class:`~auctioneer.server.EndpointError` for endpoints that cannot be bound, or that other hosts
     could reach without CurveZMQ (unless ``insecure``).
+
+    ``started`` runs beside the server once the exchange is up (the CLI serves its web page and
+    metrics there); it is cancelled when the server stops.
     """
     for endpoint in (settings.market, settings.feed):
         if not is_loopback_endpoint(endpoint) and settings.curve_secret is None:
@@ -44,15 +56,19 @@ async def serve(
     with Ledger(settings.db) as ledger:
         exchange = Exchange(settings, ledger)
         exchange.start()
-        server = AuctioneerServer(exchange, observer)
+        metrics = AuctioneerMetrics(exchange)
+        server = AuctioneerServer(exchange, observer, metrics)
         if curve is not None:
             server.configure_curve(curve)
-        stopper = asyncio.create_task(_stop_when_set(stop, server)) if stop is not None else None
+        helpers = [asyncio.create_task(_stop_when_set(stop, server))] if stop is not None else []
+        if started is not None:
+            helpers.append(asyncio.create_task(started(exchange, metrics)))
         try:
             await server.run()
         finally:
-            if stopper is not None:
-                stopper.cancel()
+            for helper in helpers:
+                helper.cancel()
+            await asyncio.gather(*helpers, return_exceptions=True)
         return exchange
 
 

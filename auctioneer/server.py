@@ -28,6 +28,7 @@ import zmq
 import zmq.asyncio
 
 from auctioneer.exchange import Exchange
+from auctioneer.metrics import AuctioneerMetrics
 from auctioneer.peer_budget import PeerBudgets, ThrottledWarnings
 from auctioneer.security import CurveServer
 from protocol import ErrorCode, ProtocolError, decode, encode
@@ -57,10 +58,13 @@ class EndpointError(Exception):
 class AuctioneerServer:
     """Serves one :class:`Exchange` on a market (ROUTER) and a feed (PUB) endpoint."""
 
-    def __init__(self, exchange: Exchange, observer: Observer | None = None) -> None:
+    def __init__(
+        self, exchange: Exchange, observer: Observer | None = None, metrics: AuctioneerMetrics | None = None
+    ) -> None:
         self.exchange = exchange
         self.settings = exchange.settings
         self.observer = observer
+        self.metrics = metrics
         self._limits = Limits(self.settings.max_message_bytes, self.settings.max_support)
         self._budgets = PeerBudgets(self.settings.peer_rate)
         self._warnings = ThrottledWarnings(log)
@@ -163,6 +167,8 @@ class AuctioneerServer:
         for message, payload in self.exchange.drain():
             self._publish(message, payload)
             published = True
+            if self.metrics is not None:
+                self.metrics.broadcast(message)
             if self.observer is not None:
                 self.observer(message)
         if published:
@@ -242,6 +248,7 @@ class AuctioneerServer:
             return
         envelope = [peer, b""] if len(frames) == 3 and not frames[1].bytes else [peer]
         reply: Message | bytes
+        request_type: str | None = None
         if len(frames) != len(envelope) + 1:
             reply = Error(code=ErrorCode.MALFORMED, message=f"expected one message frame, got {len(frames) - 1}")
         else:
@@ -252,11 +259,15 @@ class AuctioneerServer:
                 request = decode(payload.bytes, self._limits, AUCTIONEER_REQUESTS, precheck)
             except ProtocolError as exc:
                 reply = Error(code=exc.code, message=exc.message, field=exc.field, re=exc.request_id)
+                request_type = exc.request_type
             else:
+                request_type = request.type
                 if isinstance(request, SyncRequest) and not self._budgets.admit_sync(peer):
                     reply = Error(code=ErrorCode.LIMIT_REACHED, message=SYNC_LIMITED, re=request.id)
                 else:
                     reply = self._handle(peer, request, identity, _peer_address(payload))
+        if self.metrics is not None:
+            self.metrics.replied(request_type, reply)
         if isinstance(reply, bytes):
             data = reply
             self._budgets.sync_sent(peer, len(data))

@@ -117,6 +117,9 @@ class ExchangeSettings(BaseModel):
         default_factory=lambda: ["127.0.0.0/8", "::1/128"],
         description="without CurveZMQ, networks whose peers may open and close markets",
     )
+    http: str | None = Field(
+        None, description="HOST:PORT to serve the live dashboard page and /metrics on (default: none)"
+    )
     stay: bool = Field(False, description="keep serving after the last market opened at start closes")
     insecure: bool = Field(
         False, description="allow endpoints reachable from other hosts without CurveZMQ (anyone may connect)"

@@ -23,6 +23,7 @@ from auctioneer.evaluate import RoundInputError
 from auctioneer.ledger import LedgerError
 from auctioneer.server import EndpointError
 from auctioneer.settings import SettingsError
+from dashboard.web import HttpAddressError
 from protocol.curve import KeyFileError
 from simulation.networked import SimulationFailed
 from simulation.scenario import ScenarioError
@@ -42,6 +43,7 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     UsageError,
     AgentLoadError,
     EndpointError,
+    HttpAddressError,
     KeyFileError,
     LedgerError,
     RoundInputError,

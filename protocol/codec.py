@@ -150,7 +150,8 @@ def decode(
     ``accepted`` limits the message types this receiver handles; others are ``UNKNOWN_TYPE``.
     ``precheck_bid`` sees a ``sealed_bid``'s map before its distribution is checked and may refuse
     it (the receiver's cheap checks first). Once the bytes are a map, a refusal carries the map's
-    ``id`` (if it is a valid request id) as ``request_id``, so the error reply can name the request.
+    ``id`` (if it is a valid request id) as ``request_id``, so the error reply can name the request,
+    and its ``type`` (if a string) as ``request_type``.
     """
     obj = unpack_map(data, limits)
     try:
@@ -159,6 +160,8 @@ def decode(
         request_id = obj.get("id")
         if type(request_id) is int and _request_id(request_id):
             exc.request_id = request_id
+        if type(obj.get("type")) is str:
+            exc.request_type = obj["type"]
         raise
 
 

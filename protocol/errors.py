@@ -40,7 +40,8 @@ class ErrorCode(StrEnum):
 
 class ProtocolError(Exception):
     """A message was refused. ``field`` names the offending field when there is one; ``request_id``
-    is the refused request's ``id`` when it could be read (the error reply carries it as ``re``)."""
+    is the refused request's ``id`` when it could be read (the error reply carries it as ``re``), and
+    ``request_type`` its ``type``."""
 
     def __init__(self, code: ErrorCode, message: str, field: str | None = None, request_id: int | None = None) -> None:
         super().__init__(f"{code}: {field + ': ' if field else ''}{message}")
@@ -48,6 +49,7 @@ class ProtocolError(Exception):
         self.message = message
         self.field = field
         self.request_id = request_id
+        self.request_type: str | None = None
 
 
 def error_message(error: Mapping[str, Any]) -> str:

@@ -1,0 +1,162 @@
+"""What the dashboard shows, folded from the feed: the markets, and per market its text token by
+token (each with its sponsors, the round's bids, payments and the aggregate's top tokens), the
+agents' balances and the revenue over rounds. Pure state, no I/O; every change bumps ``version``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol.messages import (
+    MarketClosed,
+    MarketEnded,
+    MarketList,
+    MarketOpened,
+    Message,
+    RoundOpen,
+    RoundResult,
+    SyncReply,
+)
+
+TOP_TOKENS = 5
+RECENT_CLOSED = 50  # closed markets kept in the list, newest first
+
+
+@dataclass
+class MarketBoard:
+    """One market as the page shows it."""
+
+    id: str
+    prompt: str = ""
+    text: str = ""
+    round: int = 0
+    open_round: int | None = None
+    closed: str | None = None
+    listed_revenue: float = 0.0  # from the market list, for a market whose rounds are not followed
+    paid: float = 0.0  # the sum of the payments of ``rounds``
+    rounds: list[dict[str, Any]] = field(default_factory=list)  # one entry per committed round, in order
+    balances: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def revenue(self) -> float:
+        return self.paid if self.rounds else self.listed_revenue
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "prompt": self.prompt,
+            "text": self.text,
+            "round": self.round,
+            "closed": self.closed,
+            "revenue": self.revenue,
+        }
+
+
+def round_entry(result: RoundResult) -> dict[str, Any]:
+    """A committed round as the page draws it: the token, its main sponsor and everything a hover shows."""
+    top: list[list[Any]] = []
+    if result.distribution is not None:
+        ranked = sorted(result.distribution.as_mapping().items(), key=lambda kv: -kv[1])[:TOP_TOKENS]
+        top = [[token, float(p)] for token, p in ranked]
+    sponsor = max(result.sponsors.items(), key=lambda kv: kv[1])[0] if result.sponsors else None
+    return {
+        "round": result.round,
+        "token": result.token,
+        "sponsor": sponsor,
+        "sponsors": dict(result.sponsors),
+        "bids": dict(result.bids),
+        "payments": dict(result.payments),
+        "top": top,
+    }
+
+
+class Board:
+    """Every market the spectator follows; ``reachable`` says whether the auctioneer answers."""
+
+    def __init__(self) -> None:
+        self.markets: dict[str, MarketBoard] = {}
+        self.reachable = False
+        self.since = time.time()  # when ``reachable`` last changed
+        self.version = 0
+        self.resyncs = 0
+
+    def _changed(self) -> None:
+        self.version += 1
+
+    def set_reachable(self, reachable: bool) -> None:
+        if reachable != self.reachable:
+            self.reachable, self.since = reachable, time.time()
+            self._changed()
+
+    def market(self, market_id: str) -> MarketBoard:
+        board = self.markets.get(market_id)
+        if board is None:
+            board = self.markets[market_id] = MarketBoard(market_id)
+        return board
+
+    def apply(self, message: Message) -> None:
+        """Fold one feed event (or reply) in; other messages are ignored."""
+        if isinstance(message, MarketList):
+            for status in message.markets:
+                board = self.market(status.market.id)
+                board.prompt, board.closed = status.market.rules.prompt, status.closed or board.closed
+                if status.round >= board.round:
+                    board.round, board.text, board.listed_revenue = status.round, status.text, status.revenue
+        elif isinstance(message, MarketOpened):
+            board = self.market(message.market.id)
+            board.prompt = board.text = message.market.rules.prompt
+        elif isinstance(message, MarketEnded):
+            self.market(message.market).closed = message.reason
+        else:
+            market_id = getattr(message, "market", None)
+            if not isinstance(market_id, str):
+                return
+            self._apply_market_event(self.market(market_id), message)
+        self._changed()
+
+    def _apply_market_event(self, board: MarketBoard, message: Message) -> None:
+        if isinstance(message, SyncReply):
+            self.resyncs += 1
+            board.prompt, board.text, board.round = message.prompt, message.text, max(board.round, message.last_round)
+            board.balances = dict(message.balances)
+        elif isinstance(message, RoundOpen):
+            board.open_round = message.round
+        elif isinstance(message, RoundResult):
+            if board.rounds and message.round <= board.rounds[-1]["round"]:
+                return  # already shown (a resync replays what the feed delivered)
+            board.rounds.append(round_entry(message))
+            board.text, board.round = message.text, max(board.round, message.round)
+            board.paid += sum(message.payments.values())
+            for agent, balance in message.balances.items():
+                board.balances[agent] = balance
+            if board.open_round == message.round:
+                board.open_round = None
+        elif isinstance(message, MarketClosed):
+            board.closed, board.text, board.open_round = message.reason, message.text, None
+
+    def listing(self) -> list[dict[str, Any]]:
+        """Open markets, then the most recent closed ones."""
+        markets = list(self.markets.values())
+        open_ = [m.summary() for m in markets if m.closed is None]
+        closed = [m.summary() for m in markets if m.closed is not None][-RECENT_CLOSED:][::-1]
+        return open_ + closed
+
+    def state(self, market_id: str | None, since_round: int = 0) -> dict[str, Any]:
+        """What the page needs: the markets, and the chosen market's rounds after ``since_round``."""
+        state: dict[str, Any] = {
+            "reachable": self.reachable,
+            "since": self.since,
+            "version": self.version,
+            "markets": self.listing(),
+        }
+        board = self.markets.get(market_id or "")
+        if board is not None:
+            state["market"] = {
+                **board.summary(),
+                "open_round": board.open_round,
+                "balances": board.balances,
+                "rounds": [entry for entry in board.rounds if entry["round"] > since_round],
+            }
+        return state

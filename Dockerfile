@@ -5,6 +5,7 @@ COPY protocol ./protocol
 COPY auctioneer ./auctioneer
 COPY agent_client ./agent_client
 COPY simulation ./simulation
+COPY dashboard ./dashboard
 COPY cli ./cli
 COPY examples ./examples
 RUN pip install --no-cache-dir .

@@ -172,9 +172,12 @@ class Market:
             raise ProtocolError(ErrorCode.INVALID_BID, f"bid exceeds the market maximum {self.settings.max_bid}", "bid")
         if len(bid.distribution.tokens) > self.settings.max_support:
             raise ProtocolError(ErrorCode.INVALID_DISTRIBUTION, "support exceeds the market maximum", "distribution")
-        vocabulary = self._vocabulary(current, bid, reference)
-        new = sum(token not in vocabulary for token in bid.distribution.tokens)
-        if len(vocabulary) + new > self.settings.max_round_tokens:
+        vocabulary, tokens = self._vocabulary(current, bid, reference), bid.distribution.tokens
+        # Counting the new tokens only matters near the cap (every token new cannot pass it otherwise).
+        if (
+            len(vocabulary) + len(tokens) > self.settings.max_round_tokens
+            and len(vocabulary) + len(set(tokens).difference(vocabulary)) > self.settings.max_round_tokens
+        ):
             raise ProtocolError(
                 ErrorCode.TOO_LARGE,
                 f"round {bid.round} already has {len(vocabulary)} distinct tokens; yours would pass the market's "

@@ -27,6 +27,7 @@ class AuctioneerMetrics:
             "token_auction_bids", "Sealed bids answered, by outcome (accepted or the error code)", ["outcome"],
             registry=self.registry,
         )  # fmt: skip
+        self._accepted = self.bids.labels("accepted")  # the hot label, looked up once
         self.resyncs = Counter("token_auction_resyncs_served", "sync_request answered", registry=self.registry)
         self.round_close = Histogram(
             "token_auction_round_close_seconds", "From a round's opening to its result's broadcast",
@@ -56,10 +57,10 @@ class AuctioneerMetrics:
 
     def replied(self, request_type: str | None, reply: Message | bytes) -> None:
         """Count the answer to a request of ``request_type`` (None when it was not even a map)."""
-        if request_type == "sync_request" and isinstance(reply, bytes):
+        if type(reply) is BidAccepted:
+            self._accepted.inc()
+        elif request_type == "sync_request" and isinstance(reply, bytes):
             self.resyncs.inc()
-        elif isinstance(reply, BidAccepted):
-            self.bids.labels("accepted").inc()
         elif isinstance(reply, Error) and request_type == "sealed_bid":
             self.bids.labels(reply.code).inc()
 

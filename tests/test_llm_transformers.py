@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 torch = pytest.importorskip("torch", reason="the [llm] extra (torch, transformers) is not installed")
 pytest.importorskip("transformers")
 
+from agent_client.llm.batched import BatchedModel  # noqa: E402
 from agent_client.llm.hf import TransformersAgent, TransformersModel  # noqa: E402
 from benchmarks.llm import build_random_gpt2  # noqa: E402
 from tests.helpers import MarketRun, read_ledger, static_agent  # noqa: E402
@@ -120,6 +122,27 @@ def test_agents_share_one_loaded_model_with_their_own_caches(tiny_model_dir: Pat
     assert b != a and held_ids(alpha.model) != held_ids(beta.model)
 
 
+def test_batched_members_get_what_each_would_get_alone(tiny_model_dir: Path) -> None:
+    batched = BatchedModel(TransformersModel(str(tiny_model_dir)), window=0.5)
+    briefs = ["Alpha Airlines. ", "Stay at Beta Resort by the beach. ", ""]
+    members = [batched.member() for _ in briefs]
+    texts = [brief + "Vacations in" for brief in briefs]
+    worst = 0.0
+    with ThreadPoolExecutor(len(members)) as pool:  # as the runtime runs each agent's decide
+        for _ in range(12):
+            logits = list(pool.map(lambda mt: mt[0].next_token_logits(mt[1]), zip(members, texts, strict=True)))
+            for member, text, got in zip(members, texts, logits, strict=True):
+                worst = max(
+                    worst, float((torch.softmax(got, -1) - torch.softmax(member.full_logits(text), -1)).abs().max())
+                )
+            texts = [
+                text + max(m.next_token_distribution(text).items(), key=lambda kv: kv[1])[0]
+                for m, text in zip(members, texts, strict=True)
+            ]
+    assert worst < 1e-5
+    assert (batched.rows, batched.batches) == (3 * 12, 12)  # one forward pass per round for the three
+
+
 def test_agents_sharing_one_model_trade_in_one_process(tiny_model_dir: Path, market_run: MarketRun) -> None:
     market_run.serve("--min-agents", "3", "--max-tokens", "4", "--prompt", "Vacations in", "--round-timeout", "20")
     command = [sys.executable, "-m", "examples.shared_model", "--market", market_run.market, "--feed", market_run.feed]
@@ -128,3 +151,5 @@ def test_agents_sharing_one_model_trade_in_one_process(tiny_model_dir: Path, mar
     rounds = read_ledger(market_run.db)["rounds"]
     assert len(rounds) == 4 and all(set(r["bids"]) == {"alpha", "beta", "gamma"} for r in rounds)
     assert shared.stdout.count("verification failures 0") == 3
+    calls, passes = (int(word) for word in shared.stdout.splitlines()[-1].split() if word.isdigit())
+    assert calls >= 12 and passes < calls  # the three agents' rounds shared forward passes

@@ -11,7 +11,8 @@ after it: round n of a market costs one token's work, not n. Because ids are com
 strings), a seam the tokenizer merges differently once a token is appended (``" Haw"`` + ``"aii"``
 becoming ``" Hawaii"``) is recomputed exactly from the first id that changed.
 
-Several agents can share one loaded model, each with its own caches: :meth:`TransformersModel.fork`.
+Several agents can share one loaded model, each with its own caches: :meth:`TransformersModel.fork`,
+or :class:`agent_client.llm.batched.BatchedModel`, which also runs their rounds as one forward pass.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ import inspect
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent_client.llm.agent import LLMAgent, shape_distribution
+
+if TYPE_CHECKING:
+    from agent_client.llm.batched import BatchedModel
 
 log = logging.getLogger(__name__)
 
@@ -122,12 +126,17 @@ class TransformersModel:
             entry = best
             if keep < len(entry.ids):
                 entry.cache.crop(keep - len(entry.ids))  # negative: drop that many (any transformers version)
+        self._extend(entry, ids, keep)
+        self._touch(entry)
+        return entry.logits
+
+    def _extend(self, entry: CachedText, ids: list[int], keep: int) -> None:
+        """Run the model on ``ids[keep:]`` after ``entry``'s cache (which holds ``ids[:keep]``), and
+        make ``entry`` the cache of all of ``ids`` with the logits after them."""
         fresh = self.torch.tensor([ids[keep:]], device=self.device)
         with self.torch.no_grad():
             output = self.model(input_ids=fresh, use_cache=True, **{self._cache_argument: entry.cache})
         entry.ids, entry.logits = ids, output.logits[0, -1].float()  # (the cache was extended in place)
-        self._touch(entry)
-        return entry.logits
 
     def _touch(self, entry: CachedText) -> None:
         """Mark ``entry`` most recently used; forget the least recently used beyond ``cached_texts``."""
@@ -163,20 +172,25 @@ class TransformersModel:
 class TransformersAgent(LLMAgent):
     """``--agent agent_client.llm.hf:TransformersAgent --param model=gpt2 --param bid=1``.
 
-    ``model`` may also be a loaded :class:`TransformersModel`: its weights are shared, see
-    :meth:`TransformersModel.fork`.
+    ``model`` may also be a loaded :class:`TransformersModel` (its weights are shared, see
+    :meth:`TransformersModel.fork`) or a :class:`~agent_client.llm.batched.BatchedModel` (shared, and
+    the agents' rounds batched).
     """
 
     def __init__(
         self,
-        model: str | TransformersModel,
+        model: str | TransformersModel | BatchedModel,
         bid: float = 1.0,
         instruction: str = "",
         temperature: float = 1.0,
         top_k: int | None = 50,
         top_p: float | None = None,
     ) -> None:
-        if isinstance(model, TransformersModel):
+        from agent_client.llm.batched import BatchedModel
+
+        if isinstance(model, BatchedModel):
+            loaded = model.member(temperature=temperature, top_k=top_k, top_p=top_p)
+        elif isinstance(model, TransformersModel):
             loaded = model.fork(temperature=temperature, top_k=top_k, top_p=top_p)
         else:
             loaded = TransformersModel(model, None, temperature, top_k, top_p)

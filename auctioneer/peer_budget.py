@@ -1,10 +1,12 @@
-"""Fair service between the auctioneer's peers: budgets per connection, and warnings about failing
-peers that cannot flood the log.
+"""Fair service between the auctioneer's peers: budgets per connection and per network address, and
+warnings about failing peers that cannot flood the log.
 
-Each connection (keyed by its routing id) has two token buckets, refilled continuously up to a burst:
+Token buckets, refilled continuously up to a burst:
 
-- **requests**: one unit per request plus one per KiB it carries, at ``peer_rate`` units a second. A
-  request that arrives while its connection's bucket is empty is dropped before it is decoded and
+- **requests**: one unit per request plus one per KiB it carries, at ``peer_rate`` units a second
+  per connection (keyed by its routing id) and ``address_rate`` per network address (all its
+  connections together: many connections do not multiply what one host may make the auctioneer
+  decode). A request that arrives while either bucket is empty is dropped before it is decoded and
   gets no reply (the client's timeout and retry apply);
 - **sync replies**: the KiB of ``sync_reply`` a connection is sent, at :data:`SYNC_KIB_RATE` a second
   after a burst of :data:`SYNC_KIB_BURST`. A ``sync_request`` while it is exhausted is answered
@@ -50,6 +52,9 @@ class TokenBuckets:
             bucket[1] = now
         return bucket
 
+    def has_units(self, peer: bytes) -> bool:
+        return self._refilled(peer)[0] >= 1.0
+
     def take(self, peer: bytes, cost: float) -> bool:
         """Spend ``cost`` if the peer has at least one unit left (it may then go below zero, and waits)."""
         bucket = self._refilled(peer)
@@ -76,14 +81,24 @@ class TokenBuckets:
 
 
 class PeerBudgets:
-    """Both budgets of every connection."""
+    """The budgets of every connection and every network address."""
 
-    def __init__(self, request_rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, request_rate: float, address_rate: float, clock: Callable[[], float] = time.monotonic) -> None:
         self.requests = TokenBuckets(request_rate, request_rate * REQUEST_BURST_SECONDS, clock)
+        self.addresses = TokenBuckets(address_rate, address_rate * REQUEST_BURST_SECONDS, clock)
         self.sync = TokenBuckets(SYNC_KIB_RATE, SYNC_KIB_BURST, clock)
 
-    def admit_request(self, peer: bytes, size: int) -> bool:
-        return self.requests.take(peer, 1.0 + size / KIB)
+    def admit_request(self, peer: bytes, address: str | None, size: int) -> bool:
+        """Charge a request of ``size`` bytes to its connection and its address (None: not TCP)."""
+        cost = 1.0 + size / KIB
+        host = address.encode() if address is not None else None
+        if host is not None and not self.addresses.has_units(host):
+            return False
+        if not self.requests.take(peer, cost):
+            return False
+        if host is not None:
+            self.addresses.spend(host, cost)
+        return True
 
     def admit_sync(self, peer: bytes) -> bool:
         return self.sync.take(peer, 0.0)

@@ -66,7 +66,7 @@ class AuctioneerServer:
         self.observer = observer
         self.metrics = metrics
         self._limits = Limits(self.settings.max_message_bytes, self.settings.max_support)
-        self._budgets = PeerBudgets(self.settings.peer_rate)
+        self._budgets = PeerBudgets(self.settings.peer_rate, self.settings.address_rate)
         self._warnings = ThrottledWarnings(log)
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
@@ -243,7 +243,8 @@ class AuctioneerServer:
 
     def _answer(self, frames: list[zmq.Frame]) -> None:
         peer = frames[0].bytes
-        if not self._budgets.admit_request(peer, sum(len(frame) for frame in frames[1:])):
+        address = _peer_address(frames[-1])
+        if not self._budgets.admit_request(peer, address, sum(len(frame) for frame in frames[1:])):
             self._warnings.note("requests over their connection's budget dropped")
             return
         envelope = [peer, b""] if len(frames) == 3 and not frames[1].bytes else [peer]
@@ -265,7 +266,7 @@ class AuctioneerServer:
                 if isinstance(request, SyncRequest) and not self._budgets.admit_sync(peer):
                     reply = Error(code=ErrorCode.LIMIT_REACHED, message=SYNC_LIMITED, re=request.id)
                 else:
-                    reply = self._handle(peer, request, identity, _peer_address(payload))
+                    reply = self._handle(peer, request, identity, address)
         if self.metrics is not None:
             self.metrics.replied(request_type, reply)
         if isinstance(reply, bytes):

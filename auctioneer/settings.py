@@ -127,6 +127,9 @@ class ExchangeSettings(BaseModel):
     peer_rate: PositiveFloat = Field(
         5000.0, description="request units per second one connection may use (1 per request and per KiB)"
     )
+    address_rate: PositiveFloat = Field(
+        20_000.0, description="request units per second all connections from one network address may use"
+    )
     max_agents_per_address: Annotated[int, Field(ge=1)] = Field(
         10_000, description="the most agent names registered at once from one network address"
     )

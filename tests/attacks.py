@@ -3,6 +3,8 @@
 
 Every attack is one peer (one process, at low priority: on its own machine it would not take the
 honest agents' CPU) doing what the issue's attacker did; it prints one JSON line of what it saw.
+Its ZeroMQ connections come from :data:`ATTACKER_HOST`, another loopback address: to the auctioneer
+it is another host than the honest agents.
 """
 
 from __future__ import annotations
@@ -30,11 +32,19 @@ WIDE_SUPPORT = 4096
 Attack = Callable[[zmq.Context[zmq.Socket[bytes]], argparse.Namespace], dict[str, Any]]
 
 
+ATTACKER_HOST = "127.0.0.2"
+
+
+def from_attacker_host(endpoint: str) -> str:
+    """``endpoint`` connected to from :data:`ATTACKER_HOST` (ZeroMQ's ``source;destination`` form)."""
+    return endpoint.replace("tcp://", f"tcp://{ATTACKER_HOST}:0;", 1)
+
+
 def dealer(context: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> zmq.Socket[bytes]:
     sock = context.socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.setsockopt(zmq.SNDHWM, 0)  # queue everything: the attacker never waits
-    sock.connect(endpoint)
+    sock.connect(from_attacker_host(endpoint))
     return sock
 
 
@@ -100,7 +110,7 @@ def zero_bids(context: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace)
     bids = {k: {"tokens": [f"z{k}.{t}" for t in range(WIDE_SUPPORT)], "probs": uniform} for k in range(args.count)}
     feed = context.socket(zmq.SUB)
     feed.setsockopt(zmq.SUBSCRIBE, b"")
-    feed.connect(args.feed)
+    feed.connect(from_attacker_host(args.feed))
     accepted = refused = 0
     deadline, give_up = time.monotonic() + args.seconds, time.monotonic() + 3 * args.seconds
     while time.monotonic() < (deadline if accepted + refused else give_up):  # at least one round attacked
@@ -160,18 +170,18 @@ def feed_input(context: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace
     a 64 MiB frame, each from its own connection."""
     sent = {}
     huge = context.socket(zmq.XSUB)
-    huge.connect(args.feed)
+    huge.connect(from_attacker_host(args.feed))
     for _ in range(8):
         huge.send(b"\x01" + b"h" * (1 << 20))
     sent["huge subscriptions"] = 8
     many = context.socket(zmq.XSUB)
     many.setsockopt(zmq.SNDHWM, 0)
-    many.connect(args.feed)
+    many.connect(from_attacker_host(args.feed))
     for k in range(args.count):
         many.send(b"\x01" + subscription(market_topic(f"nowhere{k}")))
     sent["unknown topics"] = args.count
     frame = context.socket(zmq.XSUB)
-    frame.connect(args.feed)
+    frame.connect(from_attacker_host(args.feed))
     frame.send(b"\x01" + TOPIC_MARK + b"x" * (64 << 20))
     sent["64 MiB frame"] = 1
     received = 0
@@ -195,7 +205,7 @@ def idle_connections(context: zmq.Context[zmq.Socket[bytes]], args: argparse.Nam
         held = [s for s in held if _still_open(s)]
         while len(held) < args.count:
             try:
-                held.append(socket.create_connection(target, timeout=1))
+                held.append(socket.create_connection(target, timeout=1, source_address=(ATTACKER_HOST, 0)))
                 opened += 1
             except OSError:
                 break

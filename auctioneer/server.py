@@ -9,7 +9,7 @@ Every broadcast goes out under its topic (``protocol.topics``); the default mark
 published as plain frames for clients of revision 1.2.
 
 What a peer can make the auctioneer do or hold is bounded here: requests pass their connection's
-budget (:mod:`auctioneer.peer_budget`) before they are decoded; replies never block (a reply to a
+and their address's budgets (:mod:`auctioneer.peer_budget`) before they are decoded; replies never block (a reply to a
 peer that vanished, or whose queue of unread replies is full, is dropped and counted); the feed
 socket accepts only subscriptions to the exchange's own topics, of at most
 :data:`MAX_SUBSCRIPTION_BYTES`; a connection that does not finish its ZeroMQ handshake within
@@ -56,7 +56,8 @@ class EndpointError(Exception):
 
 
 class AuctioneerServer:
-    """Serves one :class:`Exchange` on a market (ROUTER) and a feed (PUB) endpoint."""
+    """Serves one :class:`Exchange` on a market (ROUTER) and a feed (XPUB) endpoint, counting what
+    it does in ``metrics`` if given."""
 
     def __init__(
         self, exchange: Exchange, observer: Observer | None = None, metrics: AuctioneerMetrics | None = None

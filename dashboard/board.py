@@ -99,11 +99,14 @@ class Board:
     def apply(self, message: Message) -> None:
         """Fold one feed event (or reply) in; other messages are ignored."""
         if isinstance(message, MarketList):
+            before = [m.summary() for m in self.markets.values()]
             for status in message.markets:
                 board = self.market(status.market.id)
                 board.prompt, board.closed = status.market.rules.prompt, status.closed or board.closed
                 if status.round >= board.round:
                     board.round, board.text, board.listed_revenue = status.round, status.text, status.revenue
+            if [m.summary() for m in self.markets.values()] == before:
+                return  # the periodic listing changed nothing: the page is not sent it again
         elif isinstance(message, MarketOpened):
             board = self.market(message.market.id)
             board.prompt = board.text = message.market.rules.prompt

@@ -30,6 +30,12 @@ def test_token_choice_matches_oracle(mode: str, instance: Instance, seed: bytes,
     assert outcome.token == oracle.choose(q, seed, mode, temperature)
 
 
+def test_greedy_compares_q_itself_not_its_log() -> None:
+    # Found by hypothesis: two q one ulp apart whose logs are equal; the larger q wins, as in the spec.
+    q = {"Generative": 0.24615384615384614, "a": 0.24615384615384617}
+    assert oracle.choose(q, bytes(32), "greedy") == "a"
+
+
 @pytest.mark.parametrize("aggregation", AGGREGATIONS)
 @pytest.mark.parametrize("payment", ["first_price", "none"])
 @given(instance=instances())

@@ -118,7 +118,9 @@ def race_scores(q: Dist, seed: bytes, mode: str, temperature: float = 1.0) -> di
 
 def choose(q: Dist, seed: bytes, mode: str, temperature: float = 1.0) -> str:
     vocab = sorted(q, key=lambda t: t.encode("utf-8"))
-    if mode in ("greedy", "stable"):
+    if mode == "greedy":  # the largest q itself (its log can merge two nearly equal q into a tie)
+        return max((t for t in vocab if q[t] > 0), key=q.__getitem__)
+    if mode == "stable":
         best, best_score = "", -math.inf
         for t, score in race_scores(q, seed, mode, temperature).items():
             if score > best_score:

@@ -220,15 +220,16 @@ class AgentRuntime:
         return self.report
 
     async def _follow(self, follower: FeedFollower) -> None:
-        if self._finished():
+        if self._finished(follower):
             return
         async for event in follower.events():
             self._apply(event)
-            if self._finished():
+            if self._finished(follower):
                 return
 
-    def _finished(self) -> bool:
-        return not self.stay and self.report.all_closed
+    def _finished(self, follower: FeedFollower) -> bool:
+        """Every market closed, and no resync left to replay what the feed lost before the end."""
+        return not self.stay and self.report.all_closed and not follower.catching_up
 
     # --- registration and liveness ------------------------------------------------------------
 

@@ -162,6 +162,11 @@ class FeedFollower:
         self.socket.setsockopt(zmq.SUBSCRIBE, subscription(market_topic(market)))
         self._stale.append(market)
 
+    @property
+    def catching_up(self) -> bool:
+        """Some followed market waits for a resync (a gap, a new follow, or its end)."""
+        return any(market in self._last for market in self._stale)
+
     def unfollow(self, market: str) -> None:
         if self._last.pop(market, None) is not None:
             self.socket.setsockopt(zmq.UNSUBSCRIBE, subscription(market_topic(market)))

@@ -11,6 +11,7 @@ import shlex
 import subprocess
 import sys
 import tomllib
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -86,11 +87,14 @@ def test_compose_exchange_profile_runs_as_local_processes(tmp_path: Path) -> Non
         "tcp://exchange:6556": feed,
         "/data/exchange.db": str(tmp_path / "x.db"),
         "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16": "127.0.0.0/8",  # local processes come from loopback
+        "0.0.0.0:8080": (http := free_tcp_endpoint().removeprefix("tcp://")),
     }
     processes = start_services(services("exchange"), swaps, tmp_path)
     try:
         # the operator opens the market and exits; the advertisers exit once it closed
         codes = [processes[name].wait(90) for name in ("operator", "alpha", "beta")]
+        with urllib.request.urlopen(f"http://{http}/metrics", timeout=10) as response:
+            metrics = response.read().decode()
     finally:
         for p in processes.values():
             p.terminate()
@@ -102,6 +106,7 @@ def test_compose_exchange_profile_runs_as_local_processes(tmp_path: Path) -> Non
         assert document["text"].startswith("Vacations in Hawaii:") and document["closed"] == "max_tokens"
         assert sorted(document["rounds"][0]["bids"]) == ["alpha", "beta"]
         assert ledger.overview()["accounts"]["alpha"]["budget"] == 20.0
+    assert f"token_auction_rounds_committed_total {float(len(document['rounds']))}" in metrics
 
 
 def test_the_image_holds_every_package_the_commands_import() -> None:

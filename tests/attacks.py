@@ -126,7 +126,7 @@ def zero_bids(context: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace)
             bid = {"v": 1, "type": "sealed_bid", "round": message.round, "bid": 0, "distribution": bids[k]}
             sock.send(msgpack.packb(bid))
         for sock in sockets:
-            if sock.poll(2000):
+            if sock.poll(200):  # (bids over the address budget get no reply)
                 reply = decode(sock.recv())
                 accepted += reply.type == "bid_accepted"
                 refused += reply.type == "error"

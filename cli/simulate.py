@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -120,12 +121,7 @@ def run_exchange(args: argparse.Namespace, scenario: Scenario, run_dir: Path, se
 
             settings = scenario.settings(db, seed)
             run_exchange_networked(args.scenario.resolve(), scenario, settings, seed, run_dir, show)
-    summary = summarize_exchange(db, scenario)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    plots = plot_exchange(summary, run_dir)
-    print_exchange_summary(summary)
-    stdout.print(f"wrote {db}, summary.json and {len(plots)} plots in {run_dir}")
-    return summary
+    return write_report(db, run_dir, summarize_exchange(db, scenario), plot_exchange, print_exchange_summary)
 
 
 def print_exchange_summary(summary: dict[str, Any]) -> None:
@@ -167,12 +163,7 @@ def run_once(args: argparse.Namespace, scenario: Scenario, run_dir: Path, seed: 
                 live.update(view.render())
 
             run_networked(args.scenario.resolve(), settings, [a.name for a in scenario.agents], seed, run_dir, show)
-    summary = summarize(db, scenario)
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    plots = plot(summary, run_dir)
-    print_summary(summary)
-    stdout.print(f"wrote {db}, summary.json and {len(plots)} plots in {run_dir}")
-    return summary
+    return write_report(db, run_dir, summarize(db, scenario), plot, print_summary)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -224,3 +215,18 @@ def print_comparison(by_rule: dict[str, Any]) -> None:
             *("-" if ratio is None else f"{ratio:.2f}" for ratio in ratios),
         )
     stdout.print(table)
+
+
+def write_report(
+    db: Path,
+    run_dir: Path,
+    summary: dict[str, Any],
+    plot_with: Callable[[dict[str, Any], Path], list[Path]],
+    print_with: Callable[[dict[str, Any]], None],
+) -> dict[str, Any]:
+    """Write ``summary.json`` and the plots into ``run_dir``, print the summary; return it."""
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    plots = plot_with(summary, run_dir)
+    print_with(summary)
+    stdout.print(f"wrote {db}, summary.json and {len(plots)} plots in {run_dir}")
+    return summary

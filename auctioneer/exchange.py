@@ -69,6 +69,7 @@ from protocol.messages import (
     SyncReply,
     SyncRequest,
     Welcome,
+    assemble,
 )
 
 log = logging.getLogger(__name__)
@@ -306,14 +307,15 @@ class Exchange:
         if isinstance(message, Ping):
             default = self.markets.get(self.default_market or "")
             account = self.accounts[name]
-            return Pong.model_construct(  # the heartbeat's reply, from the exchange's own numbers: not validated again
+            return assemble(  # the heartbeat's reply, from the exchange's own numbers: not validated again
+                Pong,
                 type="pong",
                 id=None,
+                re=message.id,
                 seq=default.seq if default else self.exchange_seq,
                 exchange_seq=self.exchange_seq,
                 spent=account.spent,
                 reserved=account.reserved,
-                re=message.id,
             )
         return self._accept_bid(name, message, now)
 
@@ -451,7 +453,8 @@ class Exchange:
         self._refresh_liveness(now)
         if market.due(now, self._live, self._live_version):
             self._complete.add(market.id)
-        return BidAccepted(round=bid.round, market=market.id, re=bid.id)
+        # Every field from values already checked: assembled, not validated again (one per bid).
+        return assemble(BidAccepted, type="bid_accepted", id=None, re=bid.id, round=bid.round, market=market.id)
 
     def _sync(self, request: SyncRequest) -> bytes:
         """A market's snapshot and the results the requester missed (a closed market's from the

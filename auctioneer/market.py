@@ -48,6 +48,7 @@ from protocol.messages import (
     RoundOpen,
     RoundResult,
     SealedBid,
+    assemble,
 )
 
 log = logging.getLogger(__name__)
@@ -233,7 +234,11 @@ class Market:
         seed = self._round_seed(number)
         self.started = True
         self.seq += 1
-        announcement = RoundOpen(
+        announcement = assemble(  # from this market's own numbers: constructed, not validated again
+            RoundOpen,
+            type="round_open",
+            id=None,
+            re=None,
             seq=self.seq,
             round=number,
             text=self.text,
@@ -289,7 +294,11 @@ class Market:
             sponsors = outcome.sponsors_by_name(names)
         balances = {name: self.balances.get(name, 0.0) + payments.get(name, 0.0) for name in names}
         # Built from what the mechanism and this market produced: constructed, not validated again.
-        result = RoundResult.model_construct(
+        result = assemble(
+            RoundResult,
+            type="round_result",
+            id=None,
+            re=None,
             seq=self.seq + 1,
             round=current.number,
             token=token,

@@ -8,6 +8,7 @@ then abandoned, never half-committed, and the same settings on the same ledger c
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import resource
 from collections.abc import Callable, Coroutine
@@ -22,6 +23,8 @@ from auctioneer.settings import ServeSettings
 from protocol.sockets import is_loopback_endpoint
 
 log = logging.getLogger(__name__)
+
+YOUNG_COLLECTION_EVERY = 20_000
 
 Started = Callable[[Exchange, AuctioneerMetrics], Coroutine[Any, Any, None]]
 """Runs beside the server once the exchange is up; cancelled when the server stops."""
@@ -56,6 +59,7 @@ async def serve(
     with Ledger(settings.db) as ledger:
         exchange = Exchange(settings, ledger)
         exchange.start()
+        keep_collector_off_the_round_path()
         metrics = AuctioneerMetrics(exchange)
         server = AuctioneerServer(exchange, observer, metrics)
         if curve is not None:
@@ -70,6 +74,21 @@ async def serve(
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
         return exchange
+
+
+def keep_collector_off_the_round_path() -> None:
+    """Tune Python's cyclic garbage collector for a long-running exchange.
+
+    Everything alive once the exchange has started (modules, models, the markets it resumed) is
+    frozen out of collection, and the youngest generation is collected every
+    ``YOUNG_COLLECTION_EVERY`` allocations instead of every 700: with a thousand open markets a
+    full collection scanned every live object, took tens of milliseconds in the middle of a round,
+    and collections took about a sixth of the exchange's time. Reference counting still frees
+    everything without cycles at once; only cyclic garbage waits a little longer.
+    """
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_EVERY, middle, oldest)
 
 
 def raise_descriptor_limit() -> None:

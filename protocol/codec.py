@@ -8,17 +8,15 @@ from the network (read by the auctioneer; its settings may change them), for rep
 broadcasts from the auctioneer (read by agents and observers), and for the ledger's own rows
 (written by the auctioneer itself, never bounded).
 
-Sealed bids, the one message every round brings many of, take a faster path when well formed
-(:func:`well_formed_bid`), and so do pings (every agent's heartbeat); anything else goes through the
-message's pydantic model.
+Sealed bids and pings, the requests every round brings many of, take a compiled path when well
+formed (:mod:`protocol.hot_path`); anything else, and any refusal, goes through the message's
+pydantic model.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-import math
-import re
 import types
 import typing
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -26,15 +24,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-import numpy as np
 from pydantic import ValidationError
 
-from protocol.distribution import DEFAULT_MAX_SUPPORT, Distribution, check_distribution
+from protocol.distribution import DEFAULT_MAX_SUPPORT
 from protocol.errors import ErrorCode, ProtocolError, error_message
-from protocol.fields import AGENT_NAME_PATTERN
-from protocol.messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message, Ping, SealedBid
-
-MARKET_ID = re.compile(AGENT_NAME_PATTERN)
+from protocol.hot_path import WireBid, WirePing, checked_bid, ping, read_hot
+from protocol.messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message, SealedBid
 
 log = logging.getLogger(__name__)
 
@@ -121,10 +116,14 @@ def encode_with_encoded(message: Message, field: str, encoded: Sequence[bytes]) 
     return b"".join(parts)
 
 
-def unpack_map(data: bytes, limits: Limits = LIMITS.requests) -> dict[str, Any]:
-    """msgpack bytes to a map, with the size bound; ``MALFORMED`` for anything else."""
+def _check_size(data: bytes, limits: Limits) -> None:
     if len(data) > limits.max_message_bytes:
         raise ProtocolError(ErrorCode.TOO_LARGE, f"message of {len(data)} bytes exceeds {limits.max_message_bytes}")
+
+
+def unpack_map(data: bytes, limits: Limits = LIMITS.requests) -> dict[str, Any]:
+    """msgpack bytes to a map, with the size bound; ``MALFORMED`` for anything else."""
+    _check_size(data, limits)
     try:
         obj = msgpack.unpackb(data, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types for bad input
@@ -148,21 +147,39 @@ def decode(
     """Bytes to the typed message they encode, or :class:`ProtocolError`.
 
     ``accepted`` limits the message types this receiver handles; others are ``UNKNOWN_TYPE``.
-    ``precheck_bid`` sees a ``sealed_bid``'s map before its distribution is checked and may refuse
-    it (the receiver's cheap checks first). Once the bytes are a map, a refusal carries the map's
-    ``id`` (if it is a valid request id) as ``request_id``, so the error reply can name the request,
-    and its ``type`` (if a string) as ``request_type``.
+    ``precheck_bid`` sees a ``sealed_bid``'s fields before its distribution is checked and may
+    refuse it (the receiver's cheap checks first). Once the bytes are a map, a refusal carries the
+    map's ``id`` (if it is a valid request id) as ``request_id``, so the error reply can name the
+    request, and its ``type`` (if a string) as ``request_type``.
     """
+    _check_size(data, limits)
+    hot = read_hot(data)
+    if isinstance(hot, WireBid) and (accepted is None or "sealed_bid" in accepted):
+        if precheck_bid is not None:
+            fields = {"market": hot.market, "round": hot.round, "bid": hot.bid}
+            try:
+                precheck_bid(fields)
+            except ProtocolError as exc:
+                raise _naming_the_request(exc, hot.id, "sealed_bid") from None
+        bid = checked_bid(hot, limits.max_support)
+        if bid is not None:
+            return bid
+    elif isinstance(hot, WirePing) and (accepted is None or "ping" in accepted):
+        return ping(hot)
     obj = unpack_map(data, limits)
     try:
         return _decode_map(obj, limits, accepted, precheck_bid)
     except ProtocolError as exc:
-        request_id = obj.get("id")
-        if type(request_id) is int and _request_id(request_id):
-            exc.request_id = request_id
-        if type(obj.get("type")) is str:
-            exc.request_type = obj["type"]
-        raise
+        raise _naming_the_request(exc, obj.get("id"), obj.get("type")) from None
+
+
+def _naming_the_request(refusal: ProtocolError, request_id: Any, request_type: Any) -> ProtocolError:
+    """``refusal`` with the request's ``id`` and ``type``, where they are valid."""
+    if type(request_id) is int and _request_id(request_id):
+        refusal.request_id = request_id
+    if type(request_type) is str:
+        refusal.request_type = request_type
+    return refusal
 
 
 def _decode_map(
@@ -179,16 +196,8 @@ def _decode_map(
     model = MESSAGE_TYPES.get(kind) if accepted is None or kind in accepted else None
     if model is None:
         raise ProtocolError(ErrorCode.UNKNOWN_TYPE, f"unknown message type {kind[:64]!r}", "type")
-    if model is SealedBid:
-        if precheck_bid is not None:
-            precheck_bid(obj)
-        bid = well_formed_bid(obj, limits.max_support)
-        if bid is not None:
-            return bid
-    elif model is Ping and _request_id(obj.get("id")) and _request_id(obj.get("re")):
-        return Ping.model_construct(
-            type="ping", id=obj.get("id"), re=obj.get("re")
-        )  # the heartbeat: nothing else to check
+    if model is SealedBid and precheck_bid is not None:
+        precheck_bid(obj)
     try:
         return model.model_validate(obj, context={"max_support": limits.max_support})
     except ValidationError as exc:
@@ -197,49 +206,6 @@ def _decode_map(
 
 def _request_id(value: Any) -> bool:
     return value is None or (type(value) is int and 0 <= value < 2**63)
-
-
-def well_formed_bid(obj: dict[str, Any], max_support: int) -> SealedBid | None:
-    """The ``sealed_bid`` that ``obj`` is, if it has the common shape and passes every check of the model
-    (checked here the same way, without building the model's validators); None otherwise, and then the
-    model decides and words the error. The hot path of every market; kept equal to the model by
-    ``tests/test_protocol_codec.py``."""
-    number, amount, distribution, market = obj.get("round"), obj.get("bid"), obj.get("distribution"), obj.get("market")
-    if not (type(number) is int and 1 <= number < 2**63):
-        return None
-    if not isinstance(amount, int | float) or isinstance(amount, bool):
-        return None
-    if not (_request_id(obj.get("id")) and _request_id(obj.get("re"))):
-        return None
-    if market is not None and not (type(market) is str and MARKET_ID.fullmatch(market)):
-        return None
-    if type(distribution) is not dict:
-        return None
-    tokens, raw = distribution.get("tokens"), distribution.get("probs")
-    if type(tokens) is not list or not set(map(type, tokens)) <= {str}:  # (the C-level form of "all str")
-        return None
-    if type(raw) is bytes and len(raw) % 8 == 0:
-        probs = np.frombuffer(raw, dtype="<f8").astype(np.float64, copy=False)
-    elif type(raw) is list and all(type(p) in (float, int) for p in raw):
-        probs = np.array(raw, dtype=np.float64)
-    else:
-        return None
-    value = float(amount)
-    if not (math.isfinite(value) and value >= 0):
-        return None
-    try:
-        check_distribution(tokens, probs, max_support)
-    except ValueError:
-        return None
-    return SealedBid.model_construct(  # every field given: nothing left for pydantic to default
-        type="sealed_bid",
-        id=obj.get("id"),
-        re=obj.get("re"),
-        round=number,
-        distribution=Distribution.model_construct(tokens=tokens, probs=probs),
-        bid=value,
-        market=market,
-    )
 
 
 def validation_failure(model: type[Message], exc: ValidationError) -> ProtocolError:

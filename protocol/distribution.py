@@ -19,7 +19,7 @@ MAX_TOKEN_BYTES = 256
 DEFAULT_MAX_SUPPORT = 4096
 SUM_TOLERANCE = 1e-6
 # Longest token (in characters) that can't exceed MAX_TOKEN_BYTES whatever its characters.
-_SAFE_TOKEN_CHARS = MAX_TOKEN_BYTES // 4
+SAFE_TOKEN_CHARS = MAX_TOKEN_BYTES // 4
 
 
 def _as_float_array(value: Any) -> NDArray[np.float64]:
@@ -72,31 +72,45 @@ class Distribution(BaseModel):
 
 def check_distribution(tokens: list[str], probs: NDArray[np.float64], max_support: int) -> None:
     """Raise ``ValueError`` naming the first problem with a (tokens, probs) pair."""
+    check_support(tokens, probs, max_support)
+    check_token_text(tokens)
+    check_probabilities(probs)
+
+
+def check_support(tokens: list[str], probs: NDArray[np.float64], max_support: int) -> None:
+    """As many probabilities as tokens, at least one and at most ``max_support`` tokens, all distinct."""
     if len(tokens) != len(probs):
         raise ValueError(f"tokens and probs differ in length ({len(tokens)} vs {len(probs)})")
     if not tokens:
         raise ValueError("a distribution needs at least one token")
     if len(tokens) > max_support:
         raise ValueError(f"support of {len(tokens)} tokens exceeds the maximum of {max_support}")
-    distinct = set(tokens)
-    if len(distinct) != len(tokens):
+    if len(set(tokens)) != len(tokens):
         raise ValueError("tokens must be distinct")
-    if "" in distinct:
+
+
+def check_token_text(tokens: list[str]) -> None:
+    """Every token a non-empty string of valid Unicode, at most ``MAX_TOKEN_BYTES`` in UTF-8."""
+    if "" in tokens:
         raise ValueError("tokens must be non-empty strings")
     try:
         total_bytes = len("".join(tokens).encode("utf-8"))
     except UnicodeEncodeError as exc:
         raise ValueError("tokens must be valid Unicode (no lone surrogates)") from exc
-    if total_bytes > MAX_TOKEN_BYTES and max(map(len, tokens)) > _SAFE_TOKEN_CHARS:
+    if total_bytes > MAX_TOKEN_BYTES and max(map(len, tokens)) > SAFE_TOKEN_CHARS:
         longest = max(len(t.encode("utf-8")) for t in tokens)
         if longest > MAX_TOKEN_BYTES:
             raise ValueError(f"a token is {longest} UTF-8 bytes; the maximum is {MAX_TOKEN_BYTES}")
+
+
+def check_probabilities(probs: NDArray[np.float64]) -> None:
+    """Finite, non-negative and summing to 1 within ``SUM_TOLERANCE``."""
     # Two reductions decide everything: a NaN or infinity makes the sum non-finite, and with the
     # minimum non-negative a finite sum near 1 bounds every probability.
-    total = float(probs.sum())
+    total = float(np.add.reduce(probs))
     if not math.isfinite(total):
         raise ValueError("probabilities must be finite")
-    if float(probs.min()) < 0:
+    if float(np.minimum.reduce(probs)) < 0:
         raise ValueError("probabilities must not be negative")
     if abs(total - 1.0) > SUM_TOLERANCE:
         raise ValueError(f"probabilities sum to {total:.9g}, not 1 (tolerance {SUM_TOLERANCE})")

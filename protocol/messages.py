@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -24,6 +24,22 @@ from protocol.fields import AgentName, Count, HexDigest, MarketId, NonNegativeFl
 from protocol.market_rules import WIRE_MODEL, MarketRules, MechanismSettings
 
 PROTOCOL_VERSION = 1
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+_set_slot = object.__setattr__
+
+
+def assemble(model: type[ModelT], **fields: Any) -> ModelT:
+    """``model.model_construct(**fields)`` for values already checked that give every field: what
+    ``model_construct`` leaves in the instance, at a third of its cost (it matters on the per-bid and
+    per-round paths). Given in the model's field order, the fields encode byte for byte as
+    ``model_construct``'s would. ``tests/test_protocol_codec.py`` holds it equal to ``model_construct``."""
+    instance = model.__new__(model)
+    _set_slot(instance, "__dict__", fields)
+    _set_slot(instance, "__pydantic_fields_set__", set(fields))
+    _set_slot(instance, "__pydantic_extra__", None)
+    _set_slot(instance, "__pydantic_private__", None)
+    return instance
 
 
 class Message(BaseModel):
@@ -48,7 +64,7 @@ class OutcomeDistribution(Distribution):
     @classmethod
     def of_aggregate(cls, tokens: list[str], probs: np.ndarray) -> OutcomeDistribution:
         """The mechanism's own aggregate, taken as it is: no checks (the mechanism guarantees them)."""
-        return cls.model_construct(tokens=tokens, probs=probs)
+        return assemble(cls, tokens=tokens, probs=probs)
 
     def support_limit(self, context: dict[str, Any]) -> int:
         return len(self.tokens)

@@ -15,8 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol import Distribution, ErrorCode, Limits, MechanismSettings, ProtocolError, decode, encode
-from protocol.codec import unpack_map, well_formed_bid
+from protocol.codec import unpack_map
 from protocol.distribution import DEFAULT_MAX_SUPPORT
+from protocol.hot_path import WireBid, WirePing, checked_bid, read_hot
 from protocol.market_rules import MarketRules
 from protocol.messages import (
     MESSAGE_TYPES,
@@ -45,6 +46,7 @@ from protocol.messages import (
     SyncReply,
     SyncRequest,
     Welcome,
+    assemble,
 )
 
 SPEC = Path(__file__).resolve().parents[1] / "protocol" / "SPEC.md"
@@ -242,7 +244,7 @@ def test_fuzzed_structures_raise_only_protocol_errors(kind: str, fields: dict[st
         decode(msgpack.packb({"v": 1, "type": kind, **fields}))
 
 
-# --- the fast path for sealed bids -------------------------------------------------------------
+# --- the compiled path for sealed bids and pings ----------------------------------------------
 
 anything = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1), st.floats(), st.text(max_size=4), st.binary(max_size=24)
@@ -287,13 +289,17 @@ def mutated_bids(draw: st.DrawFn) -> dict[str, Any]:
     return body
 
 
-def both_decoders(body: dict[str, Any]) -> tuple[SealedBid | None, SealedBid | None]:
-    obj = unpack_map(msgpack.packb({"v": 1, "type": "sealed_bid", **body}, use_bin_type=True))
+def both_decoders(body: dict[str, Any] | bytes) -> tuple[SealedBid | None, SealedBid | None]:
+    """The hot path's reading of a bid (None: it left the bid to the model) and the model's."""
+    data = body if isinstance(body, bytes) else msgpack.packb({"v": 1, "type": "sealed_bid", **body}, use_bin_type=True)
     try:
-        model: SealedBid | None = SealedBid.model_validate(obj, context={"max_support": DEFAULT_MAX_SUPPORT})
-    except ValueError:
+        model: SealedBid | None = SealedBid.model_validate(
+            unpack_map(data), context={"max_support": DEFAULT_MAX_SUPPORT}
+        )
+    except (ValueError, ProtocolError):
         model = None
-    return well_formed_bid(obj, DEFAULT_MAX_SUPPORT), model
+    wire = read_hot(data)
+    return checked_bid(wire, DEFAULT_MAX_SUPPORT) if isinstance(wire, WireBid) else None, model
 
 
 def same_bid(a: SealedBid, b: SealedBid) -> bool:
@@ -318,3 +324,97 @@ def test_the_fast_path_accepts_nothing_the_model_refuses(body: dict[str, Any]) -
     fast, model = both_decoders(body)
     if fast is not None:
         assert model is not None and same_bid(fast, model)
+
+
+def raw_map(*pairs: Any) -> bytes:
+    """A msgpack map written pair by pair: repeated keys and odd encodings a dict cannot express."""
+    packer = msgpack.Packer(use_bin_type=True)
+    return packer.pack_map_header(len(pairs) // 2) + b"".join(packer.pack(item) for item in pairs)
+
+
+BID_PAIRS = ("v", 1, "type", "sealed_bid", "round", 1, "bid", 1.0, "distribution", {"tokens": ["a"], "probs": [1.0]})
+
+
+@pytest.mark.parametrize(
+    ("case", "data"),
+    [
+        ("a repeated key: the last one counts", raw_map(*BID_PAIRS, "round", 7)),
+        (
+            "float32 numbers",
+            msgpack.packb(dict(zip(BID_PAIRS[::2], BID_PAIRS[1::2], strict=True)), use_single_float=True),
+        ),
+        ("an unknown field of an ext type", raw_map(*BID_PAIRS, "x", msgpack.ExtType(1, b"z"))),
+        (
+            "an old-style raw string as probs",
+            msgpack.packb(
+                {
+                    "v": 1,
+                    "type": "sealed_bid",
+                    "round": 1,
+                    "bid": 1,
+                    "distribution": {"tokens": ["a"], "probs": b"\0" * 8},
+                }
+            ),
+        ),
+        ("trailing bytes", raw_map(*BID_PAIRS) + b"\x00"),
+        ("a market id with a newline", raw_map(*BID_PAIRS, "market", "m1\n")),
+        ("a bool for a bid", raw_map(*BID_PAIRS, "bid", True)),
+        ("another protocol version", raw_map(*BID_PAIRS, "v", 2)),
+    ],
+)
+def test_odd_encodings_decode_as_the_model_says(case: str, data: bytes) -> None:
+    fast, model = both_decoders(data)
+    if fast is not None:
+        assert model is not None and same_bid(fast, model), case
+    if case.startswith(("a repeated", "float32", "an unknown")):
+        assert fast is not None, f"{case}: the common shape should take the hot path"
+
+
+def test_an_invalid_utf8_token_is_refused_by_both_paths() -> None:
+    bad = msgpack.Packer(use_bin_type=True, unicode_errors="surrogatepass")
+    data = bad.pack(
+        {"v": 1, "type": "sealed_bid", "round": 1, "bid": 1.0, "distribution": {"tokens": ["\udcff"], "probs": [1.0]}}
+    )
+    assert both_decoders(data) == (None, None)
+    with pytest.raises(ProtocolError) as refusal:
+        decode(data)
+    assert refusal.value.code == ErrorCode.MALFORMED
+
+
+@settings(max_examples=300, deadline=None)
+@given(request_id=st.one_of(st.none(), st.integers(-1, 2**64 - 1)), re_id=st.one_of(st.none(), anything))
+def test_a_ping_decodes_as_the_model_says(request_id: int | None, re_id: Any) -> None:
+    data = msgpack.packb({"v": 1, "type": "ping", "id": request_id, "re": re_id}, use_bin_type=True)
+    wire = read_hot(data)
+    try:
+        model: Ping | None = Ping.model_validate(unpack_map(data))
+    except ValueError:
+        model = None
+    if isinstance(wire, WirePing):
+        assert model is not None and (wire.id, wire.re) == (model.id, model.re)
+    decoded = decode(data) if model is not None else None
+    assert decoded == model
+
+
+@given(body=valid_bids())
+def test_assembling_a_checked_bid_equals_model_construct(body: dict[str, Any]) -> None:
+    fast, model = both_decoders(body)
+    assert fast is not None and model is not None
+    constructed = SealedBid.model_construct(**fast.__dict__)
+    assert fast.__dict__ == constructed.__dict__
+    assert fast.model_fields_set == constructed.model_fields_set
+    assert (fast.__pydantic_extra__, fast.__pydantic_private__) == (
+        constructed.__pydantic_extra__,
+        constructed.__pydantic_private__,
+    )
+    assert list(fast.__dict__) == list(SealedBid.model_fields)
+    assert encode(fast) == encode(model)
+
+
+@pytest.mark.parametrize("message", EVERY_MESSAGE, ids=lambda m: m.type)
+def test_assembling_any_message_equals_model_construct(message: Message) -> None:
+    assembled = assemble(type(message), **message.__dict__)
+    constructed = type(message).model_construct(**message.__dict__)
+    assert assembled == constructed == message
+    assert assembled.model_fields_set == constructed.model_fields_set
+    assert encode(assembled) == encode(constructed)

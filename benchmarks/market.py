@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.load import LoadResult, drive
+from benchmarks.load import MANY_MACHINES, LoadResult, drive
 from benchmarks.timing import Figure
 from protocol.sockets import free_tcp_endpoint
 from simulation.processes import LocalMarket
@@ -47,6 +47,7 @@ def run_market(agents: int, support: int, rounds: int, scratch: Path) -> LoadRes
             "60",
             "--heartbeat",
             "5",
+            *MANY_MACHINES,
         ],
     )
     try:

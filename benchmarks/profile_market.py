@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.load import drive
+from benchmarks.load import MANY_MACHINES, drive
 from protocol.sockets import free_tcp_endpoint
 
 OWN_CODE = ("auctioneer", "protocol", "zmq", "sqlite3", "msgpack", "pydantic")
@@ -42,6 +42,7 @@ def profile_market(agents: int, support: int, rounds: int, output: Path) -> int:
         "60",
         "--heartbeat",
         "1",
+        *MANY_MACHINES,
     ]
     server = subprocess.Popen(command)
     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import zmq.asyncio
 from agent_client import AgentRuntime, FunctionAgent, StaticAgent
 from agent_client.agent import Bid, RoundContext
 from auctioneer.ledger import Ledger
-from auctioneer.serve import serve
+from auctioneer.serve import YOUNG_COLLECTION_EVERY, keep_collector_off_the_round_path, serve
 from auctioneer.settings import ServeSettings
 from protocol import decode, encode
 from protocol.client import FeedEvent, MarketClient, follow_market
@@ -42,6 +43,17 @@ def market_settings(tmp_path: Path, **values: Any) -> ServeSettings:
 
 def runtime(settings: ServeSettings, name: str, agent: Any) -> AgentRuntime:
     return AgentRuntime(agent, name, settings.market, settings.feed)
+
+
+def test_serve_keeps_the_garbage_collector_off_the_round_path() -> None:
+    threshold = gc.get_threshold()
+    try:
+        keep_collector_off_the_round_path()
+        assert gc.get_freeze_count() > 10_000  # every object alive at start-up, out of collection
+        assert gc.get_threshold() == (YOUNG_COLLECTION_EVERY, *threshold[1:])
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*threshold)
 
 
 async def test_runtimes_trade_and_a_slow_agent_only_misses_rounds(tmp_path: Path) -> None:

@@ -12,7 +12,8 @@ on its weights.
   instruction, each one token further than last round), batched into one forward pass, over the
   same four calls one after another.
 - ``llm_round_cost_400_over_20``: the agent's time per round (one ``next_token_distribution`` call
-  after the previous round's text) at a text of 400 tokens over one of 20. With the key/value cache
+  after the previous round's text) at a text of 400 tokens over one of 20, the two measured in
+  turn 15 times (medians), so the machine's drift moves both alike. With the key/value cache
   kept between rounds it stays flat; recomputing the whole text, it grows with the length
   (``llm_round_cost_400_over_20_uncached`` is the same ratio without the cache, for comparison).
 """
@@ -23,6 +24,7 @@ import random
 import statistics
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,15 +114,14 @@ def market_rate(model_dir: Path, prompt: str, tokens: int, scratch: Path) -> flo
     return (len(times) - 1) / (times[-1] - times[0])
 
 
-def round_cost(model: Any, texts: list[str], length: int, repeats: int = 7) -> float:
-    """Median seconds of one round at ``length`` tokens: the call after the previous round's text."""
-    samples = []
+def interleaved_medians(timed: Callable[[int], float], lengths: Sequence[int], repeats: int = 15) -> list[float]:
+    """Median of ``timed(length)`` for each length, the lengths measured in turn ``repeats`` times so
+    that the machine's drift moves them all alike."""
+    samples: list[list[float]] = [[] for _ in lengths]
     for _ in range(repeats):
-        model.next_token_distribution(texts[length - 2])
-        start = time.perf_counter()
-        model.next_token_distribution(texts[length - 1])
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+        for column, length in enumerate(lengths):
+            samples[column].append(timed(length))
+    return [statistics.median(column) for column in samples]
 
 
 def growing_texts(model: Any, prompt: str, length: int) -> list[str]:
@@ -138,17 +139,22 @@ def cost_ratios(model_dir: Path, prompt: str) -> tuple[float, float]:
 
     model = TransformersModel(str(model_dir))
     texts = growing_texts(model, prompt, 400)
-    cached = round_cost(model, texts, 400) / round_cost(model, texts, 20)
 
-    def uncached(length: int) -> float:
-        samples = []
-        for _ in range(7):
-            start = time.perf_counter()
-            model.full_logits(texts[length - 1])
-            samples.append(time.perf_counter() - start)
-        return statistics.median(samples)
+    def cached_round(length: int) -> float:
+        """One round at ``length`` tokens: the call after the previous round's text."""
+        model.next_token_distribution(texts[length - 2])
+        start = time.perf_counter()
+        model.next_token_distribution(texts[length - 1])
+        return time.perf_counter() - start
 
-    return cached, uncached(400) / uncached(20)
+    def recomputed(length: int) -> float:
+        start = time.perf_counter()
+        model.full_logits(texts[length - 1])
+        return time.perf_counter() - start
+
+    long_cached, short_cached = interleaved_medians(cached_round, (400, 20))
+    long_recomputed, short_recomputed = interleaved_medians(recomputed, (400, 20))
+    return long_cached / short_cached, long_recomputed / short_recomputed
 
 
 def batching_ratio(model_dir: Path, rounds: int = 30) -> float:

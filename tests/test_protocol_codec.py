@@ -418,3 +418,28 @@ def test_assembling_any_message_equals_model_construct(message: Message) -> None
     assert assembled == constructed == message
     assert assembled.model_fields_set == constructed.model_fields_set
     assert encode(assembled) == encode(constructed)
+
+
+@pytest.mark.parametrize("kind", ["sealed_bid", "ping"])
+def test_a_receiver_that_does_not_take_a_hot_message_refuses_it(kind: str) -> None:
+    body = dict(zip(BID_PAIRS[::2], BID_PAIRS[1::2], strict=True)) if kind == "sealed_bid" else {"v": 1}
+    data = msgpack.packb({**body, "type": kind, "id": 4}, use_bin_type=True)
+    assert decode(data).type == kind
+    with pytest.raises(ProtocolError) as refusal:
+        decode(data, accepted={"hello"})
+    assert (refusal.value.code, refusal.value.request_id) == (ErrorCode.UNKNOWN_TYPE, 4)
+
+
+def test_a_bid_refused_by_the_precheck_names_its_request() -> None:
+    def closed(fields: Any) -> None:
+        assert (fields["round"], fields["bid"], fields["market"]) == (1, 1.0, None)
+        raise ProtocolError(ErrorCode.ROUND_CLOSED, "round 1 is closed", "round")
+
+    data = raw_map(*BID_PAIRS, "id", 9)
+    with pytest.raises(ProtocolError) as refusal:
+        decode(data, precheck_bid=closed)
+    assert (refusal.value.code, refusal.value.request_id, refusal.value.request_type) == (
+        ErrorCode.ROUND_CLOSED,
+        9,
+        "sealed_bid",
+    )

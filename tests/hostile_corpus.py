@@ -23,6 +23,11 @@ def bid(round_: Any, amount: Any = 1.0, **distribution: Any) -> bytes:
     return pack({"type": "sealed_bid", "round": round_, "bid": amount, "distribution": {**VALID_DIST, **distribution}})
 
 
+def with_field(message: bytes, key: str, packed_value: bytes) -> bytes:
+    """``message`` (a msgpack fixmap) with one more entry whose value is given already packed."""
+    return bytes([message[0] + 1]) + message[1:] + msgpack.packb(key) + packed_value
+
+
 def nested(depth: int) -> bytes:
     """``[[[...1...]]]``: ``depth`` one-element arrays (0x91), built by hand (packb would recurse)."""
     return b"\x91" * depth + b"\x01"
@@ -108,6 +113,12 @@ def corpus(
         ("sync limit zero", [pack({"type": "sync_request", "since_seq": 0, "limit": 0})], "MALFORMED"),
         ("sync negative seq", [pack({"type": "sync_request", "since_seq": -1})], "MALFORMED"),
         ("deeply nested msgpack", [nested(5000)], "MALFORMED"),
+        ("a bid with a deeply nested unknown field", [with_field(bid(r), "x", nested(100_000))], "MALFORMED"),
+        (
+            "a ping with a deeply nested unknown field",
+            [with_field(pack({"type": "ping"}), "x", nested(100_000))],
+            "MALFORMED",
+        ),
         ("msgpack ext type", [msgpack.packb(msgpack.ExtType(5, b"boom"))], "MALFORMED"),
         ("oversized frame", [b"\x00" * (max_message_bytes + 1)], DROPPED),
     ]

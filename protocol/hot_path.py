@@ -35,6 +35,8 @@ WIRE_FLOAT_IS_NATIVE = np.dtype(np.float64) == WIRE_FLOAT
 
 
 class WireDistribution(msgspec.Struct):
+    """A bid's distribution as read: tokens, and probabilities as float64 bytes or an array."""
+
     # Non-empty and short enough that no characters make it longer than MAX_TOKEN_BYTES in UTF-8
     # (longer tokens are valid and take the general path); msgspec has checked the UTF-8 itself.
     tokens: list[Annotated[str, msgspec.Meta(min_length=1, max_length=SAFE_TOKEN_CHARS)]]
@@ -82,7 +84,9 @@ def checked_bid(wire: WireBid, max_support: int) -> SealedBid | None:
     if type(raw) is bytes:
         if len(raw) % 8:
             return None
-        probs = np.frombuffer(raw, WIRE_FLOAT) if WIRE_FLOAT_IS_NATIVE else np.frombuffer(raw, WIRE_FLOAT).astype(float)
+        probs = np.frombuffer(raw, WIRE_FLOAT)  # zero-copy, read-only
+        if not WIRE_FLOAT_IS_NATIVE:
+            probs = probs.astype(np.float64)
     else:
         probs = np.array(raw, dtype=np.float64)
     try:

@@ -192,7 +192,7 @@ def run(quick: bool = False) -> list[Figure]:
         model_dir = build_random_gpt2(scratch / "model", synthetic_corpus(4000), VOCABULARY, **SHAPE, positions=1024)
         pairs = [
             (generate_rate(model_dir, prompt, tokens), market_rate(model_dir, prompt, tokens, scratch))
-            for _ in range(1 if quick else 3)
+            for _ in range(1 if quick else 5)
         ]  # interleaved, so the machine's noise moves both; each figure the median
         generated = statistics.median(g for g, _ in pairs)
         marketed = statistics.median(m for _, m in pairs)

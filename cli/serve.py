@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import signal
 import socket
 from pathlib import Path
@@ -81,6 +82,8 @@ async def serve_until_signalled(
 ) -> Exchange:
     """Serve until the exchange is finished, or until SIGINT/SIGTERM asks it to stop."""
     stop = asyncio.Event()
+    # `kill -USR1 PID` writes every thread's stack to stderr: what a stuck auctioneer is doing.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)

@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import sys
 import time
@@ -41,6 +42,17 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str =
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def stopped_within(process: subprocess.Popen[bytes], timeout: float) -> int | None:
+    """``process``'s exit status if it ends within ``timeout`` seconds; else None, after asking it
+    (SIGUSR1) to write its threads' stacks to its log, for the failure message."""
+    try:
+        return process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        process.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        return None
 
 
 def read_ledger(db: Path) -> dict[str, Any]:

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from auctioneer.ledger import Ledger
-from tests.helpers import MarketRun, committed_rounds, read_ledger, run_cli, static_agent, wait_until
+from tests.helpers import MarketRun, committed_rounds, read_ledger, run_cli, static_agent, stopped_within, wait_until
 
 KILLS = 20
 
@@ -33,7 +33,7 @@ def test_random_sigkills_lose_nothing_and_charge_nobody_twice(market_run: Market
     # Let the agents recover by themselves, then end the market a few tokens later.
     wait_until(lambda: committed_rounds(market_run.db) > committed_before_kill[-1] + 3, what="recovery")
     auctioneer.send_signal(signal.SIGTERM)
-    assert auctioneer.wait(10) == 0
+    assert stopped_within(auctioneer, 10) == 0, market_run.logs()
     tokens = len(read_ledger(market_run.db)["text"])
     market_run.serve(*flags, "--max-tokens", str(tokens + 5))
     agents = market_run.processes[1:3]
@@ -86,7 +86,7 @@ def test_sigkills_with_many_open_markets_lose_nothing_and_keep_every_budget(mark
     # Every market resumes: each commits rounds beyond its count at the last kill.
     wait_until(lambda: all(n > before[-1][m] for m, n in rounds_per_market().items()), what="every market resumed")
     market_run.processes[-1].send_signal(signal.SIGTERM)
-    assert market_run.processes[-1].wait(10) == 0
+    assert stopped_within(market_run.processes[-1], 10) == 0, market_run.logs()
     for agent in market_run.processes[1:3]:
         agent.terminate()
         agent.wait(30)

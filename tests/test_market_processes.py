@@ -7,7 +7,7 @@ import signal
 import pytest
 
 from auctioneer.evaluate import RoundInput, evaluate_round
-from tests.helpers import MarketRun, committed_rounds, read_ledger, run_cli, static_agent, wait_until
+from tests.helpers import MarketRun, committed_rounds, read_ledger, run_cli, static_agent, stopped_within, wait_until
 
 AGENTS = {
     "alice": static_agent("Large=0.8,Generative=0.2", 1),
@@ -95,8 +95,12 @@ def test_restart_on_the_same_database_continues_the_market(market_run: MarketRun
     market_run.agent("bob", *AGENTS["bob"])
     wait_until(lambda: committed_rounds(market_run.db) >= 3, what="three rounds")
     auctioneer = market_run.processes[0]
+    auctioneer.send_signal(signal.SIGUSR1)  # a stack dump for the operator; the market goes on
+    wait_until(lambda: "Current thread" in market_run.logs(), what="the stack dump in the log")
+    rounds = committed_rounds(market_run.db)
+    wait_until(lambda: committed_rounds(market_run.db) > rounds, what="a round after the dump")
     auctioneer.send_signal(signal.SIGTERM)
-    assert auctioneer.wait(10) == 0
+    assert stopped_within(auctioneer, 10) == 0, market_run.logs()
     stopped_at = committed_rounds(market_run.db)
     assert stopped_at < 80
     market_run.serve("--min-agents", "2", "--max-tokens", "80", "--round-timeout", "0.3")

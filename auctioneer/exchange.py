@@ -48,7 +48,6 @@ from protocol.market_rules import MarketRules
 from protocol.messages import (
     BidAccepted,
     CloseMarket,
-    Error,
     ExchangeHeartbeat,
     Hello,
     ListMarkets,
@@ -70,6 +69,7 @@ from protocol.messages import (
     SyncRequest,
     Welcome,
     assemble,
+    refusal,
 )
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,7 @@ class Exchange:
         try:
             return self._dispatch(peer, message, identity, address)
         except ProtocolError as exc:
-            return Error(code=exc.code, message=exc.message, field=exc.field, re=message.id)
+            return refusal(exc, message.id)
 
     def _dispatch(self, peer: bytes, message: Message, identity: str | None, address: str | None) -> Message | bytes:
         now = self.clock()

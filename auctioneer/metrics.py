@@ -28,6 +28,7 @@ class AuctioneerMetrics:
             registry=self.registry,
         )  # fmt: skip
         self._accepted = self.bids.labels("accepted")  # the hot label, looked up once
+        self._refused: dict[str, Counter] = {}
         self.resyncs = Counter("token_auction_resyncs_served", "sync_request answered", registry=self.registry)
         self.round_close = Histogram(
             "token_auction_round_close_seconds", "From a round's opening to its result's broadcast",
@@ -62,7 +63,10 @@ class AuctioneerMetrics:
         elif request_type == "sync_request" and isinstance(reply, bytes):
             self.resyncs.inc()
         elif isinstance(reply, Error) and request_type == "sealed_bid":
-            self.bids.labels(reply.code).inc()
+            refused = self._refused.get(reply.code)
+            if refused is None:  # one child per error code, looked up once (floods are refused in bulk)
+                refused = self._refused[reply.code] = self.bids.labels(reply.code)
+            refused.inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -88,6 +88,11 @@ class PeerBudgets:
         self.addresses = TokenBuckets(address_rate, address_rate * REQUEST_BURST_SECONDS, clock)
         self.sync = TokenBuckets(SYNC_KIB_RATE, SYNC_KIB_BURST, clock)
 
+    def exhausted(self, peer: bytes) -> bool:
+        """Whether the connection's own request budget is spent: its requests are dropped before
+        anything else is looked at (a flood costs the auctioneer as little as possible)."""
+        return not self.requests.has_units(peer)
+
     def admit_request(self, peer: bytes, address: str | None, size: int) -> bool:
         """Charge a request of ``size`` bytes to its connection and its address (None: not TCP)."""
         cost = 1.0 + size / KIB

@@ -33,7 +33,7 @@ from auctioneer.peer_budget import PeerBudgets, ThrottledWarnings
 from auctioneer.security import CurveServer
 from protocol import ErrorCode, ProtocolError, decode, encode
 from protocol.codec import Limits
-from protocol.messages import AUCTIONEER_REQUESTS, Error, Message, SyncRequest
+from protocol.messages import AUCTIONEER_REQUESTS, Error, Message, SyncRequest, refusal
 from protocol.sockets import FEED_HIGH_WATER_MARK, make_socket
 from protocol.topics import BROAD_SUBSCRIPTIONS, EXCHANGE_TOPIC, market_topic, subscribed_market, topic_frame
 
@@ -49,6 +49,7 @@ Observer = Callable[[Message], None]
 # Flags as plain ints: pyzmq's send_multipart combines its enum flags in Python for every frame.
 MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 LAST = int(zmq.NOBLOCK)
+OVER_BUDGET = "requests over their connection's or address's budget dropped"
 
 
 class EndpointError(Exception):
@@ -244,9 +245,12 @@ class AuctioneerServer:
 
     def _answer(self, frames: list[zmq.Frame]) -> None:
         peer = frames[0].bytes
+        if self._budgets.exhausted(peer):  # a flood is dropped before anything else is looked at
+            self._warnings.note(OVER_BUDGET)
+            return
         address = _peer_address(frames[-1])
-        if not self._budgets.admit_request(peer, address, sum(len(frame) for frame in frames[1:])):
-            self._warnings.note("requests over their connection's budget dropped")
+        if not self._budgets.admit_request(peer, address, sum(map(len, frames[1:]))):
+            self._warnings.note(OVER_BUDGET)
             return
         envelope = [peer, b""] if len(frames) == 3 and not frames[1].bytes else [peer]
         reply: Message | bytes
@@ -260,7 +264,7 @@ class AuctioneerServer:
                 precheck = functools.partial(self.exchange.precheck_bid, peer)
                 request = decode(payload.bytes, self._limits, AUCTIONEER_REQUESTS, precheck)
             except ProtocolError as exc:
-                reply = Error(code=exc.code, message=exc.message, field=exc.field, re=exc.request_id)
+                reply = refusal(exc, exc.request_id)
                 request_type = exc.request_type
             else:
                 request_type = request.type

@@ -19,7 +19,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from protocol.distribution import Distribution
-from protocol.errors import ErrorCode
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.fields import AgentName, Count, HexDigest, MarketId, NonNegativeFloat, RequestId, RoundNumber, Seq
 from protocol.market_rules import WIRE_MODEL, MarketRules, MechanismSettings
 
@@ -221,6 +221,12 @@ class Error(Message):
     code: str
     message: str
     field: str | None = None
+
+
+def refusal(error: ProtocolError, re: int | None) -> Error:
+    """The ``error`` reply to a refused request (``re``: its id), assembled from the refusal itself:
+    refusals are what a flood gets, so they cost as little as a reply can."""
+    return assemble(Error, type="error", id=None, re=re, code=str(error.code), message=error.message, field=error.field)
 
 
 class Pong(Message):

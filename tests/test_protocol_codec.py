@@ -47,6 +47,7 @@ from protocol.messages import (
     SyncRequest,
     Welcome,
     assemble,
+    refusal,
 )
 
 SPEC = Path(__file__).resolve().parents[1] / "protocol" / "SPEC.md"
@@ -446,3 +447,11 @@ def test_a_bid_refused_by_the_precheck_names_its_request() -> None:
         9,
         "sealed_bid",
     )
+
+
+def test_a_refusal_is_the_error_the_model_would_build() -> None:
+    error = ProtocolError(ErrorCode.DUPLICATE_BID, "you already bid in round 3", "round")
+    built = Error(code=ErrorCode.DUPLICATE_BID, message="you already bid in round 3", field="round", re=7)
+    assert refusal(error, 7) == built
+    assert encode(refusal(error, 7)) == encode(built)
+    assert type(refusal(error, None).code) is str

@@ -170,6 +170,10 @@ def feed_input(context: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace
     a 64 MiB frame, each from its own connection."""
     sent = {}
     huge = context.socket(zmq.XSUB)
+    # The auctioneer drops these connections at their first oversized frame. Reconnecting, an XSUB
+    # resends every subscription it holds, walking libzmq's trie recursively: with 1 MiB and 64 MiB
+    # keys that overflowed this attacker's own stack now and then (SIGSEGV, seen once in the suite).
+    huge.setsockopt(zmq.RECONNECT_IVL, -1)
     huge.connect(from_attacker_host(args.feed))
     for _ in range(8):
         huge.send(b"\x01" + b"h" * (1 << 20))
@@ -181,6 +185,7 @@ def feed_input(context: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace
         many.send(b"\x01" + subscription(market_topic(f"nowhere{k}")))
     sent["unknown topics"] = args.count
     frame = context.socket(zmq.XSUB)
+    frame.setsockopt(zmq.RECONNECT_IVL, -1)
     frame.connect(from_attacker_host(args.feed))
     frame.send(b"\x01" + TOPIC_MARK + b"x" * (64 << 20))
     sent["64 MiB frame"] = 1

@@ -184,10 +184,18 @@ class FeedFollower:
         """Every followed market's events in order, forever (the caller stops when it has what it needs)."""
         while True:
             while self._stale:
-                market = self._stale.pop(0)
+                # The market stays stale (``catching_up``) until its resync is done: its last event
+                # is held back until then, so a caller that stops once nothing is catching up has
+                # applied every replayed result first.
+                market, last = self._stale[0], None
                 if market in self._last:
                     async for event in self._resync(market):
-                        yield event
+                        if last is not None:
+                            yield last
+                        last = event
+                self._stale.pop(0)
+                if last is not None:
+                    yield last
             try:
                 topic, payload = split_frame(await self.socket.recv())
                 message = decode(payload, FROM_AUCTIONEER)

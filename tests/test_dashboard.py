@@ -9,15 +9,19 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from protocol.sockets import free_tcp_endpoint
 from tests.helpers import MarketRun, read_ledger, static_agent, wait_until
+
+T = TypeVar("T")
 
 AGENTS = {"alice": (" Hawaii=0.6, Maui=0.4", 2.0), "bob": (" Maui=0.5, Paris=0.5", 1.0)}
 MECHANISM = ["--mode", "stable", "--payment", "critical_bid", "--min-agents", "2"]
@@ -104,7 +108,7 @@ def test_the_page_shows_the_market_live_and_recovers_after_a_restart(
         return len(browser.find_elements(By.CSS_SELECTOR, "#text .token"))
 
     def status() -> str:
-        return str(browser.find_element(By.ID, "status").get_attribute("data-state"))
+        return str(settled(lambda: browser.find_element(By.ID, "status").get_attribute("data-state")))
 
     browser.get(f"http://{http}/")
     wait_until(lambda: tokens() >= 5, what="tokens on the page")
@@ -121,25 +125,47 @@ def test_the_page_shows_the_market_live_and_recovers_after_a_restart(
     wait_until(lambda: status() == "live", timeout=60, what="the page recovering")
     wait_until(lambda: tokens() > shown, what="the text growing after the restart")
 
-    wait_until(lambda: "closed" in browser.find_element(By.ID, "market-state").text, timeout=60, what="close")
+    wait_until(
+        lambda: "closed" in settled(lambda: browser.find_element(By.ID, "market-state").text), timeout=60, what="close"
+    )
     ledger = read_ledger(market_run.db)
     assert tokens() == sum(1 for r in ledger["rounds"] if r["token"] is not None)
     assert browser.find_element(By.ID, "text").text == ledger["text"]
-    paid = {
-        row.get_attribute("data-agent"): float(row.find_element(By.CSS_SELECTOR, ".paid").text)
-        for row in browser.find_elements(By.CSS_SELECTOR, "#agents tbody tr")
-    }
+    paid = settled(
+        lambda: {
+            row.get_attribute("data-agent"): float(row.find_element(By.CSS_SELECTOR, ".paid").text)
+            for row in browser.find_elements(By.CSS_SELECTOR, "#agents tbody tr")
+        }
+    )
     assert paid == {agent: pytest.approx(ledger["balances"][agent], abs=1e-4) for agent in AGENTS}
     last = ledger["rounds"][-1]
     sponsor = max(last["sponsors"].items(), key=lambda kv: kv[1])[0]
-    span = browser.find_elements(By.CSS_SELECTOR, "#text .token")[-1]
-    assert span.get_attribute("data-sponsor") == sponsor
-    span.click()
-    detail = browser.find_element(By.ID, "detail").text
+
+    def last_token_sponsor_and_detail() -> tuple[str | None, str]:
+        span = browser.find_elements(By.CSS_SELECTOR, "#text .token")[-1]
+        shown_sponsor = span.get_attribute("data-sponsor")
+        span.click()
+        return shown_sponsor, browser.find_element(By.ID, "detail").text
+
+    shown_sponsor, detail = settled(last_token_sponsor_and_detail)
+    assert shown_sponsor == sponsor
     assert all(f"{last['payments'].get(agent, 0.0):.4f}" in detail for agent in AGENTS)
     browser.save_screenshot(str(tmp_path / "dashboard.png"))
     if os.environ.get("TOKEN_AUCTION_SCREENSHOT"):
         browser.save_screenshot(os.environ["TOKEN_AUCTION_SCREENSHOT"])
+
+
+def settled(read: Callable[[], T]) -> T:
+    """``read()`` of the live page, read again if the page re-rendered what it was reading (the page
+    replaces rows and spans as updates arrive, which leaves selenium holding stale elements)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    for _ in range(20):
+        try:
+            return read()
+        except StaleElementReferenceException:
+            time.sleep(0.1)
+    return read()
 
 
 def _answers(address: str) -> bool:

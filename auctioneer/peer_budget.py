@@ -22,6 +22,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from typing import NamedTuple
 
 KIB = 1024
 SYNC_KIB_RATE = 4 * 1024  # 4 MiB of sync replies a second per connection
@@ -40,8 +41,8 @@ class TokenBuckets:
         self._buckets: dict[bytes, list[float]] = {}  # peer -> [units left, when last refilled]
         self._prune_at = PRUNE_AT
 
-    def _refilled(self, peer: bytes) -> list[float]:
-        now = self.clock()
+    def refilled(self, peer: bytes, now: float) -> list[float]:
+        """The peer's bucket, ``[units left, when last refilled]``, refilled up to ``now``."""
         bucket = self._buckets.get(peer)
         if bucket is None:
             if len(self._buckets) >= self._prune_at:
@@ -52,12 +53,9 @@ class TokenBuckets:
             bucket[1] = now
         return bucket
 
-    def has_units(self, peer: bytes) -> bool:
-        return self._refilled(peer)[0] >= 1.0
-
     def take(self, peer: bytes, cost: float) -> bool:
         """Spend ``cost`` if the peer has at least one unit left (it may then go below zero, and waits)."""
-        bucket = self._refilled(peer)
+        bucket = self.refilled(peer, self.clock())
         if bucket[0] < 1.0:
             return False
         bucket[0] -= cost
@@ -65,7 +63,7 @@ class TokenBuckets:
 
     def spend(self, peer: bytes, cost: float) -> None:
         """Spend ``cost`` after the fact (what a reply turned out to cost)."""
-        self._refilled(peer)[0] -= cost
+        self.refilled(peer, self.clock())[0] -= cost
 
     def _prune(self, now: float) -> None:
         """Forget buckets that have refilled (a full bucket is what a new peer gets anyway)."""
@@ -80,6 +78,13 @@ class TokenBuckets:
         return len(self._buckets)
 
 
+class Admission(NamedTuple):
+    """Whether a request was within its budgets, and the network address it came from."""
+
+    admitted: bool
+    address: str | None
+
+
 class PeerBudgets:
     """The budgets of every connection and every network address."""
 
@@ -88,22 +93,23 @@ class PeerBudgets:
         self.addresses = TokenBuckets(address_rate, address_rate * REQUEST_BURST_SECONDS, clock)
         self.sync = TokenBuckets(SYNC_KIB_RATE, SYNC_KIB_BURST, clock)
 
-    def exhausted(self, peer: bytes) -> bool:
-        """Whether the connection's own request budget is spent: its requests are dropped before
-        anything else is looked at (a flood costs the auctioneer as little as possible)."""
-        return not self.requests.has_units(peer)
-
-    def admit_request(self, peer: bytes, address: str | None, size: int) -> bool:
-        """Charge a request of ``size`` bytes to its connection and its address (None: not TCP)."""
+    def admit_request(self, peer: bytes, size: int, address_of: Callable[[], str | None]) -> Admission:
+        """Charge a request of ``size`` bytes to its connection and to its address (``address_of``:
+        looked up only for a connection that has budget left, so a flood is dropped before anything
+        else is looked at; None: not TCP)."""
+        now = self.requests.clock()
+        connection = self.requests.refilled(peer, now)
+        if connection[0] < 1.0:
+            return Admission(False, None)
+        address = address_of()
         cost = 1.0 + size / KIB
-        host = address.encode() if address is not None else None
-        if host is not None and not self.addresses.has_units(host):
-            return False
-        if not self.requests.take(peer, cost):
-            return False
-        if host is not None:
-            self.addresses.spend(host, cost)
-        return True
+        if address is not None:
+            host = self.addresses.refilled(address.encode(), now)
+            if host[0] < 1.0:
+                return Admission(False, address)
+            host[0] -= cost
+        connection[0] -= cost
+        return Admission(True, address)
 
     def admit_sync(self, peer: bytes) -> bool:
         return self.sync.take(peer, 0.0)

@@ -245,11 +245,10 @@ class AuctioneerServer:
 
     def _answer(self, frames: list[zmq.Frame]) -> None:
         peer = frames[0].bytes
-        if self._budgets.exhausted(peer):  # a flood is dropped before anything else is looked at
-            self._warnings.note(OVER_BUDGET)
-            return
-        address = _peer_address(frames[-1])
-        if not self._budgets.admit_request(peer, address, sum(map(len, frames[1:]))):
+        admitted, address = self._budgets.admit_request(
+            peer, sum(map(len, frames[1:])), functools.partial(_peer_address, frames[-1])
+        )
+        if not admitted:
             self._warnings.note(OVER_BUDGET)
             return
         envelope = [peer, b""] if len(frames) == 3 and not frames[1].bytes else [peer]

@@ -54,7 +54,7 @@ def tempered(q: FloatArray, temperature: float) -> FloatArray:
 def sample_index(tokens: Sequence[str], q: FloatArray, seed: bytes, temperature: float) -> int:
     """Index of the first token whose cumulative probability (of ``q^(1/T)``) exceeds the uniform draw."""
     draw_from = tempered(q, temperature)
-    index = int(np.searchsorted(np.cumsum(draw_from), uniform_draw(seed), side="right"))
+    index = int(np.add.accumulate(draw_from).searchsorted(uniform_draw(seed), side="right"))
     if index >= len(draw_from):
         index = int(np.flatnonzero(draw_from > 0)[-1])
     return index

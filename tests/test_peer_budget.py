@@ -1,0 +1,58 @@
+"""Request budgets per connection and per address, on a clock the test moves."""
+
+from __future__ import annotations
+
+import pytest
+
+from auctioneer.peer_budget import KIB, REQUEST_BURST_SECONDS, PeerBudgets
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def never_looked_up() -> str | None:
+    raise AssertionError("the address of a connection over its budget was looked up")
+
+
+def test_a_connection_over_its_budget_is_refused_before_its_address_is_looked_up() -> None:
+    clock = FakeClock()
+    budgets = PeerBudgets(request_rate=10, address_rate=1000, clock=clock)
+    burst = int(10 * REQUEST_BURST_SECONDS)
+    admitted = [budgets.admit_request(b"peer", 0, lambda: "10.0.0.1").admitted for _ in range(burst)]
+    assert admitted == [True] * burst
+    assert budgets.admit_request(b"peer", 0, never_looked_up) == (False, None)
+    clock.now += 0.15  # a unit and a half back at 10 a second
+    assert budgets.admit_request(b"peer", 0, lambda: "10.0.0.1") == (True, "10.0.0.1")
+
+
+def test_connections_from_one_address_share_its_budget() -> None:
+    clock = FakeClock()
+    budgets = PeerBudgets(request_rate=1000, address_rate=5, clock=clock)
+    burst = int(5 * REQUEST_BURST_SECONDS)
+    answers = [budgets.admit_request(f"peer-{k}".encode(), 0, lambda: "10.0.0.2").admitted for k in range(burst + 3)]
+    assert answers == [True] * burst + [False] * 3
+    # Another address is not affected; a connection without a TCP address only has its own budget.
+    assert budgets.admit_request(b"peer-x", 0, lambda: "10.0.0.3").admitted
+    assert budgets.admit_request(b"peer-y", 0, lambda: None) == (True, None)
+
+
+@pytest.mark.parametrize("size, cost", [(0, 1.0), (KIB, 2.0), (10 * KIB, 11.0)])
+def test_a_request_costs_a_unit_plus_one_per_kib(size: int, cost: float) -> None:
+    budgets = PeerBudgets(request_rate=100, address_rate=100, clock=FakeClock())
+    assert budgets.admit_request(b"peer", size, lambda: "10.0.0.4").admitted
+    left = 100 * REQUEST_BURST_SECONDS - cost
+    assert budgets.requests.refilled(b"peer", 100.0)[0] == pytest.approx(left)
+    assert budgets.addresses.refilled(b"10.0.0.4", 100.0)[0] == pytest.approx(left)
+
+
+def test_a_request_refused_by_its_address_charges_nothing() -> None:
+    clock = FakeClock()
+    budgets = PeerBudgets(request_rate=100, address_rate=0.5, clock=clock)
+    assert budgets.admit_request(b"first", 0, lambda: "10.0.0.5").admitted  # the address's one unit
+    assert budgets.admit_request(b"second", 0, lambda: "10.0.0.5") == (False, "10.0.0.5")
+    assert budgets.requests.refilled(b"second", clock.now)[0] == 100 * REQUEST_BURST_SECONDS

@@ -38,6 +38,7 @@ import msgpack
 import numpy as np
 
 from protocol import LIMITS, decode, encode
+from protocol.codec import pack
 from protocol.messages import MarketClosed, Message, RoundResult
 
 log = logging.getLogger(__name__)
@@ -412,7 +413,7 @@ class Ledger:
                     *key,
                     b.agent,
                     b.bid,
-                    msgpack.packb(list(b.tokens)),
+                    pack(b.tokens),
                     np.ascontiguousarray(b.probs, dtype="<f8").tobytes(),
                     int(b.reference),
                 )

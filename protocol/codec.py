@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+import msgspec
 from pydantic import ValidationError
 
 from protocol.distribution import DEFAULT_MAX_SUPPORT
@@ -97,10 +98,28 @@ def _wire_map(message: Message) -> dict[str, Any]:
     return body
 
 
+def _as_builtin(value: Any) -> Any:
+    """What msgspec's encoder is given for subclasses of the plain types it does not take as they are
+    (numpy's float64, say): the plain value, packed exactly as ``msgpack.packb`` packs it."""
+    for plain in (float, int, str, bytes):
+        if isinstance(value, plain):
+            return plain(value)
+    raise TypeError(f"cannot encode a {type(value).__name__} as msgpack")
+
+
+_PACK = msgspec.msgpack.Encoder(enc_hook=_as_builtin).encode
+
+
+def pack(value: Any) -> bytes:
+    """msgpack bytes of plain values (maps, arrays, strings, numbers, bytes as ``bin``): the bytes
+    ``msgpack.packb(value, use_bin_type=True)`` gives, from msgspec's encoder at a third of its cost."""
+    return _PACK(value)
+
+
 def encode(message: Message) -> bytes:
     """Pack a message as one msgpack map with the protocol version; optional fields left unset are
     absent (a required field that may be nil, such as an idle round's ``token``, is sent as nil)."""
-    return msgpack.packb(_wire_map(message), use_bin_type=True)
+    return _PACK(_wire_map(message))
 
 
 def encode_with_encoded(message: Message, field: str, encoded: Sequence[bytes]) -> bytes:

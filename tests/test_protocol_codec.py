@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol import Distribution, ErrorCode, Limits, MechanismSettings, ProtocolError, decode, encode
-from protocol.codec import unpack_map
+from protocol.codec import pack, unpack_map
 from protocol.distribution import DEFAULT_MAX_SUPPORT
 from protocol.hot_path import WireBid, WirePing, checked_bid, read_hot
 from protocol.market_rules import MarketRules
@@ -455,3 +455,28 @@ def test_a_refusal_is_the_error_the_model_would_build() -> None:
     assert refusal(error, 7) == built
     assert encode(refusal(error, 7)) == encode(built)
     assert type(refusal(error, None).code) is str
+
+
+plain_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**64 - 1) | st.floats(allow_nan=True) | st.text() | st.binary(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(value=plain_values)
+def test_pack_gives_the_bytes_msgpack_gives(value: Any) -> None:
+    assert pack(value) == msgpack.packb(value, use_bin_type=True)
+
+
+def test_pack_takes_numpy_floats_as_plain_floats() -> None:
+    value = {"payments": {"a": np.float64(0.25)}, "tokens": (" a", " b")}
+    assert pack(value) == msgpack.packb({"payments": {"a": 0.25}, "tokens": [" a", " b"]}, use_bin_type=True)
+    with pytest.raises(TypeError):
+        pack({"x": object()})
+
+
+@pytest.mark.parametrize("message", EVERY_MESSAGE, ids=lambda m: m.type)
+def test_every_message_encodes_as_msgpack_packs_its_map(message: Message) -> None:
+    data = encode(message)
+    assert msgpack.packb(msgpack.unpackb(data, raw=False), use_bin_type=True) == data

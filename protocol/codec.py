@@ -101,9 +101,12 @@ def _wire_map(message: Message) -> dict[str, Any]:
 def _as_builtin(value: Any) -> Any:
     """What msgspec's encoder is given for subclasses of the plain types it does not take as they are
     (numpy's float64, say): the plain value, packed exactly as ``msgpack.packb`` packs it."""
-    for plain in (float, int, str, bytes):
-        if isinstance(value, plain):
-            return plain(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, str):
+        return str(value)
     raise TypeError(f"cannot encode a {type(value).__name__} as msgpack")
 
 

@@ -114,7 +114,7 @@ def pack(value: Any) -> bytes:
     """msgpack bytes of plain values (maps, arrays, strings, numbers, bytes as ``bin``): the bytes
     ``msgpack.packb(value, use_bin_type=True)`` gives, from msgspec at a quarter of its cost. (msgspec's
     module-level ``encode``, not a shared ``Encoder``: an ``Encoder`` reuses one buffer across calls,
-    and agents encode from several threads.)"""
+    and this may be called from any thread, an agent's worker threads included.)"""
     return msgspec.msgpack.encode(value, enc_hook=_as_builtin)
 
 

@@ -13,7 +13,15 @@ import pytest
 
 from benchmarks.exchange import run_exchange, run_single
 from benchmarks.market import market_figures, measure, median_run
-from benchmarks.profile_market import print_profile, profile_market
+from benchmarks.profile_market import (
+    Share,
+    exchange_workload,
+    market_workload,
+    print_profile,
+    profile_with_cprofile,
+    sample_with_py_spy,
+    sampled_shares,
+)
 
 ROUNDS = 10
 
@@ -48,11 +56,33 @@ def test_median_run_ignores_runs_that_completed_no_round(tmp_path: Path) -> None
 def test_profile_market_profiles_a_whole_market(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     output = tmp_path / "serve.prof"
 
-    assert profile_market(agents=3, support=8, rounds=ROUNDS, output=output) == ROUNDS
+    assert profile_with_cprofile(*market_workload(agents=3, support=8, rounds=ROUNDS), output) == ROUNDS
 
     print_profile(output, ROUNDS, limit=60)
     printed = capsys.readouterr().out
     assert "tick" in printed and "decide" in printed and "decode" in printed and " commit" in printed
+
+
+def test_py_spy_samples_the_exchange_while_it_trades(tmp_path: Path) -> None:
+    output = tmp_path / "serve.raw"
+
+    assert sample_with_py_spy(*exchange_workload(markets=200, rounds=3, scratch=tmp_path), output) == 600
+
+    shares = {share.function: share for share in sampled_shares(output.read_text().splitlines())}
+    for function in ("AuctioneerServer._answer", "Exchange.tick", "Market.decide", "Ledger.commit"):
+        assert 0 < shares[function].inclusive < 1
+    assert all(0 <= share.own <= share.inclusive <= 1 for share in shares.values())
+
+
+def test_sampled_shares_count_the_event_loops_work_once_per_stack() -> None:
+    loop = "main (a.py:1);BaseEventLoop._run_once (b.py:2);Handle._run (c.py:3)"
+    raw = [
+        f"{loop};f (m.py:4);g (m.py:5);f (m.py:6) 3",  # f calls g calls f: f counts once
+        f"{loop};h (m.py:7) 1",
+        "main (a.py:1);import_everything (a.py:9) 6",  # not the loop's work: left out
+    ]
+    assert sampled_shares(raw) == [Share("f", 0.75, 0.75), Share("g", 0.75, 0.0), Share("h", 0.25, 0.25)]
+    assert sampled_shares(raw[2:]) == []
 
 
 def test_the_exchange_benchmark_measures_complete_runs(tmp_path: Path) -> None:

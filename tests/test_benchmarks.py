@@ -14,6 +14,7 @@ import pytest
 from benchmarks.exchange import run_exchange, run_single
 from benchmarks.market import market_figures, measure, median_run
 from benchmarks.profile_market import (
+    SamplerError,
     Share,
     exchange_workload,
     market_workload,
@@ -66,7 +67,13 @@ def test_profile_market_profiles_a_whole_market(tmp_path: Path, capsys: pytest.C
 def test_py_spy_samples_the_exchange_while_it_trades(tmp_path: Path) -> None:
     output = tmp_path / "serve.raw"
 
-    assert sample_with_py_spy(*exchange_workload(markets=200, rounds=3, scratch=tmp_path), output) == 600
+    try:
+        completed = sample_with_py_spy(*exchange_workload(markets=200, rounds=3, scratch=tmp_path), output)
+    except SamplerError as exc:
+        if "ermission" not in str(exc):
+            raise
+        pytest.skip(f"this machine does not let py-spy read another process: {exc}")
+    assert completed == 600
 
     shares = {share.function: share for share in sampled_shares(output.read_text().splitlines())}
     for function in ("AuctioneerServer._answer", "Exchange.tick", "Market.decide", "Ledger.commit"):

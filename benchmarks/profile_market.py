@@ -56,12 +56,8 @@ def market_workload(agents: int, support: int, rounds: int) -> tuple[list[str], 
 def exchange_workload(markets: int, rounds: int, scratch: Path) -> tuple[list[str], Drive]:
     """``serve`` arguments for an exchange of ``markets`` markets of 3 agents, and its driver."""
     config = exchange_config(scratch / "exchange.toml", markets, rounds)
-
-    def drive_all(market: LocalMarket) -> int:
-        wait_until_serving(market)
-        return drive_exchange(market.market, market.feed, AGENTS, 8, markets * rounds).rounds
-
-    return ["--config", str(config), *SERVE_FLAGS], drive_all
+    serve = ["--config", str(config), *SERVE_FLAGS]
+    return serve, lambda market: drive_exchange(market.market, market.feed, AGENTS, 8, markets * rounds).rounds
 
 
 def profile_with_cprofile(serve: list[str], run: Drive, output: Path) -> int:
@@ -72,6 +68,7 @@ def profile_with_cprofile(serve: list[str], run: Drive, output: Path) -> int:
     command += ["--market", endpoints.market, "--feed", endpoints.feed, "--db", str(output.with_suffix(".db")), *serve]
     server = subprocess.Popen(command)
     try:
+        wait_until_serving(endpoints)
         completed = run(endpoints)
         server.wait(60)  # the markets closed: serve exits after its close grace and writes the profile
     finally:

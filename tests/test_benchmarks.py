@@ -68,12 +68,12 @@ def test_py_spy_samples_the_exchange_while_it_trades(tmp_path: Path) -> None:
     output = tmp_path / "serve.raw"
 
     try:
-        completed = sample_with_py_spy(*exchange_workload(markets=200, rounds=3, scratch=tmp_path), output)
+        completed = sample_with_py_spy(*exchange_workload(markets=300, rounds=4, scratch=tmp_path), output)
     except SamplerError as exc:
         if "ermission" not in str(exc):
             raise
         pytest.skip(f"this machine does not let py-spy read another process: {exc}")
-    assert completed == 600
+    assert completed == 1200
 
     shares = {share.function: share for share in sampled_shares(output.read_text().splitlines())}
     for function in ("AuctioneerServer._answer", "Exchange.tick", "Market.decide", "Ledger.commit"):

@@ -5,9 +5,11 @@ synthetic words; nothing is downloaded) stands in for an LLM: the timings depend
 on its weights.
 
 - ``llm_market_over_generate``: tokens per second of a one-agent market (a real ``auctioneer serve``
-  and a ``TransformersAgent`` process, greedy draw) over the same model's ``generate()`` with its
-  cache. The market's rate is taken between its first and last committed rounds (the agent's model
-  loading is not counted).
+  and a ``TransformersAgent`` process with ``lookahead=true``, greedy draw) over the same model's
+  ``generate()`` with its cache. The market's rate is taken between its first and last committed
+  rounds (the agent's model loading is not counted). ``..._without_lookahead``: the same agent
+  computing each round only once it opens, so the model's work and the market's round trip follow
+  each other instead of overlapping.
 - ``llm_batched_4_over_sequential``: one round of four agents sharing the model (each with its own
   instruction, each one token further than last round), batched into one forward pass, over the
   same four calls one after another.
@@ -94,14 +96,15 @@ def generate_rate(model_dir: Path, prompt: str, tokens: int) -> float:
     return tokens / best
 
 
-def market_rate(model_dir: Path, prompt: str, tokens: int, scratch: Path) -> float:
+def market_rate(model_dir: Path, prompt: str, tokens: int, scratch: Path, lookahead: bool = True) -> float:
     """Committed rounds per second of a one-agent market driven by a ``TransformersAgent``."""
     db = Path(tempfile.mkdtemp(dir=scratch)) / "llm-market.db"
     market = LocalMarket()
     serve = ["--prompt", prompt, "--min-agents", "1", "--max-tokens", str(tokens), "--mode", "greedy"]
     market.start_auctioneer(db, [*serve, "--round-timeout", "60", "--heartbeat", "5"])
     agent = ["--agent", "agent_client.llm.hf:TransformersAgent", "--param", f"model={model_dir}"]
-    market.start_agent("llm", [*agent, "--param", "bid=1", "--param", "top_k=50"])
+    shaping = ["--param", "bid=1", "--param", "top_k=50", "--param", f"lookahead={str(lookahead).lower()}"]
+    market.start_agent("llm", [*agent, *shaping])
     try:
         codes = market.wait(timeout=600)
     finally:
@@ -190,19 +193,25 @@ def run(quick: bool = False) -> list[Figure]:
     with tempfile.TemporaryDirectory(prefix="token-auction-llm-") as directory:
         scratch = Path(directory)
         model_dir = build_random_gpt2(scratch / "model", synthetic_corpus(4000), VOCABULARY, **SHAPE, positions=1024)
-        pairs = [
-            (generate_rate(model_dir, prompt, tokens), market_rate(model_dir, prompt, tokens, scratch))
+        runs = [
+            (
+                generate_rate(model_dir, prompt, tokens),
+                market_rate(model_dir, prompt, tokens, scratch),
+                market_rate(model_dir, prompt, tokens, scratch, lookahead=False),
+            )
             for _ in range(1 if quick else 5)
-        ]  # interleaved, so the machine's noise moves both; each figure the median
-        generated = statistics.median(g for g, _ in pairs)
-        marketed = statistics.median(m for _, m in pairs)
-        ratio = statistics.median(m / g for g, m in pairs)
+        ]  # interleaved, so the machine's noise moves all three; each figure the median
+        generated = statistics.median(g for g, _, _ in runs)
+        marketed = statistics.median(m for _, m, _ in runs)
+        ratio = statistics.median(m / g for g, m, _ in runs)
+        ratio_without = statistics.median(m / g for g, _, m in runs)
         cached, uncached = cost_ratios(model_dir, prompt)
         batching = batching_ratio(model_dir)
     return [
         Figure("llm", "llm_generate_tokens_per_s", f"generate() with cache, {tokens} tokens", generated, "tokens/s"),
         Figure("llm", "llm_market_tokens_per_s", f"one-agent market, {tokens} rounds", marketed, "tokens/s"),
         Figure("llm", "llm_market_over_generate", "market / generate() (target >= 0.5)", ratio, "x"),
+        Figure("llm", "llm_market_over_generate_without_lookahead", "same, no lookahead", ratio_without, "x"),
         Figure("llm", "llm_round_cost_400_over_20", "round at 400 tokens / at 20 (target <= 1.5)", cached, "x"),
         Figure("llm", "llm_batched_4_over_sequential", "4 agents' round batched / in turn", batching, "x"),
         Figure("llm", "llm_round_cost_400_over_20_uncached", "same, whole text recomputed", uncached, "x"),

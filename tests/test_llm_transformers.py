@@ -48,7 +48,10 @@ def test_temperature_and_top_p_shape_it(tiny_model_dir: Path) -> None:
     assert len(nucleus) < 30
 
 
-def test_a_transformers_agent_bids_in_a_live_market(tiny_model_dir: Path, market_run: MarketRun) -> None:
+@pytest.mark.parametrize("lookahead", ["false", "true"])
+def test_a_transformers_agent_bids_in_a_live_market(
+    tiny_model_dir: Path, market_run: MarketRun, lookahead: str
+) -> None:
     market_run.serve("--min-agents", "2", "--max-tokens", "3", "--prompt", "Vacations in", "--round-timeout", "20")
     market_run.agent(
         "gpt",
@@ -60,6 +63,8 @@ def test_a_transformers_agent_bids_in_a_live_market(tiny_model_dir: Path, market
         "bid=2",
         "--param",
         "top_k=10",
+        "--param",
+        f"lookahead={lookahead}",
     )
     market_run.agent("other", *static_agent(" Hawaii=1", 1))
     assert market_run.wait(120) == [0, 0, 0], market_run.logs()
@@ -107,6 +112,46 @@ def test_texts_of_several_markets_keep_their_own_caches(tiny_model_dir: Path) ->
     assert held_ids(model) == [model.token_ids(hawaii + " with"), model.token_ids(resort + " by")]
     model.next_token_logits(agents)  # a third text evicts the least recently used
     assert held_ids(model) == [model.token_ids(resort + " by"), model.token_ids(agents)]
+
+
+def greedy_token(distribution: dict[str, float]) -> str:
+    return max(distribution, key=distribution.__getitem__)
+
+
+def test_lookahead_has_the_next_round_ready_when_the_guess_wins(tiny_model_dir: Path) -> None:
+    ahead = TransformersModel(str(tiny_model_dir), top_k=20, lookahead=True)
+    plain = TransformersModel(str(tiny_model_dir), top_k=20)
+    text, hits = "Vacations in", 0
+    for _ in range(60):
+        ahead.wait_for_lookahead()  # the guess ran while the (here absent) market decided
+        passes = ahead.forward_passes
+        distribution = ahead.next_token_distribution(text)
+        hits += ahead.forward_passes == passes
+        expected = plain.next_token_distribution(text)
+        assert distribution.keys() == expected.keys()
+        assert max(abs(distribution[t] - expected[t]) for t in expected) < 1e-5
+        text += greedy_token(distribution)
+    assert hits >= 55  # the greedy draw is the guess; a seam the tokenizer merges differently misses
+
+
+def test_lookahead_that_guessed_wrong_is_cropped_and_exact(tiny_model_dir: Path) -> None:
+    model = TransformersModel(str(tiny_model_dir), top_k=20, lookahead=True)
+    distribution = model.next_token_distribution("Vacations in")
+    model.wait_for_lookahead()
+    other = sorted(distribution, key=distribution.__getitem__)[0]  # the least likely: not the guess
+    assert other != greedy_token(distribution)
+    passes = model.forward_passes
+    text = "Vacations in" + other
+    logits = model.next_token_logits(text)
+    assert model.forward_passes == passes + 1 and held_ids(model) == [model.token_ids(text)]
+    assert torch.allclose(torch.softmax(logits, -1), torch.softmax(model.full_logits(text), -1), atol=1e-6)
+
+
+def test_lookahead_is_for_an_agent_with_a_model_of_its_own(tiny_model_dir: Path) -> None:
+    base = TransformersModel(str(tiny_model_dir))
+    assert TransformersAgent(base, lookahead=True).model.lookahead and not base.lookahead
+    with pytest.raises(ValueError, match="lookahead"):
+        TransformersAgent(BatchedModel(base), lookahead=True)
 
 
 def test_agents_share_one_loaded_model_with_their_own_caches(tiny_model_dir: Path) -> None:

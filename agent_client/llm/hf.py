@@ -11,6 +11,14 @@ after it: round n of a market costs one token's work, not n. Because ids are com
 strings), a seam the tokenizer merges differently once a token is appended (``" Haw"`` + ``"aii"``
 becoming ``" Hawaii"``) is recomputed exactly from the first id that changed.
 
+**Lookahead** (``lookahead=True``). Once a distribution is computed, the model extends that text's
+cache by its own most likely token in a background thread, while the agent's bid travels and the
+auctioneer decides. If that token wins (always, in a greedy market that the agent leads; often,
+wherever agents agree), the next round finds its logits ready and costs tokenising only: the model's
+work overlaps the market's round trip instead of following it. If another token wins, the cache is
+cropped back by one id and extended as usual; the guess cost at most the part of one forward pass
+still running when the next round asked. Distributions are the same either way.
+
 Several agents can share one loaded model, each with its own caches: :meth:`TransformersModel.fork`,
 or :class:`agent_client.llm.batched.BatchedModel`, which also runs their rounds as one forward pass.
 """
@@ -20,6 +28,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -61,6 +70,7 @@ class TransformersModel:
         top_p: float | None = None,
         device: str = "cpu",
         cached_texts: int = 8,
+        lookahead: bool = False,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -85,12 +95,22 @@ class TransformersModel:
         self._cached: list[CachedText] = []  # most recently used last
         self._lock = threading.Lock()  # one forward pass at a time (the runtime calls from threads)
         self._decoded: dict[int, str] = {}
+        self.lookahead = lookahead
+        self.forward_passes = 0  # run by this model's own calls and its lookahead
+        self._lookahead_worker: ThreadPoolExecutor | None = None
+        self._guess: Future[None] | None = None
 
     def fork(self, **shaping: Any) -> TransformersModel:
         """Another model over the same loaded weights and tokenizer, with its own caches; ``shaping``
-        overrides temperature, top_k or top_p. Agents that share a base model (each with its own
+        overrides temperature, top_k, top_p or lookahead. Agents that share a base model (each with its own
         instruction) can then run in one process with the weights loaded once."""
-        settings = {"temperature": self.temperature, "top_k": self.top_k, "top_p": self.top_p, **shaping}
+        settings = {
+            "temperature": self.temperature,
+            "top_k": self.top_k,
+            "top_p": self.top_p,
+            "lookahead": self.lookahead,
+            **shaping,
+        }
         return TransformersModel(
             self.model, self.tokenizer, device=self.device, cached_texts=self.cached_texts, **settings
         )
@@ -116,6 +136,7 @@ class TransformersModel:
             if length > shared:
                 best, shared = entry, length
         if best is not None and shared == len(ids) == len(best.ids):
+            best.ids = ids  # the same ids: the lookahead recognises the cache by this very list
             self._touch(best)
             return best.logits
         keep = min(shared, len(ids) - 1)  # at least one id is fed, to get its logits
@@ -136,6 +157,7 @@ class TransformersModel:
         fresh = self.torch.tensor([ids[keep:]], device=self.device)
         with self.torch.no_grad():
             output = self.model(input_ids=fresh, use_cache=True, **{self._cache_argument: entry.cache})
+        self.forward_passes += 1
         entry.ids, entry.logits = ids, output.logits[0, -1].float()  # (the cache was extended in place)
 
     def _touch(self, entry: CachedText) -> None:
@@ -158,8 +180,36 @@ class TransformersModel:
             text = self._decoded[token_id] = self.tokenizer.decode([token_id])
         return text
 
+    def _look_ahead(self, ids: list[int], logits: Any) -> None:
+        """Extend the cache of ``ids`` by their most likely next id, in the background."""
+        if self._lookahead_worker is None:
+            self._lookahead_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-lookahead")
+        self._guess = self._lookahead_worker.submit(self._extend_if_unchanged, ids, int(logits.argmax()))
+
+    def _extend_if_unchanged(self, ids: list[int], guess: int) -> None:
+        with self._lock:
+            # The cache these ids were computed into, unless a later call has moved it on since.
+            entry = next((entry for entry in self._cached if entry.ids is ids), None)
+            if entry is None:
+                return
+            try:
+                self._extend(entry, [*ids, guess], len(ids))
+            except Exception:
+                log.exception("the lookahead's forward pass failed; the next round computes its own")
+                self._cached.remove(entry)  # its cache may be half extended
+
+    def wait_for_lookahead(self) -> None:
+        """Return once the last lookahead has run, or found its text moved on."""
+        if self._guess is not None:
+            self._guess.result()
+
     def next_token_distribution(self, text: str) -> dict[str, float]:
-        logprobs = self.torch.log_softmax(self.next_token_logits(text), dim=-1)
+        ids = self.token_ids(text)
+        with self._lock:
+            logits = self._logits_after(ids)
+        if self.lookahead:
+            self._look_ahead(ids, logits)
+        logprobs = self.torch.log_softmax(logits, dim=-1)
         k = min(self.top_k or logprobs.shape[0], logprobs.shape[0])
         top = self.torch.topk(logprobs, k)
         pairs = [
@@ -185,13 +235,16 @@ class TransformersAgent(LLMAgent):
         temperature: float = 1.0,
         top_k: int | None = 50,
         top_p: float | None = None,
+        lookahead: bool = False,
     ) -> None:
         from agent_client.llm.batched import BatchedModel
 
         if isinstance(model, BatchedModel):
+            if lookahead:
+                raise ValueError("lookahead needs a model of the agent's own, not a BatchedModel's member")
             loaded = model.member(temperature=temperature, top_k=top_k, top_p=top_p)
         elif isinstance(model, TransformersModel):
-            loaded = model.fork(temperature=temperature, top_k=top_k, top_p=top_p)
+            loaded = model.fork(temperature=temperature, top_k=top_k, top_p=top_p, lookahead=lookahead)
         else:
-            loaded = TransformersModel(model, None, temperature, top_k, top_p)
+            loaded = TransformersModel(model, None, temperature, top_k, top_p, lookahead=lookahead)
         super().__init__(loaded, bid, instruction)

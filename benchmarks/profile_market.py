@@ -60,22 +60,27 @@ def exchange_workload(markets: int, rounds: int, scratch: Path) -> tuple[list[st
     return serve, lambda market: drive_exchange(market.market, market.feed, AGENTS, 8, markets * rounds).rounds
 
 
-def profile_with_cprofile(serve: list[str], run: Drive, output: Path) -> int:
-    """Run ``serve`` under cProfile into ``output`` until the driver is done and the market closed;
-    the number of rounds the driver completed."""
+def run_serve_under(launcher: list[str], serve: list[str], run: Drive, db: Path, exit_timeout: float = 60) -> int:
+    """Run ``launcher -m auctioneer serve ...`` (``launcher`` ends with the Python to run) until the
+    driver is done and ``serve`` exited after its markets closed; the number of rounds completed."""
     endpoints = LocalMarket()  # free ports, and what the driver connects to
-    command = [sys.executable, "-m", "cProfile", "-o", str(output), "-m", "auctioneer", "serve", "--quiet"]
-    command += ["--market", endpoints.market, "--feed", endpoints.feed, "--db", str(output.with_suffix(".db")), *serve]
+    command = [*launcher, "-m", "auctioneer", "serve", "--quiet", "--market", endpoints.market]
+    command += ["--feed", endpoints.feed, "--db", str(db), *serve]
     server = subprocess.Popen(command)
     try:
-        wait_until_serving(endpoints)
+        wait_until_serving(endpoints, timeout=600)
         completed = run(endpoints)
-        server.wait(60)  # the markets closed: serve exits after its close grace and writes the profile
+        server.wait(exit_timeout)  # serve exits after its close grace; the profiler writes then
     finally:
         if server.poll() is None:
             server.kill()
             server.wait()
     return completed
+
+
+def profile_with_cprofile(serve: list[str], run: Drive, output: Path) -> int:
+    """Run ``serve`` under cProfile into ``output``; the number of rounds the driver completed."""
+    return run_serve_under([sys.executable, "-m", "cProfile", "-o", str(output)], serve, run, output.with_suffix(".db"))
 
 
 def sample_with_py_spy(serve: list[str], run: Drive, output: Path) -> int:

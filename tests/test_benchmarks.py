@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.exchange import run_exchange, run_single
+from benchmarks.instructions import Count, callgrind_total, per_round
 from benchmarks.market import market_figures, measure, median_run
 from benchmarks.profile_market import (
     SamplerError,
@@ -90,6 +91,18 @@ def test_sampled_shares_count_the_event_loops_work_once_per_stack() -> None:
     ]
     assert sampled_shares(raw) == [Share("f", 0.75, 0.75), Share("g", 0.75, 0.0), Share("h", 0.25, 0.25)]
     assert sampled_shares(raw[2:]) == []
+
+
+def test_instructions_per_round_cancel_start_up_out(tmp_path: Path) -> None:
+    output = tmp_path / "callgrind.out"
+    output.write_text("# callgrind format\nversion: 1\ncmd: python\nevents: Ir\nsummary: 5233213494\n\nfn=main\n")
+    assert callgrind_total(output) == 5_233_213_494
+    assert per_round(Count(5_200_000_000, 1500), Count(9_800_000_000, 4500)) == pytest.approx(4_600_000_000 / 3000)
+    with pytest.raises(ValueError, match="longer run completed 1500"):
+        per_round(Count(5_200_000_000, 1500), Count(5_300_000_000, 1500))  # a stalled run is no count
+    output.write_text("events: Ir\n")
+    with pytest.raises(ValueError, match="no summary"):
+        callgrind_total(output)
 
 
 def test_the_exchange_benchmark_measures_complete_runs(tmp_path: Path) -> None:

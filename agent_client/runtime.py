@@ -487,12 +487,14 @@ class AgentRuntime:
             if is_async(self.agent):
                 outcome = self.agent.decide(context)
                 assert asyncio.iscoroutine(outcome) or isinstance(outcome, asyncio.Future)
-                return await asyncio.wait_for(outcome, remaining)
+                async with asyncio.timeout(remaining):  # (not wait_for: see MarketClient.request)
+                    return await outcome
             if state.thinking is not None and not state.thinking.done():
                 record.status = "missed (still thinking)"
                 return None
             state.thinking = asyncio.get_running_loop().run_in_executor(None, self.agent.decide, context)  # type: ignore[arg-type]
-            return await asyncio.wait_for(asyncio.shield(state.thinking), remaining)
+            async with asyncio.timeout(remaining):
+                return await asyncio.shield(state.thinking)
         except TimeoutError:
             record.status = "missed (too slow)"
         except Exception:

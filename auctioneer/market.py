@@ -30,7 +30,7 @@ import hashlib
 import logging
 import secrets
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -57,6 +57,44 @@ ENGAGED_ROUNDS = 2
 
 
 @dataclass
+class TokenTally:
+    """The distinct tokens of a round's bids, counted exactly only once a bid could pass the cap.
+
+    While the accepted bids' supports add up to no more than the cap, no bid can pass it (distinct
+    tokens are at most that sum), so their tokens are only kept, not hashed into a set; the set is
+    built from them the first time a bid could pass, and kept up to date from then on."""
+
+    supports: int = 0  # the accepted bids' support sizes added up: a bound on the distinct tokens
+    _distinct: set[str] | None = None
+    _uncounted: list[Sequence[str]] = field(default_factory=list)  # accepted before the set was needed
+
+    def would_pass(self, tokens: Sequence[str], cap: int) -> bool:
+        """Whether ``tokens`` would bring the distinct tokens above ``cap``."""
+        if self.supports + len(tokens) <= cap:
+            return False
+        distinct = self._counted()
+        # Counting the new tokens only matters near the cap (every token new cannot pass it otherwise).
+        return len(distinct) + len(tokens) > cap and len(distinct) + len(set(tokens).difference(distinct)) > cap
+
+    @property
+    def distinct(self) -> int:
+        return len(self._counted())
+
+    def add(self, tokens: Sequence[str]) -> None:
+        self.supports += len(tokens)
+        if self._distinct is None:
+            self._uncounted.append(tokens)
+        else:
+            self._distinct.update(tokens)
+
+    def _counted(self) -> set[str]:
+        if self._distinct is None:
+            self._distinct = set().union(*self._uncounted)
+            self._uncounted = []
+        return self._distinct
+
+
+@dataclass
 class OpenRound:
     number: int
     seed: bytes
@@ -64,8 +102,8 @@ class OpenRound:
     opened_at: float
     bids: dict[str, SealedBid] = field(default_factory=dict)
     reference_bid: SealedBid | None = None
-    priced_tokens: set[str] = field(default_factory=set)  # the tokens of positive bids (and the reference's)
-    free_tokens: set[str] = field(default_factory=set)  # the tokens of zero bids
+    priced_tokens: TokenTally = field(default_factory=TokenTally)  # of positive bids (and the reference's)
+    free_tokens: TokenTally = field(default_factory=TokenTally)  # of zero bids
     answered: set[str] = field(default_factory=set)  # who bid while it was open
     paying: set[str] = field(default_factory=set)  # who bid a positive amount (or is the reference), even late
 
@@ -173,22 +211,18 @@ class Market:
             raise ProtocolError(ErrorCode.INVALID_BID, f"bid exceeds the market maximum {self.settings.max_bid}", "bid")
         if len(bid.distribution.tokens) > self.settings.max_support:
             raise ProtocolError(ErrorCode.INVALID_DISTRIBUTION, "support exceeds the market maximum", "distribution")
-        vocabulary, tokens = self._vocabulary(current, bid, reference), bid.distribution.tokens
-        # Counting the new tokens only matters near the cap (every token new cannot pass it otherwise).
-        if (
-            len(vocabulary) + len(tokens) > self.settings.max_round_tokens
-            and len(vocabulary) + len(set(tokens).difference(vocabulary)) > self.settings.max_round_tokens
-        ):
+        tally = self._vocabulary(current, bid, reference)
+        if tally.would_pass(bid.distribution.tokens, self.settings.max_round_tokens):
             raise ProtocolError(
                 ErrorCode.TOO_LARGE,
-                f"round {bid.round} already has {len(vocabulary)} distinct tokens; yours would pass the market's "
+                f"round {bid.round} already has {tally.distinct} distinct tokens; yours would pass the market's "
                 f"maximum of {self.settings.max_round_tokens}",
                 "distribution",
             )
         return reference
 
     @staticmethod
-    def _vocabulary(current: OpenRound, bid: SealedBid, reference: bool) -> set[str]:
+    def _vocabulary(current: OpenRound, bid: SealedBid, reference: bool) -> TokenTally:
         return current.priced_tokens if reference or bid.bid > 0 else current.free_tokens
 
     def accept(self, agent: str, bid: SealedBid, reference: bool) -> None:
@@ -198,7 +232,7 @@ class Market:
             current.reference_bid = bid
         else:
             current.bids[agent] = bid
-        self._vocabulary(current, bid, reference).update(bid.distribution.tokens)
+        self._vocabulary(current, bid, reference).add(bid.distribution.tokens)
         current.answered.add(agent)
         if reference or bid.bid > 0:
             current.paying.add(agent)

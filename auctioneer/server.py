@@ -119,8 +119,7 @@ class AuctioneerServer:
                 clock.result()
                 # Keep answering sync requests and heartbeating so late agents learn the markets closed.
                 grace = 3 * self.settings.heartbeat_interval if close_grace is None else close_grace
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stop.wait(), grace)
+                await wait_until_set(self._stop, grace)
             for task in [clock, stopper, *background]:
                 task.cancel()
             await asyncio.gather(clock, stopper, *background, return_exceptions=True)
@@ -150,8 +149,7 @@ class AuctioneerServer:
                 return
             delay = self.exchange.next_wake() - self.exchange.clock()
             if delay > 0 and not self.exchange.has_due():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), delay)
+                await wait_until_set(self._wake, delay)
             else:
                 await asyncio.sleep(0)  # let queued requests in between ticks
 
@@ -285,6 +283,18 @@ class AuctioneerServer:
         except zmq.ZMQError:
             # The peer is gone (EHOSTUNREACH) or does not read its replies (EAGAIN): drop, count.
             self._warnings.note("replies dropped (peer gone, or not reading its replies)")
+
+
+async def wait_until_set(event: asyncio.Event, timeout: float) -> None:
+    """Return once ``event`` is set or ``timeout`` seconds have passed.
+
+    Not ``asyncio.wait_for``: on Python 3.11 it swallows a cancellation that arrives as the awaited
+    event is set, and the clock, cancelled by a stop at the moment a bid completed a round, then ran
+    on and the server never finished stopping. ``asyncio.timeout`` tells its own cancellation from
+    the caller's."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(timeout):
+            await event.wait()
 
 
 def _peer_address(frame: zmq.Frame) -> str | None:

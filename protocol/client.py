@@ -97,7 +97,10 @@ class MarketClient:
         future: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         try:
-            return await asyncio.wait_for(self._send_and_wait(self._socket, message, request_id, future), timeout)
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for swallows a cancellation that
+            # arrives with the reply, and a heartbeat loop cancelled that way never ends.
+            async with asyncio.timeout(timeout):
+                return await self._send_and_wait(self._socket, message, request_id, future)
         except zmq.ZMQError as exc:  # the socket was replaced by a reconnect while this request used it
             raise ConnectionResetError(f"market socket closed ({exc})") from None
         finally:

@@ -288,6 +288,21 @@ def test_a_rounds_vocabulary_is_capped_for_priced_and_for_zero_bids(make_exchang
     assert exchange.accounts["b"].reserved == 1.0  # the refusal changed nothing
 
 
+def test_the_cap_counts_distinct_tokens_exactly_once_the_supports_could_pass_it(make_exchange: Any) -> None:
+    exchange = make_exchange(prompt="", max_round_tokens=5)
+    register(exchange, "a", "b", "c", "d", "e")
+    number = opened(tick(exchange))[exchange.default_market or ""]
+    assert isinstance(exchange.handle(b"a", bid(number, 1.0, x=0.5, y=0.5)), BidAccepted)
+    assert isinstance(exchange.handle(b"b", bid(number, 1.0, x=0.5, y=0.5)), BidAccepted)  # supports 4: not counted
+    assert isinstance(exchange.handle(b"c", bid(number, 1.0, x=0.5, z=0.5)), BidAccepted)  # 6 > 5: {x, y, z}
+    refused = exchange.handle(b"d", bid(number, 1.0, p=0.25, q=0.25, r=0.5))  # 3 + 3 new
+    assert error_code(refused) == "TOO_LARGE" and "already has 3 distinct tokens" in refused.message  # type: ignore[attr-defined]
+    assert isinstance(exchange.handle(b"d", bid(number, 1.0, p=0.5, x=0.5)), BidAccepted)  # 4 distinct
+    assert isinstance(exchange.handle(b"e", bid(number, 1.0, q=0.5, z=0.5)), BidAccepted)  # 5: at the cap
+    (result,) = results(tick(exchange))
+    assert result.distribution is not None and set(result.distribution.as_mapping()) == {"x", "y", "z", "p", "q"}
+
+
 def test_rounds_nobody_was_heard_in_do_not_end_a_market_as_idle(make_exchange: Any, clock: FakeClock) -> None:
     exchange = make_exchange(prompt="", max_idle_rounds=2, round_timeout=1.0)
     register(exchange, "a")

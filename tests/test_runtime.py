@@ -16,6 +16,7 @@ from agent_client import AgentRuntime, FunctionAgent, StaticAgent
 from agent_client.agent import Bid, RoundContext
 from auctioneer.ledger import Ledger
 from auctioneer.serve import YOUNG_COLLECTION_EVERY, keep_collector_off_the_round_path, serve
+from auctioneer.server import wait_until_set
 from auctioneer.settings import ServeSettings
 from protocol import decode, encode
 from protocol.client import FeedEvent, MarketClient, follow_market
@@ -158,3 +159,35 @@ async def test_rounds_larger_than_a_request_still_sync_and_followers_catch_up(tm
     results = [event.round for event in seen if isinstance(event, RoundResult)]
     assert results == [1, 2, 3] and isinstance(seen[-1], MarketClosed)
     assert all(r.verification_failures == 0 and r.only().closed_reason == "max_tokens" for r in reports)
+
+
+async def test_a_clock_cancelled_as_its_wake_up_is_set_stops() -> None:
+    """The race that kept a stopped server running: the clock's wake-up is set (a bid completed a
+    round) and the clock is cancelled (the server stops) in the same turn of the loop."""
+    wake = asyncio.Event()
+    turns = 0
+
+    async def clock() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            wake.clear()
+            await wait_until_set(wake, 10.0)
+
+    task = asyncio.create_task(clock())
+    await asyncio.sleep(0.01)
+    wake.set()
+    await asyncio.sleep(0)  # the wait for the wake-up completes...
+    task.cancel()  # ...as the cancellation arrives
+    done, _ = await asyncio.wait({task}, timeout=2.0)
+    assert done == {task} and task.cancelled() and turns <= 2
+
+
+async def test_waiting_for_an_event_ends_at_the_event_or_the_timeout() -> None:
+    event = asyncio.Event()
+    started = time.monotonic()
+    await wait_until_set(event, 0.05)
+    assert not event.is_set() and time.monotonic() - started >= 0.05
+    asyncio.get_running_loop().call_later(0.01, event.set)
+    await wait_until_set(event, 10.0)
+    assert event.is_set()

@@ -123,9 +123,12 @@ class TransformersModel:
 
     def next_token_logits(self, text: str) -> Any:
         """The last position's logits (float32) after ``text``, reusing the cache where ids agree."""
+        return self._ids_and_logits(text)[1]
+
+    def _ids_and_logits(self, text: str) -> tuple[list[int], Any]:
         ids = self.token_ids(text)
         with self._lock:
-            return self._logits_after(ids)
+            return ids, self._logits_after(ids)
 
     def _logits_after(self, ids: list[int]) -> Any:
         from transformers import DynamicCache
@@ -204,9 +207,7 @@ class TransformersModel:
             self._guess.result()
 
     def next_token_distribution(self, text: str) -> dict[str, float]:
-        ids = self.token_ids(text)
-        with self._lock:
-            logits = self._logits_after(ids)
+        ids, logits = self._ids_and_logits(text)
         if self.lookahead:
             self._look_ahead(ids, logits)
         logprobs = self.torch.log_softmax(logits, dim=-1)

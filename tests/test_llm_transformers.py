@@ -132,6 +132,8 @@ def test_lookahead_has_the_next_round_ready_when_the_guess_wins(tiny_model_dir: 
         assert max(abs(distribution[t] - expected[t]) for t in expected) < 1e-5
         text += greedy_token(distribution)
     assert hits >= 55  # the greedy draw is the guess; a seam the tokenizer merges differently misses
+    ahead.wait_for_lookahead()
+    assert (ahead.lookahead_guesses, ahead.lookahead_hits) == (60, hits)
 
 
 def test_lookahead_that_guessed_wrong_is_cropped_and_exact(tiny_model_dir: Path) -> None:
@@ -144,6 +146,7 @@ def test_lookahead_that_guessed_wrong_is_cropped_and_exact(tiny_model_dir: Path)
     text = "Vacations in" + other
     logits = model.next_token_logits(text)
     assert model.forward_passes == passes + 1 and held_ids(model) == [model.token_ids(text)]
+    assert (model.lookahead_guesses, model.lookahead_hits) == (1, 0)
     assert torch.allclose(torch.softmax(logits, -1), torch.softmax(model.full_logits(text), -1), atol=1e-6)
 
 

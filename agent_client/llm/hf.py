@@ -56,6 +56,7 @@ class CachedText:
     ids: list[int]
     cache: Any
     logits: Any
+    guessed: bool = False  # its last id is the lookahead's guess, not yet asked for
 
 
 class TransformersModel:
@@ -97,6 +98,8 @@ class TransformersModel:
         self._decoded: dict[int, str] = {}
         self.lookahead = lookahead
         self.forward_passes = 0  # run by this model's own calls and its lookahead
+        self.lookahead_guesses = 0  # guesses run; of them, found ready by the next call:
+        self.lookahead_hits = 0
         self._lookahead_worker: ThreadPoolExecutor | None = None
         self._guess: Future[None] | None = None
 
@@ -140,6 +143,8 @@ class TransformersModel:
                 best, shared = entry, length
         if best is not None and shared == len(ids) == len(best.ids):
             best.ids = ids  # the same ids: the lookahead recognises the cache by this very list
+            self.lookahead_hits += best.guessed
+            best.guessed = False
             self._touch(best)
             return best.logits
         keep = min(shared, len(ids) - 1)  # at least one id is fed, to get its logits
@@ -162,6 +167,7 @@ class TransformersModel:
             output = self.model(input_ids=fresh, use_cache=True, **{self._cache_argument: entry.cache})
         self.forward_passes += 1
         entry.ids, entry.logits = ids, output.logits[0, -1].float()  # (the cache was extended in place)
+        entry.guessed = False
 
     def _touch(self, entry: CachedText) -> None:
         """Mark ``entry`` most recently used; forget the least recently used beyond ``cached_texts``."""
@@ -197,6 +203,8 @@ class TransformersModel:
                 return
             try:
                 self._extend(entry, [*ids, guess], len(ids))
+                entry.guessed = True
+                self.lookahead_guesses += 1
             except Exception:
                 log.exception("the lookahead's forward pass failed; the next round computes its own")
                 self._cached.remove(entry)  # its cache may be half extended

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from auctioneer.ledger import Ledger, StoredMarket, StoredRound
-from auctioneer.mechanism import Reference, SparseDistribution, run_auction
+from auctioneer.mechanism import Reference, run_auction
 from auctioneer.settings import MarketSettings
 from protocol.draw import seed_commitment
 
@@ -57,10 +57,10 @@ def check_round(
     live_reference = next((b for b in stored.bids if b.reference), None)
     reference = settings.reference_distribution()
     if live_reference is not None:
-        reference = Reference(SparseDistribution(live_reference.tokens, live_reference.probs), live_reference.bid)
+        reference = Reference(live_reference, live_reference.bid)
     if bids or stored.token is not None:  # a round whose zero bids were left out: the reference alone decided
         outcome = run_auction(
-            [SparseDistribution(b.tokens, b.probs) for b in bids],
+            bids,
             [b.bid for b in bids],
             settings,
             stored.seed,

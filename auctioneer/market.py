@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from auctioneer.ledger import RoundRecord, StoredBid, StoredMarket
-from auctioneer.mechanism import Reference, SparseDistribution, run_auction
+from auctioneer.mechanism import Reference, run_auction
 from auctioneer.settings import MarketSettings
 from protocol import ErrorCode, ProtocolError, encode
 from protocol.draw import SEED_BYTES, seed_commitment
@@ -316,7 +316,7 @@ class Market:
         sponsors: dict[str, float] = {}
         if current.bids:
             outcome = run_auction(
-                [SparseDistribution(b.distribution.tokens, b.distribution.probs) for b in bids],
+                [b.distribution for b in bids],
                 [b.bid for b in bids],
                 self.mechanism,
                 current.seed,
@@ -379,8 +379,7 @@ class Market:
     def _round_reference(self, current: OpenRound) -> Reference | None:
         """The live reference agent's distribution this round, else the market's fixed reference."""
         if current.reference_bid is not None:
-            live = current.reference_bid.distribution
-            return Reference(SparseDistribution(live.tokens, live.probs), self.settings.reference_weight)
+            return Reference(current.reference_bid.distribution, self.settings.reference_weight)
         return self._reference
 
     def _closing_reason(self, token: str | None, idle_rounds: int) -> str | None:

@@ -27,7 +27,7 @@ import msgpack
 import msgspec
 from pydantic import ValidationError
 
-from protocol.distribution import DEFAULT_MAX_SUPPORT
+from protocol.distribution import DEFAULT_MAX_SUPPORT, Distribution
 from protocol.errors import ErrorCode, ProtocolError, error_message
 from protocol.hot_path import WireBid, WirePing, checked_bid, ping, read_hot
 from protocol.messages import MESSAGE_TYPES, PROTOCOL_VERSION, Message, SealedBid
@@ -82,15 +82,44 @@ def _is_scalar(annotation: Any) -> bool:
     return False
 
 
+def _is_plain(annotation: Any) -> bool:
+    """A scalar, or a map or array of scalars: the value as stored is what goes on the wire."""
+    if typing.get_origin(annotation) in (dict, list):
+        return all(_is_scalar(argument) for argument in typing.get_args(annotation))
+    return _is_scalar(annotation)
+
+
+def _is_distribution(annotation: Any) -> bool:
+    """A :class:`Distribution`, or one or nil."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return all(argument is type(None) or _is_distribution(argument) for argument in typing.get_args(annotation))
+    return isinstance(annotation, type) and issubclass(annotation, Distribution)
+
+
 @functools.cache
-def _is_flat(model: type[Message]) -> bool:
-    """Every field of ``model`` is a plain scalar: its attributes are already what goes on the wire."""
-    return all(_is_scalar(field.annotation) for field in model.model_fields.values())
+def _distribution_fields(model: type[Message]) -> tuple[str, ...] | None:
+    """The fields of ``model`` that hold a distribution, when every other field is plain (its attributes
+    are then the wire map once each distribution is mapped); None when the model needs pydantic's
+    serialiser."""
+    distributions = []
+    for name, field in model.model_fields.items():
+        if _is_distribution(field.annotation):
+            distributions.append(name)
+        elif not _is_plain(field.annotation):
+            return None
+    return tuple(distributions)
 
 
 def _wire_map(message: Message) -> dict[str, Any]:
     kind = type(message)
-    body = dict(message.__dict__) if _is_flat(kind) else message.model_dump(mode="python")
+    distributions = _distribution_fields(kind)
+    if distributions is None:
+        body = message.model_dump(mode="python")
+    else:
+        body = dict(message.__dict__)
+        for name in distributions:
+            if body[name] is not None:
+                body[name] = body[name].wire_map()
     for optional in _optional_fields(kind):
         if body[optional] is None:
             del body[optional]

@@ -36,10 +36,15 @@ def _as_float_array(value: Any) -> NDArray[np.float64]:
     raise ValueError("probabilities must be an array of numbers or float64 bytes")
 
 
+def probs_bytes(probs: NDArray[np.float64]) -> bytes:
+    """Probabilities as they travel: little-endian float64 bytes."""
+    return np.ascontiguousarray(probs, dtype="<f8").tobytes()
+
+
 ProbabilityArray = Annotated[
     NDArray[np.float64],
     BeforeValidator(_as_float_array),
-    PlainSerializer(lambda a: np.ascontiguousarray(a, dtype="<f8").tobytes(), return_type=bytes),
+    PlainSerializer(probs_bytes, return_type=bytes),
 ]
 
 
@@ -68,6 +73,10 @@ class Distribution(BaseModel):
 
     def as_mapping(self) -> dict[str, float]:
         return dict(zip(self.tokens, self.probs.tolist(), strict=True))
+
+    def wire_map(self) -> dict[str, Any]:
+        """What ``model_dump`` gives, without pydantic's serialiser: tokens, then the probabilities' bytes."""
+        return {"tokens": self.tokens, "probs": probs_bytes(self.probs)}
 
 
 def check_distribution(tokens: list[str], probs: NDArray[np.float64], max_support: int) -> None:

@@ -15,7 +15,7 @@ from auctioneer.mechanism.auction import (
     run_auction,
 )
 from auctioneer.mechanism.payments import PAYMENTS, total_variation
-from auctioneer.mechanism.vocabulary import SparseDistribution
+from auctioneer.mechanism.vocabulary import Sparse, SparseDistribution
 
 __all__ = [
     "AGGREGATIONS",
@@ -24,6 +24,7 @@ __all__ = [
     "AuctionOutcome",
     "MechanismConfigError",
     "Reference",
+    "Sparse",
     "SparseDistribution",
     "check_mechanism",
     "run_auction",

@@ -16,7 +16,7 @@ from numpy.typing import ArrayLike
 
 from auctioneer.mechanism.aggregation import AGGREGATIONS, bid_weights
 from auctioneer.mechanism.payments import PAYMENT_MODES, PAYMENTS, PaymentInputs, total_variation
-from auctioneer.mechanism.vocabulary import FloatArray, SparseDistribution, dense_matrix
+from auctioneer.mechanism.vocabulary import FloatArray, Sparse, dense_matrix
 from protocol.critical_bid import REFERENCE_SPONSOR
 from protocol.draw import DRAW_MODES, draw_function, seed_commitment
 from protocol.market_rules import MechanismSettings
@@ -34,24 +34,29 @@ def _registered(kind: str, name: str, registry: Mapping[str, object]) -> None:
 def check_mechanism(settings: MechanismSettings) -> None:
     """Raise :class:`MechanismConfigError` unless every rule ``settings`` names is registered and
     the rules can run together."""
-    _registered("aggregation", settings.aggregation, AGGREGATIONS)
-    _registered("payment", settings.payment, PAYMENTS)
-    _registered("mode", settings.mode, DRAW_MODES)
-    modes = PAYMENT_MODES.get(settings.payment)
-    if modes is not None and settings.mode not in modes:
+    _check_rules(settings.aggregation, settings.payment, settings.mode)
+
+
+@functools.lru_cache(maxsize=256)  # a market runs the same rules every round; errors are not cached
+def _check_rules(aggregation: str, payment: str, mode: str) -> None:
+    _registered("aggregation", aggregation, AGGREGATIONS)
+    _registered("payment", payment, PAYMENTS)
+    _registered("mode", mode, DRAW_MODES)
+    modes = PAYMENT_MODES.get(payment)
+    if modes is not None and mode not in modes:
         raise MechanismConfigError(
-            f"payment {settings.payment} needs mode {' or '.join(modes)}, not {settings.mode} "
+            f"payment {payment} needs mode {' or '.join(modes)}, not {mode} "
             f"(it charges for the drawn token, and only those draws move monotonically with a bid)"
         )
-    if settings.payment == "critical_bid" and AGGREGATIONS[settings.aggregation].lines is None:
-        raise MechanismConfigError(f"payment critical_bid is not defined for aggregation {settings.aggregation}")
+    if payment == "critical_bid" and AGGREGATIONS[aggregation].lines is None:
+        raise MechanismConfigError(f"payment critical_bid is not defined for aggregation {aggregation}")
 
 
 @dataclass(frozen=True)
 class Reference:
     """The operator's distribution ``p_0``: aggregated with weight ``b_0``, never charged."""
 
-    distribution: SparseDistribution
+    distribution: Sparse
     weight: float = 0.0
 
 
@@ -91,7 +96,7 @@ class AuctionOutcome:
 
 
 def run_auction(
-    distributions: Sequence[SparseDistribution],
+    distributions: Sequence[Sparse],
     bids: ArrayLike,
     config: MechanismSettings,
     seed: bytes,
@@ -113,7 +118,7 @@ def run_auction(
     n_agents = len(distributions)
     outcome = AGGREGATIONS[config.aggregation].aggregate(matrix, bid_weights(row_bids, n_agents), config.eps)
     winner = draw_function(config.mode)(vocab, outcome, seed, config.temperature)
-    if row_bids.sum() > 0:
+    if float(np.add.reduce(row_bids)) > 0:
         inputs = PaymentInputs(
             matrix,
             row_bids,
@@ -138,7 +143,7 @@ def run_auction(
         payments=payments,
         wishes=matrix[:n_agents],
         sponsors=shares[:n_agents],
-        reference_share=float(shares[n_agents:].sum()),
+        reference_share=float(shares[n_agents:].sum()) if reference is not None else 0.0,
         seed=seed,
     )
 

@@ -12,11 +12,23 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain
 from operator import itemgetter
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 FloatArray = NDArray[np.float64]
+
+
+class Sparse(Protocol):
+    """Anything holding a sparse distribution as parallel ``tokens`` and ``probs`` (a bid's decoded
+    distribution, a ledger row, a :class:`SparseDistribution`): the mechanism reads nothing else."""
+
+    @property
+    def tokens(self) -> Sequence[str]: ...
+
+    @property
+    def probs(self) -> FloatArray: ...
 
 
 @dataclass(frozen=True)
@@ -34,7 +46,7 @@ class SparseDistribution:
         return dict(zip(self.tokens, self.probs.tolist(), strict=True))
 
 
-def dense_matrix(distributions: Sequence[SparseDistribution]) -> tuple[list[str], FloatArray]:
+def dense_matrix(distributions: Sequence[Sparse]) -> tuple[list[str], FloatArray]:
     """Lay sparse distributions out as rows of a dense matrix over their canonical union.
 
     Returns ``(vocab, P)`` with ``vocab`` sorted canonically and ``P[i, j]`` the probability that

@@ -225,7 +225,7 @@ class AuctioneerServer:
             # many requests wait, and rounds that became complete within one batch commit together.
             for _ in range(DRAIN_BATCH):
                 try:
-                    frames = self._router_replies.recv_multipart(zmq.NOBLOCK, copy=False)
+                    frames = queued_request(self._router_replies)
                 except zmq.Again:
                     break
                 self._answer(frames)
@@ -283,6 +283,16 @@ class AuctioneerServer:
         except zmq.ZMQError:
             # The peer is gone (EHOSTUNREACH) or does not read its replies (EAGAIN): drop, count.
             self._warnings.note("replies dropped (peer gone, or not reading its replies)")
+
+
+def queued_request(sock: zmq.Socket[bytes]) -> list[zmq.Frame]:
+    """The frames of a request already queued on ``sock`` (``zmq.Again`` if there is none).
+    ``recv_multipart`` asks the socket for RCVMORE after every frame, through an enum conversion
+    that costs more than the frame; each frame here says itself whether more follow."""
+    frames = [sock.recv(zmq.NOBLOCK, copy=False)]
+    while frames[-1].more:
+        frames.append(sock.recv(zmq.NOBLOCK, copy=False))
+    return frames
 
 
 async def wait_until_set(event: asyncio.Event, timeout: float) -> None:

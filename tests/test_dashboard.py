@@ -18,6 +18,7 @@ from typing import TypeVar
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from auctioneer.metrics import LatencyHistogram
 from protocol.sockets import free_tcp_endpoint
 from tests.helpers import MarketRun, read_ledger, static_agent, wait_until
 
@@ -64,6 +65,21 @@ def test_metrics_of_serve_match_the_ledger(market_run: MarketRun) -> None:
     assert 1 <= metrics["token_auction_ledger_commit_seconds_count"] <= 16
     assert metrics["token_auction_open_markets"] == 0
     assert "token_auction_live_agents" in metrics and "token_auction_resyncs_served_total" in metrics
+    assert metrics["token_auction_round_close_seconds_bucket{le=+Inf}"] == 15
+
+
+def test_latency_buckets_hold_values_up_to_their_bound() -> None:
+    histogram = LatencyHistogram()
+    for seconds in (0.001, 0.0011, 0.0025, 100.0):
+        histogram.observe(seconds)
+    family = histogram.family("close_seconds", "test", created=1.0)
+    values = {(s.name, s.labels.get("le")): s.value for s in family.samples}
+    assert values[("close_seconds_bucket", "0.001")] == 1
+    assert values[("close_seconds_bucket", "0.0025")] == 3
+    assert values[("close_seconds_bucket", "30.0")] == 3
+    assert values[("close_seconds_bucket", "+Inf")] == values[("close_seconds_count", None)] == 4
+    assert values[("close_seconds_sum", None)] == pytest.approx(100.0046)
+    assert values[("close_seconds_created", None)] == 1.0
 
 
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from hypothesis import strategies as st
 
 from protocol import Distribution, ErrorCode, Limits, MechanismSettings, ProtocolError, decode, encode
 from protocol.codec import pack, unpack_map
-from protocol.distribution import DEFAULT_MAX_SUPPORT
+from protocol.distribution import DEFAULT_MAX_SUPPORT, SMALL_SUPPORT, check_probabilities
 from protocol.hot_path import WireBid, WirePing, checked_bid, read_hot
 from protocol.market_rules import MarketRules
 from protocol.messages import (
@@ -501,3 +502,28 @@ def test_every_message_encodes_as_pydantic_dumps_it(message: Message) -> None:
 def test_an_assembled_result_encodes_as_the_validated_one() -> None:
     assembled = assemble(RoundResult, **RESULT.__dict__)
     assert encode(assembled) == encode(RESULT)
+
+
+# What becomes of the last of n equal probabilities, and the refusal it brings.
+LAST_PROBABILITY: dict[str, tuple[Callable[[float], float], str | None]] = {
+    "kept": (lambda p: p, None),
+    "nan": (lambda p: math.nan, "finite"),
+    "infinite": (lambda p: math.inf, "finite"),
+    "minus infinite": (lambda p: -math.inf, "finite"),
+    "negative": (lambda p: -1e-3, "negative"),
+    "2e-6 more": (lambda p: p + 2e-6, "sum to"),
+}
+
+
+@pytest.mark.parametrize("size", [1, SMALL_SUPPORT, SMALL_SUPPORT + 1, 1000])
+@pytest.mark.parametrize("last", LAST_PROBABILITY)
+def test_probabilities_are_checked_alike_at_every_size(size: int, last: str) -> None:
+    """Small supports are summed by Python and large ones by numpy: the same refusals either way."""
+    change, message = LAST_PROBABILITY[last]
+    probs = np.full(size, 1.0 / size)
+    probs[-1] = change(probs[-1])
+    if message is None:
+        check_probabilities(probs)
+    else:
+        with pytest.raises(ValueError, match=message):
+            check_probabilities(probs)

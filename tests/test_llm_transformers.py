@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch", reason="the [llm] extra (torch, transformer
 pytest.importorskip("transformers")
 
 from agent_client.llm.batched import BatchedModel  # noqa: E402
-from agent_client.llm.hf import TransformersAgent, TransformersModel  # noqa: E402
+from agent_client.llm.hf import TransformersAgent, TransformersModel, common_prefix_length  # noqa: E402
 from benchmarks.llm import build_random_gpt2  # noqa: E402
 from tests.helpers import MarketRun, read_ledger, static_agent  # noqa: E402
 
@@ -104,6 +104,35 @@ def test_a_seam_the_tokenizer_merges_differently_is_recomputed_exactly(tiny_mode
     assert torch.allclose(torch.softmax(cached, -1), torch.softmax(model.full_logits(second), -1), atol=1e-6)
 
 
+TEXTS = ["", " ", "Vacations in Hawaii", "Mechanism  Design\n\tfor", "héllo wörld ✈", "a" * 300, " ".join(CORPUS[:4])]
+
+
+@pytest.mark.parametrize("text", TEXTS)
+def test_token_ids_are_the_tokenizers_own(tiny_model_dir: Path, text: str) -> None:
+    model = TransformersModel(str(tiny_model_dir))
+    assert model.token_ids(text) == (model.tokenizer(text).input_ids or [model.tokenizer.bos_token_id])
+
+
+def test_a_tokenizer_set_up_to_truncate_is_asked_the_usual_way(tiny_model_dir: Path) -> None:
+    """Ids straight from the fast backend would be cut at its truncation length; the call would not."""
+    model = TransformersModel(str(tiny_model_dir))
+    model.tokenizer.backend_tokenizer.enable_truncation(4)
+    try:
+        truncating = TransformersModel(model.model, model.tokenizer)
+        text = " ".join(CORPUS[:2])
+        assert truncating.token_ids(text) == model.tokenizer(text).input_ids
+        assert len(truncating.token_ids(text)) > 4
+    finally:
+        model.tokenizer.backend_tokenizer.no_truncation()
+
+
+def test_common_prefix_length() -> None:
+    assert common_prefix_length([1, 2, 3], [1, 2, 3, 4]) == 3
+    assert common_prefix_length([1, 2, 3], [1, 5, 3]) == 1
+    assert common_prefix_length([], [1]) == 0
+    assert common_prefix_length([7], [8]) == 0
+
+
 def test_texts_of_several_markets_keep_their_own_caches(tiny_model_dir: Path) -> None:
     model = TransformersModel(str(tiny_model_dir), cached_texts=2)
     hawaii, resort, agents = "Vacations in Hawaii", "Stay at Beta Resort", "Generative AI agents"
@@ -126,7 +155,8 @@ def test_lookahead_has_the_next_round_ready_when_the_guess_wins(tiny_model_dir: 
         ahead.wait_for_lookahead()  # the guess ran while the (here absent) market decided
         passes = ahead.forward_passes
         distribution = ahead.next_token_distribution(text)
-        hits += ahead.forward_passes == passes
+        ahead.wait_for_lookahead()  # counted once the next guess has run too, whenever it ran
+        hits += ahead.forward_passes - passes == 1  # that guess's pass, none of the call's own
         expected = plain.next_token_distribution(text)
         assert distribution.keys() == expected.keys()
         assert max(abs(distribution[t] - expected[t]) for t in expected) < 1e-5

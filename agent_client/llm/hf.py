@@ -28,6 +28,7 @@ from __future__ import annotations
 import inspect
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -43,10 +44,24 @@ log = logging.getLogger(__name__)
 def common_prefix_length(a: list[int], b: list[int]) -> int:
     """How many leading ids ``a`` and ``b`` share."""
     n = min(len(a), len(b))
+    if a[:n] == b[:n]:  # the usual case (one text extends the other), compared in C
+        return n
     for i in range(n):
         if a[i] != b[i]:
             return i
     return n
+
+
+def id_encoder(tokenizer: Any) -> Callable[[str], list[int]]:
+    """What ``tokenizer(text).input_ids`` gives, the cheapest way the tokenizer allows: a fast
+    tokenizer's Rust backend asked for ids without offsets (60 % of the call's time at 400 tokens,
+    40 % at 20), where nothing that the call would set up for the text (truncation, padding) is set
+    on the backend; the call itself otherwise."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    plain = backend is not None and backend.truncation is None and backend.padding is None
+    if plain and hasattr(backend, "encode_batch_fast"):
+        return lambda text: backend.encode_batch_fast([text])[0].ids
+    return lambda text: tokenizer(text).input_ids
 
 
 @dataclass
@@ -86,6 +101,7 @@ class TransformersModel:
         self.torch = torch
         self.model = model.to(device).eval()
         self.tokenizer = tokenizer
+        self._ids_of = id_encoder(tokenizer)
         self.device = device
         self.temperature = temperature
         self.top_k = top_k
@@ -119,7 +135,7 @@ class TransformersModel:
         )
 
     def token_ids(self, text: str) -> list[int]:
-        ids: list[int] = self.tokenizer(text).input_ids
+        ids = self._ids_of(text)
         if not ids:
             ids = [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else 0]
         return ids

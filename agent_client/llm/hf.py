@@ -57,7 +57,7 @@ def id_encoder(tokenizer: Any) -> Callable[[str], list[int]]:
     tokenizer's Rust backend asked for ids without offsets (60 % of the call's time at 400 tokens,
     40 % at 20), where nothing that the call would set up for the text (truncation, padding) is set
     on the backend; the call itself otherwise."""
-    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    backend: Any = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
     plain = backend is not None and backend.truncation is None and backend.padding is None
     if plain and hasattr(backend, "encode_batch_fast"):
         return lambda text: backend.encode_batch_fast([text])[0].ids

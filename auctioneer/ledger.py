@@ -39,6 +39,7 @@ import numpy as np
 
 from protocol import LIMITS, decode, encode
 from protocol.codec import pack
+from protocol.distribution import probs_bytes
 from protocol.messages import MarketClosed, Message, RoundResult
 
 log = logging.getLogger(__name__)
@@ -414,7 +415,7 @@ class Ledger:
                     b.agent,
                     b.bid,
                     pack(b.tokens),
-                    np.ascontiguousarray(b.probs, dtype="<f8").tobytes(),
+                    probs_bytes(b.probs),
                     int(b.reference),
                 )
                 for b in record.bids

@@ -60,6 +60,16 @@ def read_ledger(db: Path) -> dict[str, Any]:
         return ledger.document()
 
 
+def default_market_closed(db: Path) -> bool:
+    """Whether the default market in ``db`` has closed; False while the ledger or its market does
+    not exist yet (serve creates the file before it records the market)."""
+    if not db.exists():
+        return False
+    with Ledger(db) as ledger:
+        market = ledger.market(ledger.default_market() or "")
+        return market is not None and market.closed is not None
+
+
 def committed_rounds(db: Path) -> int:
     if not db.exists():
         return 0

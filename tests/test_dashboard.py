@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from auctioneer.metrics import LatencyHistogram
 from protocol.sockets import free_tcp_endpoint
-from tests.helpers import MarketRun, read_ledger, static_agent, wait_until
+from tests.helpers import MarketRun, default_market_closed, read_ledger, static_agent, wait_until
 
 T = TypeVar("T")
 
@@ -53,7 +53,7 @@ def test_metrics_of_serve_match_the_ledger(market_run: MarketRun) -> None:
     http = free_http_address()
     market_run.serve(*MECHANISM, "--max-tokens", "15", "--http", http, "--stay")
     start_agents(market_run)
-    wait_until(lambda: market_run.db.exists() and read_ledger(market_run.db)["closed"] is not None, what="close")
+    wait_until(lambda: default_market_closed(market_run.db), what="close")
     ledger = read_ledger(market_run.db)
     metrics = scrape(http)
     bids = sum(len(r["bids"]) for r in ledger["rounds"])

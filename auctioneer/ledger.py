@@ -207,11 +207,10 @@ class Ledger:
         self._files = {file: _file_identity(file) for file in (path, self._wal)}
 
     def _refuse_older_schema(self) -> None:
-        tables = {row[0] for row in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        if "rounds" in tables and "markets" not in tables:
+        if written_by_v1(self._db):
             raise LedgerError(
-                f"{self.path} was written by token-auction 0.1 (one market per file); read it with that "
-                "version, or start this exchange on a new --db"
+                f"{self.path} was written by token-auction 0.1 (one market per file); "
+                f"`auctioneer migrate --db {self.path}` brings it to this version (keeping a copy)"
             )
 
     @classmethod
@@ -605,6 +604,12 @@ def _file_identity(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return status.st_dev, status.st_ino
+
+
+def written_by_v1(db: sqlite3.Connection) -> bool:
+    """Whether ``db`` has the layout token-auction 0.1 wrote: round tables and no ``markets``."""
+    tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    return "rounds" in tables and "markets" not in tables
 
 
 def _stored_message(data: bytes) -> Message:

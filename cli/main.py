@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from cli import agent, audit, dashboard, demo, evaluate, keygen, ledger, market, serve, simulate, watch
+from cli import agent, audit, dashboard, demo, evaluate, keygen, ledger, market, migrate, serve, simulate, watch
 from cli.console import run_command
 
-AUCTIONEER_COMMANDS = (demo, serve, market, evaluate, ledger, watch, dashboard, audit, keygen, simulate)
+AUCTIONEER_COMMANDS = (demo, serve, market, evaluate, ledger, watch, dashboard, audit, migrate, keygen, simulate)
 
 
 def auctioneer_parser() -> argparse.ArgumentParser:

@@ -4,7 +4,7 @@ A 0.1 ledger holds one market per file: its id, definition (the market's definin
 seq and closing in ``meta``, and ``rounds``, ``bids``, ``payments``, ``sponsors`` keyed by round
 alone. The exchange's schema (:data:`auctioneer.ledger.SCHEMA`) keys every row by market. Migrating
 makes that one market the exchange's default market, so ``serve --db FILE --prompt ...`` with the
-market's settings resumes it, and ``ledger``, ``audit`` and ``watch`` read it as before:
+market's settings resumes it, and ``ledger`` and ``audit`` read it as before:
 
 - every row is copied, unchanged but for its market key; a round's stored ``round_result`` stays the
   exact bytes that were broadcast; 0.1 stored commit times as Julian days, they become Unix seconds;

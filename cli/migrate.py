@@ -2,8 +2,8 @@
 
 The market becomes the exchange's default market, every round, bid, payment and sponsor share is
 kept, and the original file is copied first (to ``FILE.0.1``, or ``--backup PATH``). A ledger that
-already has this version's layout is left alone. Afterwards ``ledger``, ``audit`` and ``watch`` read
-it, and ``serve --db FILE`` with the market's settings resumes the market.
+already has this version's layout is left alone. Afterwards ``ledger`` and ``audit`` read it, and
+``serve --db FILE`` with the market's settings resumes the market.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from auctioneer.ledger import Ledger
+from auctioneer.ledger import Ledger, StoredMarket
 from auctioneer.mechanism import AuctionOutcome, Reference, SparseDistribution, run_auction
 from protocol import Distribution
 from protocol.market_rules import MechanismSettings
@@ -60,22 +60,23 @@ def read_ledger(db: Path) -> dict[str, Any]:
         return ledger.document()
 
 
-def default_market_closed(db: Path) -> bool:
-    """Whether the default market in ``db`` has closed; False while the ledger or its market does
-    not exist yet (serve creates the file before it records the market)."""
+def stored_default_market(db: Path) -> StoredMarket | None:
+    """The default market as ``db`` holds it; None while the ledger or its market does not exist
+    yet (serve creates the file before it records the market)."""
     if not db.exists():
-        return False
+        return None
     with Ledger(db) as ledger:
-        market = ledger.market(ledger.default_market() or "")
-        return market is not None and market.closed is not None
+        return ledger.market(ledger.default_market() or "")
+
+
+def default_market_closed(db: Path) -> bool:
+    market = stored_default_market(db)
+    return market is not None and market.closed is not None
 
 
 def committed_rounds(db: Path) -> int:
-    if not db.exists():
-        return 0
-    with Ledger(db) as ledger:
-        market = ledger.market(ledger.default_market() or "")
-        return market.last_round if market else 0
+    market = stored_default_market(db)
+    return market.last_round if market else 0
 
 
 def static_agent(distribution: str, bid: float) -> list[str]:

@@ -7,9 +7,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sqlite3
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +39,18 @@ def as_01_printed(document: dict[str, Any]) -> dict[str, Any]:
     return {key: document[key] for key in ("market", "prompt", "text", "closed")} | {"rounds": rounds}
 
 
+def sql(path: Path) -> contextlib.closing[sqlite3.Connection]:
+    """A connection to ``path`` in autocommit mode, closed at the end of the ``with`` block."""
+    return contextlib.closing(sqlite3.connect(path, isolation_level=None))
+
+
 def v1_rounds(path: Path) -> int:
-    with sqlite3.connect(path) as db:
+    with sql(path) as db:
         assert written_by_v1(db)
         return int(db.execute("SELECT COUNT(*) FROM rounds").fetchone()[0])
 
 
-def migrate(path: Path, *extra: str) -> Any:
+def migrate(path: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return run_cli("-m", "auctioneer", "migrate", "--db", str(path), *extra)
 
 
@@ -52,7 +59,7 @@ def test_migration_keeps_every_round_and_the_audit_passes(ledger_01: Path) -> No
     migrated = migrate(ledger_01)
     assert migrated.returncode == 0, migrated.stderr
     assert "7 rounds, 21 bids, 21 payments" in " ".join(migrated.stdout.split())
-    with sqlite3.connect(ledger_01) as db, pytest.raises(sqlite3.IntegrityError, match="append-only"):
+    with sql(ledger_01) as db, pytest.raises(sqlite3.IntegrityError, match="append-only"):
         db.execute("UPDATE payments SET amount = 0")  # the migrated rows are guarded as new ones are
 
     document = read_ledger(ledger_01)
@@ -79,7 +86,7 @@ def test_reading_a_01_ledger_names_the_migration(ledger_01: Path) -> None:
 def test_a_migration_that_fails_leaves_the_file_as_it_was(ledger_01: Path) -> None:
     # A payment for a round that does not exist (0.1 never wrote one; a hand-edited file might):
     # the exchange's schema refuses it, halfway through the copy.
-    with sqlite3.connect(ledger_01) as db:
+    with sql(ledger_01) as db:
         db.execute("INSERT INTO payments(round, agent, amount) VALUES (99, 'mallory', 1.0)")
     failed = migrate(ledger_01)
     assert failed.returncode == 2 and "cannot migrate" in failed.stderr and "FOREIGN KEY" in failed.stderr
@@ -101,7 +108,7 @@ def test_refused_migrations_write_nothing(ledger_01: Path, tmp_path: Path, edit:
     if edit is None:
         kept.write_bytes(b"someone's file")
     else:
-        with sqlite3.connect(ledger_01) as db:
+        with sql(ledger_01) as db:
             db.execute(edit)
     refused = migrate(ledger_01, "--backup", str(kept))
     assert refused.returncode == 2 and refusal in refused.stderr and "Traceback" not in refused.stderr
@@ -111,7 +118,7 @@ def test_refused_migrations_write_nothing(ledger_01: Path, tmp_path: Path, edit:
 
 def test_a_migrated_market_resumes_where_01_stopped(market_run: MarketRun) -> None:
     shutil.copy(DATA / "ledger-0.1.db", market_run.db)
-    with sqlite3.connect(market_run.db) as db:  # as if 0.1 had been stopped before the market ended
+    with sql(market_run.db) as db:  # as if 0.1 had been stopped before the market ended
         db.execute("DELETE FROM meta WHERE key = 'closed'")
     assert migrate(market_run.db).returncode == 0
     before = read_ledger(market_run.db)

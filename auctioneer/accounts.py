@@ -28,16 +28,44 @@ class Account:
 
 
 class Accounts:
-    """Every agent's account; ``budget_of`` gives an agent's budget (None: unlimited)."""
+    """Every agent's account. An agent's budget (None: unlimited) is the one an operator set for it
+    (``set_budgets``, then :meth:`set_budget`), else what ``configured`` gives."""
 
-    def __init__(self, budget_of: Callable[[str], float | None], spent: Mapping[str, float]) -> None:
-        self._budget_of = budget_of
-        self._accounts = {agent: Account(budget_of(agent), amount) for agent, amount in spent.items()}
+    def __init__(
+        self,
+        configured: Callable[[str], float | None],
+        spent: Mapping[str, float],
+        set_budgets: Mapping[str, float | None],
+    ) -> None:
+        self._configured = configured
+        self._set_budgets = dict(set_budgets)
+        self._accounts = {agent: Account(self.budget_of(agent), amount) for agent, amount in spent.items()}
 
     def __getitem__(self, agent: str) -> Account:
         account = self._accounts.get(agent)
         if account is None:
-            account = self._accounts[agent] = Account(self._budget_of(agent))
+            account = self._accounts[agent] = Account(self.budget_of(agent))
+        return account
+
+    def budget_of(self, agent: str) -> float | None:
+        return self._set_budgets[agent] if agent in self._set_budgets else self._configured(agent)
+
+    def check_budget(self, agent: str, budget: float | None) -> None:
+        """Refuse (``INVALID_SETTINGS``) a budget below what ``agent`` has spent and its open bids reserve."""
+        account = self[agent]
+        if budget is not None and budget < account.spent + account.reserved:
+            raise ProtocolError(
+                ErrorCode.INVALID_SETTINGS,
+                f"a budget of {budget} is below what {agent} has spent ({account.spent}) and its open bids "
+                f"reserve ({account.reserved})",
+                "budget",
+            )
+
+    def set_budget(self, agent: str, budget: float | None) -> Account:
+        """Give ``agent`` the budget an operator set (checked by :meth:`check_budget` and recorded first)."""
+        self._set_budgets[agent] = budget
+        account = self[agent]
+        account.budget = budget
         return account
 
     def reserve(self, agent: str, amount: float) -> None:

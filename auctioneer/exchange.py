@@ -7,10 +7,10 @@ them all in **one** ledger transaction, and only then moves them on and queues t
 it opens the rounds that are ready. Everything to broadcast is queued and taken with
 :meth:`Exchange.drain`, so nothing is announced before it is durable. No sockets here.
 
-An agent registers once (one name, one budget for the exchange) and takes part in every market
-that invites it. Liveness is exchange-wide: an agent is live while it sent anything within three
-heartbeats; a round closes early when every engaged live participant of its market has answered
-(``auctioneer.market``).
+An agent registers once (one name, one budget for the exchange, which operators may change while
+it runs: :meth:`Exchange.set_budget`) and takes part in every market that invites it. Liveness is
+exchange-wide: an agent is live while it sent anything within three heartbeats; a round closes
+early when every engaged live participant of its market has answered (``auctioneer.market``).
 
 Names: with CurveZMQ a name is the key's. Without, a name belongs to its first registrant: the
 ``welcome`` hands out a resume secret, and any later ``hello`` under that name must carry it
@@ -37,7 +37,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from auctioneer.accounts import Accounts
+from auctioneer.accounts import Account, Accounts
 from auctioneer.ledger import Ledger, LedgerError, StoredMarket
 from auctioneer.market import Decision, Market
 from auctioneer.settings import MarketSettings, MarketSpec, ServeSettings
@@ -46,6 +46,7 @@ from protocol.codec import encode_with_encoded
 from protocol.errors import describe_validation_error
 from protocol.market_rules import MarketRules
 from protocol.messages import (
+    AccountStatus,
     BidAccepted,
     CloseMarket,
     ExchangeHeartbeat,
@@ -65,6 +66,7 @@ from protocol.messages import (
     RoundOpen,
     RoundResult,
     SealedBid,
+    SetBudget,
     SyncReply,
     SyncRequest,
     Welcome,
@@ -107,7 +109,7 @@ class Exchange:
         self.settings = settings
         self.ledger = ledger
         self.clock = clock
-        self.accounts = Accounts(settings.budget_of, ledger.spent())
+        self.accounts = Accounts(settings.budget_of, ledger.spent(), ledger.operator_budgets())
         self.agents: dict[str, AgentRecord] = {}
         self._peers: dict[bytes, str] = {}
         self._per_address: Counter[str] = Counter()
@@ -230,6 +232,14 @@ class Exchange:
         self._retire(market)
         return market.status()
 
+    def set_budget(self, agent: str, budget: float | None) -> Account:
+        """An operator's new budget for ``agent`` across the exchange (None: unlimited), durable before
+        it applies; ``INVALID_SETTINGS`` if below what the agent has spent and reserved."""
+        self.accounts.check_budget(agent, budget)
+        self.ledger.set_budget(agent, budget, self.accounts[agent].reserved, self.clock())
+        log.info("budget of %s set to %s", agent, "unlimited" if budget is None else budget)
+        return self.accounts.set_budget(agent, budget)
+
     def knows_market(self, market_id: str) -> bool:
         """Whether this exchange ever opened a market ``market_id`` (open or ended)."""
         return market_id in self._market_ids
@@ -288,8 +298,17 @@ class Exchange:
         if isinstance(message, ListMarkets):
             statuses = [market.status() for market in self.markets.values()] + list(self.recent)
             return MarketList(seq=self.exchange_seq, markets=statuses, default=self.default_market, re=message.id)
-        if isinstance(message, OpenMarket | CloseMarket):
+        if isinstance(message, OpenMarket | CloseMarket | SetBudget):
             self._authorise_operator(identity, address)
+            if isinstance(message, SetBudget):
+                account = self.set_budget(message.agent, message.budget)
+                return AccountStatus(
+                    agent=message.agent,
+                    budget=account.budget,
+                    spent=account.spent,
+                    reserved=account.reserved,
+                    re=message.id,
+                )
             if isinstance(message, OpenMarket):
                 spec = MarketSpec(
                     settings=message.settings,

@@ -11,6 +11,8 @@ Tables:
   holds a live reference agent's distribution and the weight it was given; it never pays;
 - ``accounts``: each agent's budget and, as of the last commit, what its bids in open rounds
   reserve. What an agent spent is the sum of its payments;
+- ``budgets``: the budgets operators set at run time (``set_budget``; NULL: unlimited), which win
+  over the exchange's settings from then on, across restarts;
 - ``agents``: without CurveZMQ, the hash of the resume secret each name is bound to (written with
   the agent's first committed bid: a name that never bid is not kept).
 
@@ -99,6 +101,11 @@ CREATE TABLE IF NOT EXISTS accounts (
     budget REAL,
     reserved REAL NOT NULL DEFAULT 0 CHECK (reserved >= 0)
 );
+CREATE TABLE IF NOT EXISTS budgets (
+    agent TEXT PRIMARY KEY,
+    budget REAL CHECK (budget IS NULL OR budget >= 0),
+    set_at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS agents (
     agent TEXT PRIMARY KEY,
     secret_hash TEXT NOT NULL,
@@ -119,6 +126,10 @@ CREATE TRIGGER IF NOT EXISTS sponsors_append_only BEFORE UPDATE ON sponsors
 CREATE TRIGGER IF NOT EXISTS sponsors_no_delete BEFORE DELETE ON sponsors
     BEGIN SELECT RAISE(ABORT, 'sponsors are append-only'); END;
 """
+UPSERT_ACCOUNT = (
+    "INSERT INTO accounts(agent, budget, reserved) VALUES (?, ?, ?) ON CONFLICT(agent) "
+    "DO UPDATE SET budget = excluded.budget, reserved = excluded.reserved"
+)
 
 
 class LedgerError(Exception):
@@ -385,9 +396,7 @@ class Ledger:
                 )
             if accounts:
                 db.executemany(
-                    "INSERT INTO accounts(agent, budget, reserved) VALUES (?, ?, ?) ON CONFLICT(agent) "
-                    "DO UPDATE SET budget = excluded.budget, reserved = excluded.reserved",
-                    [(agent, budget, reserved) for agent, (budget, reserved) in accounts.items()],
+                    UPSERT_ACCOUNT, [(agent, budget, reserved) for agent, (budget, reserved) in accounts.items()]
                 )
             if exchange_seq is not None:
                 self._set_meta(db, "exchange_seq", str(exchange_seq))
@@ -454,6 +463,20 @@ class Ledger:
         """The hash of the resume secret ``agent`` is bound to, if it ever had a bid committed."""
         row = self._db.execute("SELECT secret_hash FROM agents WHERE agent = ?", (agent,)).fetchone()
         return None if row is None else str(row[0])
+
+    def set_budget(self, agent: str, budget: float | None, reserved: float, set_at: float) -> None:
+        """Record an operator's budget for ``agent`` (and its account's, with what it reserves) durably."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO budgets(agent, budget, set_at) VALUES (?, ?, ?) ON CONFLICT(agent) "
+                "DO UPDATE SET budget = excluded.budget, set_at = excluded.set_at",
+                (agent, budget, set_at),
+            )
+            db.execute(UPSERT_ACCOUNT, (agent, budget, reserved))
+
+    def operator_budgets(self) -> dict[str, float | None]:
+        """agent -> the budget an operator last set for it (None: unlimited)."""
+        return dict(self._db.execute("SELECT agent, budget FROM budgets ORDER BY agent").fetchall())
 
     def accounts(self) -> dict[str, tuple[float | None, float]]:
         """agent -> (budget, reserved as of the last commit)."""

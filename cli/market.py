@@ -1,8 +1,10 @@
-"""``auctioneer market open|close`` and ``auctioneer markets``: operate an exchange over its market socket.
+"""``auctioneer market open|close``, ``auctioneer markets`` and ``auctioneer budget``: operate an exchange.
 
-``market open`` sends the market settings given as flags (the others take the exchange's
-defaults) and prints the new market's id; ``market close ID`` ends a market now; ``markets`` lists
-the open and recently closed markets with their round, text and revenue. Under CurveZMQ the
+Every command is a request on the exchange's market socket. ``market open`` sends the market
+settings given as flags (the others take the exchange's defaults) and prints the new market's id;
+``market close ID`` ends a market now; ``markets`` lists the open and recently closed markets with
+their round, text and revenue; ``budget AGENT AMOUNT`` (or ``unlimited``) sets an agent's budget
+across the exchange from now on, across restarts too, and prints its account. Under CurveZMQ the
 operator authenticates with its key (``--curve-secret``, ``--server-key``) and must be named in the
 exchange's ``operators``; without it, the exchange accepts operators from loopback only (by default).
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import sys
 
 from rich.table import Table
@@ -22,6 +25,7 @@ from cli.console import UsageError, stdout
 from cli.flags import add_settings_flags, comma_list, settings_values
 from protocol.client import SocketSetup, ask
 from protocol.messages import (
+    AccountStatus,
     CloseMarket,
     Error,
     ListMarkets,
@@ -30,6 +34,7 @@ from protocol.messages import (
     MarketStatusReply,
     Message,
     OpenMarket,
+    SetBudget,
 )
 
 DEFAULT_EXCHANGE = "tcp://127.0.0.1:5555"
@@ -52,6 +57,24 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     listing = subparsers.add_parser("markets", help="list an exchange's open and recent markets", description=__doc__)
     add_connection_flags(listing)
     listing.set_defaults(run=run_list)
+    budget = subparsers.add_parser("budget", help="set an agent's budget in a running exchange", description=__doc__)
+    add_connection_flags(budget)
+    budget.add_argument("agent", metavar="AGENT", help="the agent's name")
+    budget.add_argument("amount", metavar="AMOUNT", type=budget_amount, help="the new budget, or 'unlimited'")
+    budget.set_defaults(run=run_budget)
+
+
+def budget_amount(text: str) -> float | None:
+    """A budget as given on the command line: a non-negative number, or ``unlimited`` (None)."""
+    if text == "unlimited":
+        return None
+    try:
+        amount = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'unlimited'") from None
+    if not (math.isfinite(amount) and amount >= 0):
+        raise argparse.ArgumentTypeError(f"a budget is a finite number >= 0 or 'unlimited', not {text}")
+    return amount
 
 
 def add_connection_flags(parser: argparse.ArgumentParser) -> None:
@@ -122,6 +145,22 @@ def run_close(args: argparse.Namespace) -> int:
         print_json(status_json(reply.status))
     else:
         stdout.print(f"market {reply.status.market.id} closed after {reply.status.round} rounds", highlight=False)
+    return 0
+
+
+def run_budget(args: argparse.Namespace) -> int:
+    reply = request(args, SetBudget(agent=args.agent, budget=args.amount))
+    assert isinstance(reply, AccountStatus)
+    remaining = None if reply.budget is None else reply.budget - reply.spent - reply.reserved
+    if args.json:
+        print_json({**reply.model_dump(include={"agent", "budget", "spent", "reserved"}), "remaining": remaining})
+        return 0
+    budget = "unlimited" if reply.budget is None else f"{reply.budget:g}"
+    left = "" if remaining is None else f", remaining {remaining:g}"
+    stdout.print(
+        f"{reply.agent}: budget {budget}, spent {reply.spent:g}, reserved by open bids {reply.reserved:g}{left}",
+        highlight=False,
+    )
     return 0
 
 

@@ -184,6 +184,15 @@ class CloseMarket(Message):
     market: MarketId
 
 
+class SetBudget(Message):
+    """Set an agent's budget across the exchange from now on (``None``: unlimited); it may not fall
+    below what the agent has spent and what its open bids reserve."""
+
+    type: Literal["set_budget"] = "set_budget"
+    agent: AgentName
+    budget: NonNegativeFloat | None
+
+
 # --- market socket: auctioneer -> agent -------------------------------------------------------
 
 
@@ -249,6 +258,16 @@ class MarketStatusReply(Message):
 
     type: Literal["market_status"] = "market_status"
     status: MarketStatus
+
+
+class AccountStatus(Message):
+    """The reply to ``set_budget``: the agent's account as it now stands."""
+
+    type: Literal["account_status"] = "account_status"
+    agent: AgentName
+    budget: float | None  # None: unlimited
+    spent: float
+    reserved: float
 
 
 # --- feed socket: a market's broadcasts, each with a strictly increasing seq per market ----------
@@ -350,12 +369,14 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
         ListMarkets,
         OpenMarket,
         CloseMarket,
+        SetBudget,
         Welcome,
         BidAccepted,
         Error,
         Pong,
         MarketList,
         MarketStatusReply,
+        AccountStatus,
         RoundOpen,
         RoundResult,
         MarketClosed,
@@ -369,7 +390,7 @@ MESSAGE_TYPES: dict[str, type[Message]] = {
 
 # What the auctioneer accepts on the market socket (operator requests are authorised separately).
 AGENT_REQUESTS = frozenset({"hello", "sealed_bid", "sync_request", "ping", "list_markets"})
-OPERATOR_REQUESTS = frozenset({"open_market", "close_market"})
+OPERATOR_REQUESTS = frozenset({"open_market", "close_market", "set_budget"})
 AUCTIONEER_REQUESTS = AGENT_REQUESTS | OPERATOR_REQUESTS
 MarketBroadcast = RoundOpen | RoundResult | MarketClosed | Heartbeat
 ExchangeNotice = MarketOpened | MarketEnded | ExchangeHeartbeat

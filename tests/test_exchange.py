@@ -55,6 +55,12 @@ def test_operators_open_and_close_markets_and_agents_trade_in_all(market_run: Ma
     refused = operator(market_run, "market", "close", endless["market"])
     assert refused.returncode == 2 and "MARKET_CLOSED" in refused.stderr
     wait_until(lambda: len([m for m in markets(market_run).values() if m["closed"]]) == 4, what="every market")
+    raised = operator(market_run, "budget", "alice", "80")
+    assert raised.returncode == 0, raised.stderr
+    alice_account = json.loads(raised.stdout)
+    assert alice_account["budget"] == 80.0 and alice_account["remaining"] == 80.0 - alice_account["spent"]
+    too_low = operator(market_run, "budget", "bob", "0")  # bob has paid in the markets above
+    assert too_low.returncode == 2 and "INVALID_SETTINGS" in too_low.stderr and "Traceback" not in too_low.stderr
     for agent in (alice, bob):
         agent.terminate()
         assert agent.wait(30) == 0
@@ -65,7 +71,8 @@ def test_operators_open_and_close_markets_and_agents_trade_in_all(market_run: Ma
         bob_market = ledger.document(only_bob["market"])
     assert all(set(r["bids"]) == {"bob"} for r in bob_market["rounds"])
     accounts = exchange["accounts"]
-    assert accounts["alice"]["budget"] == 50.0 and accounts["alice"]["reserved"] == 0.0
+    assert accounts["alice"]["budget"] == 80.0 and accounts["alice"]["reserved"] == 0.0
+    assert accounts["bob"]["budget"] == 50.0
     assert accounts["bob"]["spent"] == pytest.approx(
         sum(m["revenue"] for m in exchange["markets"]) - accounts["alice"]["spent"]
     )
@@ -78,8 +85,9 @@ def test_operators_open_and_close_markets_and_agents_trade_in_all(market_run: Ma
 def test_operator_requests_are_refused_from_elsewhere_and_for_bad_settings(market_run: MarketRun) -> None:
     (market_run.directory / "exchange.toml").write_text('operator_networks = ["10.0.0.0/8"]\n')
     market_run.serve("--config", str(market_run.directory / "exchange.toml"))
-    refused = operator(market_run, "market", "open", "--prompt", "x")
-    assert refused.returncode == 2 and "UNAUTHORIZED" in refused.stderr and "Traceback" not in refused.stderr
+    for request in (("market", "open", "--prompt", "x"), ("budget", "alice", "1e9")):
+        refused = operator(market_run, *request)
+        assert refused.returncode == 2 and "UNAUTHORIZED" in refused.stderr and "Traceback" not in refused.stderr
     market_run.stop()
     silent = run_cli(
         "-m", "auctioneer", "market", "open", "--exchange", market_run.market, "--prompt", "x", "--timeout", "0.5"

@@ -19,6 +19,7 @@ from auctioneer.settings import MarketSpec, ServeSettings
 from protocol import Distribution, decode
 from protocol.critical_bid import REFERENCE_SPONSOR
 from protocol.messages import (
+    AccountStatus,
     BidAccepted,
     CloseMarket,
     Error,
@@ -36,6 +37,7 @@ from protocol.messages import (
     RoundOpen,
     RoundResult,
     SealedBid,
+    SetBudget,
     SyncReply,
     SyncRequest,
     Welcome,
@@ -517,6 +519,37 @@ def test_operators_open_and_close_markets_others_may_not(make_exchange: Any) -> 
     assert isinstance(listing, MarketList) and [(s.market.id, s.closed) for s in listing.markets] == [
         ("hawaii", "operator")
     ]
+
+
+def test_operators_set_budgets_that_hold_across_restarts(make_exchange: Any, clock: FakeClock) -> None:
+    exchange = make_exchange(prompt="", budget=3.0, payment="first_price")
+    register(exchange, "a")
+    number = opened(tick(exchange))[exchange.default_market]
+    assert isinstance(exchange.handle(b"a", bid(number, 2.0)), BidAccepted)
+    clock.advance(2.5)
+    number = opened(tick(exchange))[exchange.default_market]  # a paid 2 of its 3
+    assert isinstance(exchange.handle(b"a", bid(number, 0.5)), BidAccepted)  # and reserves 0.5
+    assert error_code(exchange.handle(b"op", SetBudget(agent="a", budget=10.0), address="10.0.0.7")) == "UNAUTHORIZED"
+    below = exchange.handle(b"op", SetBudget(agent="a", budget=2.4), address=LOOPBACK)
+    assert error_code(below) == "INVALID_SETTINGS" and "spent (2.0)" in below.message  # type: ignore[attr-defined]
+    assert exchange.accounts["a"].budget == 3.0 and exchange.ledger.operator_budgets() == {}  # refusals change nothing
+
+    raised = exchange.handle(b"op", SetBudget(agent="a", budget=10.0, id=4), address=LOOPBACK)
+    assert isinstance(raised, AccountStatus) and raised.re == 4
+    assert (raised.agent, raised.budget, raised.spent, raised.reserved) == ("a", 10.0, 2.0, 0.5)
+    assert exchange.ledger.accounts()["a"] == (10.0, 0.5)  # durable as soon as it is set
+    other = exchange.open_market(MarketSpec(settings={"prompt": "M:"}, id="m2")).id
+    number = opened(tick(exchange))[other]
+    assert error_code(exchange.handle(b"a", bid(number, 7.6, other))) == "BUDGET_EXCEEDED"  # 2 + 0.5 + 7.6 > 10
+    assert isinstance(exchange.handle(b"a", bid(number, 7.5, other)), BidAccepted)
+    unlimited = exchange.handle(b"op", SetBudget(agent="newcomer", budget=None), address=LOOPBACK)
+    assert isinstance(unlimited, AccountStatus) and unlimited.budget is None  # set before it ever registered
+
+    restarted = make_exchange(prompt="", budget=3.0, payment="first_price")  # the config still says 3
+    assert restarted.accounts["a"].budget == 10.0 and restarted.accounts["newcomer"].budget is None
+    assert restarted.accounts["b"].budget == 3.0
+    verdicts, over_budget = audit_ledger(restarted.ledger)
+    assert all(v.ok for v in verdicts) and over_budget == []
 
 
 def test_with_curve_only_named_keys_operate(make_exchange: Any, tmp_path: Path) -> None:

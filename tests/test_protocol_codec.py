@@ -22,6 +22,7 @@ from protocol.hot_path import WireBid, WirePing, checked_bid, read_hot
 from protocol.market_rules import MarketRules
 from protocol.messages import (
     MESSAGE_TYPES,
+    AccountStatus,
     BidAccepted,
     CloseMarket,
     Error,
@@ -44,6 +45,7 @@ from protocol.messages import (
     RoundOpen,
     RoundResult,
     SealedBid,
+    SetBudget,
     SyncReply,
     SyncRequest,
     Welcome,
@@ -98,8 +100,11 @@ EVERY_MESSAGE: list[Message] = [
     ListMarkets(id=4),
     OpenMarket(settings={"prompt": "Vacations in Hawaii:", "max_tokens": 12}, market="hawaii", agents=["a"], id=5),
     CloseMarket(market="hawaii", id=6),
+    SetBudget(agent="alpha", budget=80.0, id=7),
+    SetBudget(agent="alpha", budget=None, id=8),
     MarketList(seq=3, markets=[STATUS], default="hawaii", re=4),
     MarketStatusReply(status=STATUS, re=5),
+    AccountStatus(agent="alpha", budget=80.0, spent=12.5, reserved=1.0, re=7),
     MarketOpened(seq=1, market=INFO),
     MarketEnded(seq=2, market="hawaii", reason="operator", rounds=2),
     ExchangeHeartbeat(seq=2, time=5.0),

@@ -315,6 +315,7 @@ class AgentRuntime:
             self._welcomed(await self._register())
         elif isinstance(reply, Pong):
             self.report.spent = reply.spent
+            self.budget = reply.budget  # an operator may have changed it
         else:
             log.debug("unexpected reply to ping: %s", reply.type)
 

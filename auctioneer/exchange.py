@@ -335,6 +335,7 @@ class Exchange:
                 exchange_seq=self.exchange_seq,
                 spent=account.spent,
                 reserved=account.reserved,
+                budget=account.budget,
             )
         return self._accept_bid(name, message, now)
 

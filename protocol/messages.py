@@ -244,6 +244,7 @@ class Pong(Message):
     exchange_seq: Seq = 0
     spent: float = 0.0  # the agent's payments across the exchange so far
     reserved: float = 0.0  # what its bids in open rounds hold
+    budget: float | None = None  # its budget as it now stands (an operator may change it); None: none
 
 
 class MarketList(Message):

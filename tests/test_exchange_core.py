@@ -538,6 +538,8 @@ def test_operators_set_budgets_that_hold_across_restarts(make_exchange: Any, clo
     assert isinstance(raised, AccountStatus) and raised.re == 4
     assert (raised.agent, raised.budget, raised.spent, raised.reserved) == ("a", 10.0, 2.0, 0.5)
     assert exchange.ledger.accounts()["a"] == (10.0, 0.5)  # durable as soon as it is set
+    pong = exchange.handle(b"a", Ping())
+    assert isinstance(pong, Pong) and (pong.budget, pong.spent, pong.reserved) == (10.0, 2.0, 0.5)  # a learns of it
     other = exchange.open_market(MarketSpec(settings={"prompt": "M:"}, id="m2")).id
     number = opened(tick(exchange))[other]
     assert error_code(exchange.handle(b"a", bid(number, 7.6, other))) == "BUDGET_EXCEEDED"  # 2 + 0.5 + 7.6 > 10

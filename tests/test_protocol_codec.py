@@ -92,6 +92,7 @@ EVERY_MESSAGE: list[Message] = [
     BidAccepted(round=1, re=2),
     Error(code="WRONG_ROUND", message="no", field="round"),
     Pong(seq=4, re=9),
+    Pong(seq=4, exchange_seq=2, spent=1.5, reserved=0.5, budget=10.0, re=10),
     OPEN,
     RESULT,
     MarketClosed(seq=3, reason="max_tokens", text="t", rounds=1),

@@ -20,6 +20,7 @@ import sys
 from rich.table import Table
 
 from agent_client.security import curve_client_setup
+from auctioneer.ledger import account_row
 from auctioneer.settings import MarketSettings
 from cli.console import UsageError, stdout
 from cli.flags import add_settings_flags, comma_list, settings_values
@@ -151,12 +152,12 @@ def run_close(args: argparse.Namespace) -> int:
 def run_budget(args: argparse.Namespace) -> int:
     reply = request(args, SetBudget(agent=args.agent, budget=args.amount))
     assert isinstance(reply, AccountStatus)
-    remaining = None if reply.budget is None else reply.budget - reply.spent - reply.reserved
+    account = account_row((reply.budget, reply.reserved), reply.spent)
     if args.json:
-        print_json({**reply.model_dump(include={"agent", "budget", "spent", "reserved"}), "remaining": remaining})
+        print_json({"agent": reply.agent, **account})
         return 0
     budget = "unlimited" if reply.budget is None else f"{reply.budget:g}"
-    left = "" if remaining is None else f", remaining {remaining:g}"
+    left = "" if account["remaining"] is None else f", remaining {account['remaining']:g}"
     stdout.print(
         f"{reply.agent}: budget {budget}, spent {reply.spent:g}, reserved by open bids {reply.reserved:g}{left}",
         highlight=False,

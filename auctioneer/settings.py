@@ -28,6 +28,7 @@ from protocol.codec import LIMITS
 from protocol.errors import describe_validation_error
 from protocol.fields import AgentName, MarketId, NonNegativeFloat, PositiveFloat, SeedHex
 from protocol.market_rules import MarketRules, MechanismSettings
+from protocol.sockets import DEFAULT_FEED_ENDPOINT, DEFAULT_MARKET_ENDPOINT
 
 SETTINGS_MODEL = ConfigDict(extra="forbid", strict=False, frozen=True)
 
@@ -97,8 +98,8 @@ class ExchangeSettings(BaseModel):
 
     model_config = SETTINGS_MODEL
 
-    market: str = Field("tcp://127.0.0.1:5555", description="ROUTER endpoint to bind (requests)")
-    feed: str = Field("tcp://127.0.0.1:5556", description="PUB endpoint to bind (broadcasts)")
+    market: str = Field(DEFAULT_MARKET_ENDPOINT, description="ROUTER endpoint to bind (requests)")
+    feed: str = Field(DEFAULT_FEED_ENDPOINT, description="PUB endpoint to bind (broadcasts)")
     db: Path = Field(Path("market.db"), description="SQLite ledger; reusing it resumes the market")
     heartbeat_interval: PositiveFloat = Field(
         1.0, description="seconds between heartbeats", json_schema_extra={"flag": "--heartbeat"}

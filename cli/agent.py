@@ -16,7 +16,7 @@ from agent_client.loading import load_agent, parse_params
 from agent_client.runtime import GIVE_UP_AFTER, AgentRejected, AgentReport, AgentRuntime, AuctioneerLost
 from agent_client.scenario import build_agent as build_scenario_agent
 from agent_client.security import curve_client_setup
-from cli.console import UsageError, read_toml, stdout
+from cli.console import UsageError, add_client_endpoints, read_toml, stdout
 from protocol.client import SocketSetup
 from simulation.scenario import Scenario
 
@@ -46,8 +46,7 @@ def parse_distribution(text: str) -> dict[str, float]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agent-client", description=__doc__)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (repeatable)")
-    parser.add_argument("--market", default="tcp://127.0.0.1:5555", help="the auctioneer's market endpoint")
-    parser.add_argument("--feed", default="tcp://127.0.0.1:5556", help="the auctioneer's feed endpoint")
+    add_client_endpoints(parser)
     parser.add_argument("--name", required=True, help="agent name (letters, digits, _ . -)")
     kind = parser.add_mutually_exclusive_group(required=True)
     kind.add_argument("--distribution", help='static agent: "Large=0.8,Generative=0.2" or JSON')

@@ -1,4 +1,5 @@
-"""What every command shares: the consoles, logging, reading TOML files, and one line per user mistake.
+"""What every command shares: the consoles, logging, reading TOML files, endpoint flags, and one line
+per user mistake.
 
 A mistake the user can fix (a :class:`UsageError`, or one of the libraries' errors in
 :data:`USER_ERRORS`) becomes one red line on stderr and exit status 2, never a traceback.
@@ -25,6 +26,7 @@ from auctioneer.server import EndpointError
 from auctioneer.settings import SettingsError
 from dashboard.web import HttpAddressError
 from protocol.curve import KeyFileError
+from protocol.sockets import DEFAULT_FEED_ENDPOINT, DEFAULT_MARKET_ENDPOINT, endpoint_problem
 from simulation.networked import SimulationFailed
 from simulation.scenario import ScenarioError
 
@@ -61,6 +63,22 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
         raise UsageError(f"cannot read {what} {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{what} {path} is not valid TOML: {exc}") from None
+
+
+def endpoint(text: str) -> str:
+    """The argparse type of every endpoint a command connects to: refused in one line if malformed."""
+    problem = endpoint_problem(text)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
+def add_client_endpoints(parser: argparse.ArgumentParser) -> None:
+    """``--market`` and ``--feed`` of a command whose agents register and bid."""
+    parser.add_argument(
+        "--market", type=endpoint, default=DEFAULT_MARKET_ENDPOINT, help="the auctioneer's market endpoint"
+    )
+    parser.add_argument("--feed", type=endpoint, default=DEFAULT_FEED_ENDPOINT, help="the auctioneer's feed endpoint")
 
 
 def configure_logging(verbosity: int) -> None:

@@ -9,7 +9,7 @@ import argparse
 import asyncio
 
 from cli.console import stdout
-from cli.watch import default_market_endpoint
+from cli.watch import add_spectator_endpoints, market_endpoint
 from dashboard.board import Board
 from dashboard.spectator import spectate
 from dashboard.web import bind_http, board_metrics, dashboard_app, serve_http
@@ -17,8 +17,7 @@ from dashboard.web import bind_http, board_metrics, dashboard_app, serve_http
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser("dashboard", help="a live web dashboard of an exchange", description=__doc__)
-    parser.add_argument("--feed", default="tcp://127.0.0.1:5556", help="the auctioneer's feed endpoint")
-    parser.add_argument("--market", help="the market endpoint (default: the feed's host, port 5555)")
+    add_spectator_endpoints(parser)
     parser.add_argument("--market-id", help="show only this market (default: every market)")
     parser.add_argument("--http", default="127.0.0.1:8080", help="HOST:PORT to serve the page on")
     parser.set_defaults(run=run)
@@ -35,6 +34,5 @@ async def run_dashboard(endpoint: str, feed: str, market: str | None, http: str)
 
 
 def run(args: argparse.Namespace) -> int:
-    endpoint = args.market or default_market_endpoint(args.feed)
-    asyncio.run(run_dashboard(endpoint, args.feed, args.market_id, args.http))
+    asyncio.run(run_dashboard(market_endpoint(args), args.feed, args.market_id, args.http))
     return 0

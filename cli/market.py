@@ -22,7 +22,7 @@ from rich.table import Table
 from agent_client.security import curve_client_setup
 from auctioneer.ledger import account_row
 from auctioneer.settings import MarketSettings
-from cli.console import UsageError, stdout
+from cli.console import UsageError, endpoint, stdout
 from cli.flags import add_settings_flags, comma_list, settings_values
 from protocol.client import SocketSetup, ask
 from protocol.messages import (
@@ -37,8 +37,7 @@ from protocol.messages import (
     OpenMarket,
     SetBudget,
 )
-
-DEFAULT_EXCHANGE = "tcp://127.0.0.1:5555"
+from protocol.sockets import DEFAULT_MARKET_ENDPOINT
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
@@ -79,7 +78,9 @@ def budget_amount(text: str) -> float | None:
 
 
 def add_connection_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--exchange", default=DEFAULT_EXCHANGE, help="the exchange's market socket endpoint")
+    parser.add_argument(
+        "--exchange", type=endpoint, default=DEFAULT_MARKET_ENDPOINT, help="the exchange's market socket endpoint"
+    )
     parser.add_argument("--curve-secret", help="the operator's CurveZMQ secret key file")
     parser.add_argument("--server-key", help="the exchange's CurveZMQ public key file")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")

@@ -9,9 +9,10 @@ import asyncio
 
 from rich.live import Live
 
-from cli.console import stdout
+from cli.console import UsageError, endpoint, stdout
 from cli.live_view import MarketView
 from protocol.client import FeedEvent, follow_market
+from protocol.sockets import DEFAULT_FEED_ENDPOINT, DEFAULT_MARKET_ENDPOINT
 
 
 async def watch_live(endpoint: str, feed: str, view: MarketView, market: str | None = None) -> MarketView:
@@ -28,18 +29,30 @@ async def watch_live(endpoint: str, feed: str, view: MarketView, market: str | N
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser("watch", help="watch a market live (spectator)", description=__doc__)
-    parser.add_argument("--feed", default="tcp://127.0.0.1:5556", help="the auctioneer's feed endpoint")
-    parser.add_argument("--market", help="the market endpoint for resync (default: the feed's host, port 5555)")
+    add_spectator_endpoints(parser)
     parser.add_argument("--market-id", help="the market to watch (default: the exchange's default market)")
     parser.set_defaults(run=run)
 
 
-def default_market_endpoint(feed: str) -> str:
-    host, _, _port = feed.rpartition(":")
-    return f"{host}:5555"
+def add_spectator_endpoints(parser: argparse.ArgumentParser) -> None:
+    """``--feed`` and ``--market`` of a spectator (watch, dashboard): the market endpoint, for resync,
+    defaults to the feed's host at the default market port."""
+    parser.add_argument("--feed", type=endpoint, default=DEFAULT_FEED_ENDPOINT, help="the auctioneer's feed endpoint")
+    parser.add_argument(
+        "--market", type=endpoint, help="the market endpoint, for resync (default: the feed's host, port 5555)"
+    )
+
+
+def market_endpoint(args: argparse.Namespace) -> str:
+    """``--market``, or the ``tcp://`` feed's host at the default market port."""
+    if args.market:
+        return str(args.market)
+    if not args.feed.startswith("tcp://"):
+        raise UsageError(f"the feed {args.feed} is not tcp://HOST:PORT: pass the market endpoint with --market")
+    host = args.feed.removeprefix("tcp://").rpartition(":")[0]
+    return f"tcp://{host}:{DEFAULT_MARKET_ENDPOINT.rpartition(':')[2]}"
 
 
 def run(args: argparse.Namespace) -> int:
-    endpoint = args.market or default_market_endpoint(args.feed)
-    asyncio.run(watch_live(endpoint, args.feed, MarketView(), args.market_id))
+    asyncio.run(watch_live(market_endpoint(args), args.feed, MarketView(), args.market_id))
     return 0

@@ -1,7 +1,8 @@
 """Socket hygiene shared by every ZeroMQ peer of the protocol: options, addresses, teardown.
 
 Both the auctioneer and the clients create their sockets through :func:`make_socket`, so limits
-(``MAXMSGSIZE``), ``LINGER 0`` and high-water marks are set in one place.
+(``MAXMSGSIZE``), ``LINGER 0`` and high-water marks are set in one place. The default endpoints and
+the check of an endpoint a client is given (:func:`endpoint_problem`) live here too.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ HIGH_WATER_MARK = 100_000
 # round in every market at once (a burst of one broadcast per market), so it is far above that.
 FEED_HIGH_WATER_MARK = 20_000
 
+DEFAULT_MARKET_ENDPOINT = "tcp://127.0.0.1:5555"
+DEFAULT_FEED_ENDPOINT = "tcp://127.0.0.1:5556"
+TRANSPORTS = ("tcp", "ipc", "inproc")
+
 
 def make_socket(context: zmq.asyncio.Context, kind: int, *, max_message_bytes: int | None = None) -> zmq.asyncio.Socket:
     """A socket with ``LINGER 0`` (never hang at exit), generous HWMs and an optional inbound size cap."""
@@ -32,6 +37,25 @@ def make_socket(context: zmq.asyncio.Context, kind: int, *, max_message_bytes: i
     if max_message_bytes is not None:
         sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes)
     return sock
+
+
+def endpoint_problem(endpoint: str) -> str | None:
+    """Why a client cannot connect to ``endpoint``, in one sentence; None if it can. ZeroMQ
+    accepts some malformed endpoints and never connects (``tcp://host:99999``) and refuses others
+    with a bare "Invalid argument", so clients check what they are given first."""
+    transport, separator, address = endpoint.partition("://")
+    expected = "expected tcp://HOST:PORT, ipc://PATH or inproc://NAME"
+    if not separator or transport not in TRANSPORTS:
+        return f"{endpoint!r} is not a ZeroMQ endpoint: {expected}"
+    if not address:
+        return f"{endpoint!r} names no address: {expected}"
+    if transport == "tcp":
+        host, colon, port = address.rpartition(":")
+        if not host or host == "*":
+            return f"{endpoint!r} names no {'host to connect to' if colon else 'port'}: expected tcp://HOST:PORT"
+        if not (port.isdigit() and 0 < int(port) < 65536):
+            return f"{endpoint!r} names no port from 1 to 65535: expected tcp://HOST:PORT"
+    return None
 
 
 def is_loopback_endpoint(endpoint: str) -> bool:

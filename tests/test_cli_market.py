@@ -8,12 +8,14 @@ import sys
 from pathlib import Path
 
 import pytest
+import zmq
 
 from auctioneer.exchange import Exchange
 from auctioneer.ledger import Ledger
 from auctioneer.settings import ServeSettings
 from protocol import Distribution
 from protocol.messages import BidAccepted, Hello, SealedBid
+from protocol.sockets import endpoint_problem
 from tests.helpers import MarketRun, read_ledger, run_cli, static_agent
 
 
@@ -119,6 +121,13 @@ def test_custom_agent_from_examples(market_run: MarketRun) -> None:
         (["-m", "agent_client", "--name", "a", "--distribution", "x", "--bid", "1"], "token=probability"),
         (["-m", "agent_client", "--name", "a", "--agent", "nope.mod:X"], "cannot import"),
         (["-m", "agent_client", "--name", "a", "--agent", "examples.my_agent:Missing"], "has no"),
+        (["-m", "agent_client", "--name", "a", "--market", "localhost:5555", "--bid", "1"], "not a ZeroMQ endpoint"),
+        (["-m", "cli.swarm", "--count", "1", "--feed", "tcp://127.0.0.1:99999"], "no port from 1 to 65535"),
+        (["-m", "auctioneer", "watch", "--feed", "nonsense"], "not a ZeroMQ endpoint"),
+        (["-m", "auctioneer", "watch", "--feed", "ipc:///tmp/feed"], "pass the market endpoint with --market"),
+        (["-m", "auctioneer", "dashboard", "--feed", "tcp://*:5556"], "no host to connect to"),
+        (["-m", "auctioneer", "markets", "--exchange", "tcp://127.0.0.1"], "names no port"),
+        (["-m", "auctioneer", "budget", "alice", "5", "--exchange", "udp://127.0.0.1:5555"], "not a ZeroMQ endpoint"),
     ],
 )
 def test_user_mistakes_get_one_actionable_line(argv: list[str], message: str) -> None:
@@ -126,6 +135,21 @@ def test_user_mistakes_get_one_actionable_line(argv: list[str], message: str) ->
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "endpoint", ["tcp://127.0.0.1:5555", "tcp://localhost:1", "tcp://[::1]:65535", "ipc:///tmp/feed", "inproc://x"]
+)
+def test_endpoints_clients_accept_are_ones_zeromq_connects_to(endpoint: str) -> None:
+    assert endpoint_problem(endpoint) is None
+    context = zmq.Context()
+    try:
+        sock = context.socket(zmq.DEALER)
+        sock.setsockopt(zmq.IPV6, 1)
+        sock.connect(endpoint)  # raises ZMQError on an endpoint it cannot use
+        sock.close(linger=0)
+    finally:
+        context.term()
 
 
 def test_a_config_file_asking_critical_bid_with_sample_is_refused(tmp_path: Path) -> None:

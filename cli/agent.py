@@ -8,6 +8,7 @@ import json
 import signal
 from pathlib import Path
 
+from pydantic import ValidationError
 from rich.table import Table
 
 from agent_client.agent import Agent
@@ -16,8 +17,10 @@ from agent_client.loading import load_agent, parse_params
 from agent_client.runtime import GIVE_UP_AFTER, AgentRejected, AgentReport, AgentRuntime, AuctioneerLost
 from agent_client.scenario import build_agent as build_scenario_agent
 from agent_client.security import curve_client_setup
-from cli.console import UsageError, add_client_endpoints, read_toml, stdout
+from cli.console import UsageError, add_client_endpoints, agent_name, amount, read_toml, stdout
+from protocol import Distribution
 from protocol.client import SocketSetup
+from protocol.errors import describe_validation_error
 from simulation.scenario import Scenario
 
 
@@ -43,17 +46,26 @@ def parse_distribution(text: str) -> dict[str, float]:
     return distribution
 
 
+def checked_distribution(distribution: dict[str, float]) -> dict[str, float]:
+    """``distribution`` if the auctioneer would accept it (the protocol's own checks), else one line why."""
+    try:
+        Distribution.from_mapping(distribution)
+    except ValidationError as exc:
+        raise UsageError(f"--distribution: {describe_validation_error(exc)}") from None
+    return distribution
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agent-client", description=__doc__)
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (repeatable)")
     add_client_endpoints(parser)
-    parser.add_argument("--name", required=True, help="agent name (letters, digits, _ . -)")
+    parser.add_argument("--name", type=agent_name, required=True, help="agent name (letters, digits, _ . -)")
     kind = parser.add_mutually_exclusive_group(required=True)
     kind.add_argument("--distribution", help='static agent: "Large=0.8,Generative=0.2" or JSON')
     kind.add_argument("--phrase", help="phrase agent: the text it wants written, e.g. ' Large Language Models.'")
     kind.add_argument("--agent", help="your own agent: package.module:ClassName")
     kind.add_argument("--scenario", help="the agent named --name in this scenario file (auctioneer simulate)")
-    parser.add_argument("--bid", type=float, help="bid per round (static and phrase agents)")
+    parser.add_argument("--bid", type=amount, help="bid per round (static and phrase agents)")
     parser.add_argument("--confidence", type=float, default=1.0, help="phrase agent: mass on its next word")
     parser.add_argument("--alternative", help="phrase agent: phrase that gets the remaining mass")
     parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="parameter for --agent")
@@ -90,10 +102,8 @@ def build_agent(args: argparse.Namespace) -> Agent:
         return load_agent(args.agent, parse_params(args.param))
     if args.bid is None:
         raise UsageError("--bid is required with --distribution and --phrase")
-    if args.bid < 0:
-        raise UsageError("--bid must be >= 0")
     if args.distribution:
-        return StaticAgent(parse_distribution(args.distribution), args.bid)
+        return StaticAgent(checked_distribution(parse_distribution(args.distribution)), args.bid)
     try:
         return PhraseAgent(args.phrase, args.bid, args.confidence, args.alternative)
     except ValueError as exc:

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
+import re
 import sys
 import tomllib
 from collections.abc import Callable, Sequence
@@ -26,6 +28,7 @@ from auctioneer.server import EndpointError
 from auctioneer.settings import SettingsError
 from dashboard.web import HttpAddressError
 from protocol.curve import KeyFileError
+from protocol.fields import AGENT_NAME_PATTERN
 from protocol.sockets import DEFAULT_FEED_ENDPOINT, DEFAULT_MARKET_ENDPOINT, endpoint_problem
 from simulation.networked import SimulationFailed
 from simulation.scenario import ScenarioError
@@ -71,6 +74,24 @@ def endpoint(text: str) -> str:
     if problem is not None:
         raise argparse.ArgumentTypeError(problem)
     return text
+
+
+def agent_name(text: str) -> str:
+    """The argparse type of an agent's name (and of a market id, which follows the same rule)."""
+    if re.fullmatch(AGENT_NAME_PATTERN, text) is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a name: 1 to 64 letters, digits, '_', '.' or '-'")
+    return text
+
+
+def amount(text: str) -> float:
+    """The argparse type of a bid or a budget: a finite number >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"an amount is a finite number >= 0, not {text}")
+    return value
 
 
 def add_client_endpoints(parser: argparse.ArgumentParser) -> None:

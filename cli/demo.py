@@ -11,11 +11,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hashlib
+import subprocess
 import tempfile
 from pathlib import Path
 
 from auctioneer.ledger import Ledger
-from auctioneer.settings import MarketSettings
+from auctioneer.settings import MarketSettings, load_settings
 from cli.console import UsageError, stdout
 from cli.flags import add_settings_flags, as_arguments, settings_values
 from cli.ledger import ledger_tables
@@ -56,7 +57,28 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def serve_arguments(args: argparse.Namespace) -> list[str]:
-    return as_arguments(MarketSettings, {**DEFAULTS, **settings_values(args), **FIXED})
+    """``serve``'s flags for the demo's market, checked here first (a bad value is one line, at once)."""
+    values = {**DEFAULTS, **settings_values(args), **FIXED}
+    load_settings({}, values)
+    return as_arguments(MarketSettings, values)
+
+
+async def watch_until_closed(market: LocalMarket) -> bool:
+    """Show the market live until it closes; False at once if the auctioneer fails instead."""
+    watching = asyncio.create_task(watch_live(market.market, market.feed, MarketView()))
+    failing = asyncio.create_task(exit_with_failure(market.processes[0]))
+    done, _ = await asyncio.wait({watching, failing}, timeout=300, return_when=asyncio.FIRST_COMPLETED)
+    for task in (watching, failing):
+        task.cancel()
+    return failing not in done
+
+
+async def exit_with_failure(process: subprocess.Popen[bytes]) -> None:
+    """Return once ``process`` exited with a failure (a clean exit is the market closing: never returns)."""
+    while process.poll() is None:
+        await asyncio.sleep(0.2)
+    if process.returncode == 0:
+        await asyncio.Future()
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,11 +95,14 @@ def run(args: argparse.Namespace) -> int:
             f"agents {', '.join(AGENTS)}"
         )
         try:
-            asyncio.run(asyncio.wait_for(watch_live(market.market, market.feed, MarketView()), timeout=300))
+            auctioneer_ran = asyncio.run(watch_until_closed(market))
             stdout.print()
-            codes = market.wait(timeout=30)
+            codes = market.wait(timeout=30 if auctioneer_ran else 0)
         finally:
             market.stop()
+        if not auctioneer_ran:
+            said = (Path(scratch) / "auctioneer.log").read_text().strip().splitlines() or ["(nothing logged)"]
+            raise UsageError(f"the demo's auctioneer stopped: {said[-1]}")
         if any(codes):
             logs = "\n".join((Path(scratch) / f"{n}.log").read_text() for n in ["auctioneer", *AGENTS])
             stdout.print(logs)

@@ -14,17 +14,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import sys
 
+from pydantic import ValidationError
 from rich.table import Table
 
 from agent_client.security import curve_client_setup
 from auctioneer.ledger import account_row
 from auctioneer.settings import MarketSettings
-from cli.console import UsageError, endpoint, stdout
+from cli.console import UsageError, agent_name, amount, endpoint, stdout
 from cli.flags import add_settings_flags, comma_list, settings_values
 from protocol.client import SocketSetup, ask
+from protocol.errors import describe_validation_error
 from protocol.messages import (
     AccountStatus,
     CloseMarket,
@@ -45,36 +46,35 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     actions = market.add_subparsers(dest="action", required=True, metavar="ACTION")
     opening = actions.add_parser("open", help="open a market; prints its id", description=__doc__)
     add_connection_flags(opening)
-    opening.add_argument("--id", help="the market's id (default: generated)")
+    opening.add_argument("--id", type=agent_name, help="the market's id (default: generated)")
     opening.add_argument("--agents", type=comma_list, help="only these agents take part (default: every agent)")
-    opening.add_argument("--reference-agent", help="a registered agent whose bids are the market's reference p_0")
+    opening.add_argument(
+        "--reference-agent", type=agent_name, help="a registered agent whose bids are the market's reference p_0"
+    )
     add_settings_flags(opening, MarketSettings, title="market settings (the exchange's defaults otherwise)")
     opening.set_defaults(run=run_open)
     closing = actions.add_parser("close", help="end a market now", description=__doc__)
     add_connection_flags(closing)
-    closing.add_argument("market_id", metavar="ID", help="the market to close")
+    closing.add_argument("market_id", metavar="ID", type=agent_name, help="the market to close")
     closing.set_defaults(run=run_close)
     listing = subparsers.add_parser("markets", help="list an exchange's open and recent markets", description=__doc__)
     add_connection_flags(listing)
     listing.set_defaults(run=run_list)
     budget = subparsers.add_parser("budget", help="set an agent's budget in a running exchange", description=__doc__)
     add_connection_flags(budget)
-    budget.add_argument("agent", metavar="AGENT", help="the agent's name")
+    budget.add_argument("agent", metavar="AGENT", type=agent_name, help="the agent's name")
     budget.add_argument("amount", metavar="AMOUNT", type=budget_amount, help="the new budget, or 'unlimited'")
     budget.set_defaults(run=run_budget)
 
 
 def budget_amount(text: str) -> float | None:
-    """A budget as given on the command line: a non-negative number, or ``unlimited`` (None)."""
+    """A budget as given on the command line: a finite number >= 0, or ``unlimited`` (None)."""
     if text == "unlimited":
         return None
     try:
-        amount = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is neither a number nor 'unlimited'") from None
-    if not (math.isfinite(amount) and amount >= 0):
-        raise argparse.ArgumentTypeError(f"a budget is a finite number >= 0 or 'unlimited', not {text}")
-    return amount
+        return amount(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"a budget is a finite number >= 0 or 'unlimited', not {text}") from None
 
 
 def add_connection_flags(parser: argparse.ArgumentParser) -> None:
@@ -128,9 +128,12 @@ def print_json(document: object) -> None:
 
 
 def run_open(args: argparse.Namespace) -> int:
-    message = OpenMarket(
-        settings=settings_values(args), market=args.id, agents=args.agents, reference_agent=args.reference_agent
-    )
+    try:
+        message = OpenMarket(
+            settings=settings_values(args), market=args.id, agents=args.agents, reference_agent=args.reference_agent
+        )
+    except ValidationError as exc:  # names given with --id, --agents or --reference-agent
+        raise UsageError(f"cannot open that market: {describe_validation_error(exc)}") from None
     reply = request(args, message)
     assert isinstance(reply, MarketStatusReply)
     if args.json:

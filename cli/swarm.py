@@ -14,14 +14,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent_client.swarm import run_swarm, summary
-from cli.console import add_client_endpoints, configure_logging
+from cli.console import add_client_endpoints, agent_name, configure_logging
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cli.swarm", description=__doc__)
     add_client_endpoints(parser)
     parser.add_argument("--count", type=int, required=True, help="number of agents in this process")
-    parser.add_argument("--prefix", default="swarm", help="agent names are PREFIX0, PREFIX1, ...")
+    parser.add_argument("--prefix", type=agent_name, default="swarm", help="agent names are PREFIX0, PREFIX1, ...")
     parser.add_argument("--support", type=int, default=8, help="tokens per agent distribution")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report-json", type=Path)

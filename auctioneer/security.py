@@ -32,11 +32,14 @@ def keygen(out_dir: Path, names: list[str]) -> list[Path]:
     bad = [name for name in names if not re.fullmatch(AGENT_NAME_PATTERN, name)]
     if bad:
         raise KeyFileError(f"invalid key name {bad[0]!r}: use 1 to 64 letters, digits, _ . - (agent names)")
-    out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name in names:
-        public, _secret = zmq.auth.create_certificates(out_dir, name)
-        written.append(Path(public))
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name in names:
+            public, _secret = zmq.auth.create_certificates(out_dir, name)
+            written.append(Path(public))
+    except OSError as exc:
+        raise KeyFileError(f"cannot write keys into {out_dir}: {exc.strerror}") from None
     return written
 
 

@@ -182,6 +182,12 @@ def load_settings(values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Se
     """Settings from ``values`` (a config file's keys) with the non-None ``overrides`` (flags) on top."""
     merged = {**values, **{k: v for k, v in overrides.items() if v is not None}}
     try:
-        return ServeSettings.model_validate(merged)
+        settings = ServeSettings.model_validate(merged)
     except ValidationError as exc:
         raise SettingsError(f"setting {describe_validation_error(exc)}") from None
+    for number, spec in enumerate(settings.markets):  # each market to open at start, before any opens
+        try:
+            settings.market_settings(spec)
+        except ValidationError as exc:
+            raise SettingsError(f"setting markets[{number}].{describe_validation_error(exc)}") from None
+    return settings

@@ -17,7 +17,7 @@ from agent_client.loading import load_agent, parse_params
 from agent_client.runtime import GIVE_UP_AFTER, AgentRejected, AgentReport, AgentRuntime, AuctioneerLost
 from agent_client.scenario import build_agent as build_scenario_agent
 from agent_client.security import curve_client_setup
-from cli.console import UsageError, add_client_endpoints, agent_name, amount, read_toml, stdout
+from cli.console import UsageError, add_client_endpoints, agent_name, amount, check_writable, read_toml, stdout
 from protocol import Distribution
 from protocol.client import SocketSetup
 from protocol.errors import describe_validation_error
@@ -149,6 +149,9 @@ async def run_until_closed(runtime: AgentRuntime) -> AgentReport:
 
 def run(args: argparse.Namespace) -> int:
     agent = build_agent(args)
+    for path, flag in ((args.resume_file, "--resume-file"), (args.report_json, "--report-json")):
+        if path is not None:
+            check_writable(path, flag)
     runtime = AgentRuntime(
         agent,
         args.name,

@@ -102,6 +102,17 @@ def add_client_endpoints(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--feed", type=endpoint, default=DEFAULT_FEED_ENDPOINT, help="the auctioneer's feed endpoint")
 
 
+def check_writable(path: Path, flag: str) -> None:
+    """Refuse now, not after a whole run, a file ``flag`` names that cannot be written (its directory
+    is created if missing)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: cannot create {path.parent}: {exc.strerror}") from None
+    if path.is_dir() or not os.access(path.parent, os.W_OK):
+        raise UsageError(f"{flag} {path}: not a file this user can write")
+
+
 def configure_logging(verbosity: int) -> None:
     level = logging.WARNING - 10 * min(verbosity, 2)
     logging.basicConfig(

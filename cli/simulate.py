@@ -18,7 +18,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from cli.console import UsageError, read_toml, stdout
+from cli.console import UsageError, check_writable, read_toml, stdout
 from cli.live_view import MarketView
 from protocol.client import FeedEvent
 from protocol.messages import RoundResult
@@ -172,6 +172,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--repeat and --rounds must be at least 1")
     if scenario.exchange is not None and (args.repeat > 1 or args.rounds or len(scenario.payments()) > 1):
         raise UsageError("an exchange scenario runs once, with one payment rule (no --repeat, --rounds or list)")
+    check_writable(args.out / "summary.json", "--out")
     rules = scenario.payments()
     overall: dict[str, Any] = {}
     for rule in rules:

@@ -171,6 +171,45 @@ def test_a_config_file_asking_critical_bid_with_sample_is_refused(tmp_path: Path
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "m.db").exists()
 
 
+def test_a_market_in_the_config_that_cannot_run_is_refused_before_any_opens(tmp_path: Path) -> None:
+    config = tmp_path / "exchange.toml"
+    config.write_text('[[markets]]\nid = "fine"\nprompt = ""\n[[markets]]\nid = "broken"\nprompt = 5\n')
+    result = run_cli("-m", "auctioneer", "serve", "--config", str(config), "--db", str(tmp_path / "x.db"))
+    assert result.returncode == 2 and "setting markets[1].prompt: Input should be a valid string" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "x.db").exists()  # "fine" was not opened either
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["-m", "auctioneer", "keygen", "alice", "--out", "{blocked}/keys"], "cannot write keys into"),
+        (["-m", "auctioneer", "simulate", "{examples}/article.toml", "--out", "{blocked}/out"], "--out {blocked}/out"),
+        (
+            [
+                "-m",
+                "agent_client",
+                "--name",
+                "a",
+                "--distribution",
+                "x=1",
+                "--bid",
+                "1",
+                "--resume-file",
+                "{blocked}/r",
+            ],
+            "--resume-file {blocked}/r: cannot create {blocked}",
+        ),
+    ],
+)
+def test_files_that_cannot_be_written_are_refused_up_front(tmp_path: Path, argv: list[str], message: str) -> None:
+    blocked = tmp_path / "a-file"  # a regular file where a directory is needed
+    blocked.write_text("")
+    examples = Path(__file__).resolve().parents[1] / "examples"
+    result = run_cli(*(arg.format(blocked=blocked, examples=examples) for arg in argv))
+    assert result.returncode == 2, result.stderr
+    assert message.format(blocked=blocked) in result.stderr and "Traceback" not in result.stderr
+
+
 def test_restarting_with_different_mechanism_is_refused(market_run: MarketRun) -> None:
     market_run.serve("--min-agents", "1", "--max-tokens", "1")
     market_run.agent("a", *static_agent("x=1", 1))

@@ -34,6 +34,7 @@ from agent_client.agent import Agent, Bid, RoundContext, is_async
 from agent_client.verify import OwnBid, result_problems
 from protocol.client import FeedEvent, FeedFollower, MarketClient, SocketSetup
 from protocol.draw import UnknownDrawMode, draw_function
+from protocol.errors import ProtocolError
 from protocol.messages import (
     BidAccepted,
     Error,
@@ -222,10 +223,13 @@ class AgentRuntime:
     async def _follow(self, follower: FeedFollower) -> None:
         if self._finished(follower):
             return
-        async for event in follower.events():
-            self._apply(event)
-            if self._finished(follower):
-                return
+        try:
+            async for event in follower.events():
+                self._apply(event)
+                if self._finished(follower):
+                    return
+        except ProtocolError as exc:  # a market this agent joined is unknown: another ledger behind the address
+            raise AgentRejected(f"{exc.message} (did the exchange restart on another ledger?)") from None
 
     def _finished(self, follower: FeedFollower) -> bool:
         """Every market closed, and no resync left to replay what the feed lost before the end."""
@@ -271,6 +275,13 @@ class AgentRuntime:
         self.heartbeat_interval = welcome.heartbeat_interval
         for info in welcome.markets:
             self._join(info)
+        listed = {info.id for info in welcome.markets}
+        assert self._follower is not None
+        for market_id, state in self.markets.items():
+            if market_id not in listed and state.report.closed_reason is None:
+                # Not open any more (it ended while this agent was away, or this exchange never held
+                # it): its resync replays the end, or says it is unknown.
+                self._follower.resync(market_id)
         log.info("registered as %s with %d open market(s) to join", self.name, len(welcome.markets))
 
     def _join(self, info: MarketInfo) -> None:

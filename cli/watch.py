@@ -12,6 +12,7 @@ from rich.live import Live
 from cli.console import UsageError, endpoint, stdout
 from cli.live_view import MarketView
 from protocol.client import FeedEvent, follow_market
+from protocol.errors import ProtocolError
 from protocol.sockets import DEFAULT_FEED_ENDPOINT, DEFAULT_MARKET_ENDPOINT
 
 
@@ -54,5 +55,9 @@ def market_endpoint(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    asyncio.run(watch_live(market_endpoint(args), args.feed, MarketView(), args.market_id))
+    try:
+        asyncio.run(watch_live(market_endpoint(args), args.feed, MarketView(), args.market_id))
+    except ProtocolError as exc:
+        stdout.print()  # below the live view's last frame
+        raise UsageError(f"the exchange refused: {exc.code}: {exc.message}") from None
     return 0

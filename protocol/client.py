@@ -22,8 +22,9 @@ import zmq
 import zmq.asyncio
 
 from protocol.codec import LIMITS, decode, encode
-from protocol.errors import ProtocolError
+from protocol.errors import ErrorCode, ProtocolError
 from protocol.messages import (
+    Error,
     ExchangeHeartbeat,
     Heartbeat,
     ListMarkets,
@@ -244,7 +245,7 @@ class FeedFollower:
         if message.seq == self._notices_seq + 1 and not isinstance(message, ExchangeHeartbeat):
             self._notices_seq = message.seq
             if isinstance(message, MarketEnded):
-                self._resync_if_followed(message.market)
+                self.resync(message.market)
             yield message
             return
         log.info("gap in the exchange's notices after seq %d: listing markets", self._notices_seq)
@@ -252,10 +253,11 @@ class FeedFollower:
         self._notices_seq = max(self._notices_seq, listing.seq)
         for status in listing.markets:
             if status.closed is not None:
-                self._resync_if_followed(status.market.id)
+                self.resync(status.market.id)
         yield listing
 
-    def _resync_if_followed(self, market: str) -> None:
+    def resync(self, market: str) -> None:
+        """Resync ``market`` (if followed) before the next feed message is read on."""
         if market in self._last and market not in self._stale:
             self._stale.append(market)
 
@@ -276,13 +278,18 @@ class FeedFollower:
             self._last[market] = max(self._last[market], reply.seq)
 
     async def _request(self, message: Message, kind: type[Reply]) -> Reply:
+        """The reply to ``message``, retried with backoff while the auctioneer is silent or refuses
+        for now (``LIMIT_REACHED``); a market it does not know is :class:`ProtocolError` at once."""
         delay = 0.1
         while True:
             with contextlib.suppress(TimeoutError, ConnectionResetError):
                 reply = await self.client.request(message, self.request_timeout)
                 if isinstance(reply, kind):
                     return reply
-                log.warning("unexpected reply to %s: %s", message.type, reply.type)
+                if isinstance(reply, Error) and reply.code == ErrorCode.UNKNOWN_MARKET:
+                    raise ProtocolError(ErrorCode.UNKNOWN_MARKET, reply.message, reply.field)
+                refusal = f"{reply.code}: {reply.message}" if isinstance(reply, Error) else reply.type
+                log.warning("%s answered with %s: retrying", message.type, refusal)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 

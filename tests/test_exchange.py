@@ -184,6 +184,11 @@ def test_many_markets_every_round_and_bid_accounted_for(market_run: MarketRun) -
 def test_watch_follows_a_named_market(market_run: MarketRun) -> None:
     market_run.serve("--prompt", "Default:", "--max-tokens", "50", "--round-timeout", "0.3")
     named = open_market(market_run, "--id", "named", "--prompt", "Named:", "--max-tokens", "3", "--round-pause", "0.2")
+    # (asked while no agent trades, so the exchange is surely still up: one that ended is waited for)
+    unknown = run_cli(
+        "-m", "auctioneer", "watch", "--feed", market_run.feed, "--market", market_run.market, "--market-id", "nosuch"
+    )  # fmt: skip
+    assert unknown.returncode == 2 and "UNKNOWN_MARKET: no market 'nosuch'" in unknown.stderr, unknown.stderr
     market_run.agent("a", *static_agent("w=1", 1), "--stay")
     spectator = subprocess.run(
         [sys.executable, "-m", "auctioneer", "watch", "--feed", market_run.feed, "--market", market_run.market,
@@ -216,3 +221,20 @@ def test_a_publishers_agent_is_a_markets_live_reference_and_never_pays(market_ru
         ]
     assert "publisher" not in spent
     assert run_cli("-m", "auctioneer", "audit", "--db", str(market_run.db)).returncode == 0
+
+
+def test_an_agent_stops_in_one_line_when_the_exchange_comes_back_without_its_market(market_run: MarketRun) -> None:
+    market_run.serve("--stay", default_market=False)
+    trading = open_market(
+        market_run, "--id", "trading", "--prompt", "Q:", "--max-tokens", "1000", "--round-pause", "0.05"
+    )
+    agent = market_run.agent("a", *static_agent("w=1", 1), "--stay")
+    wait_until(lambda: markets(market_run)["trading"]["round"] > 2, what="rounds in the market")
+    market_run.processes[0].kill()  # the exchange's host comes back with another (empty) ledger
+    market_run.processes[0].wait()
+    market_run.db.unlink()
+    market_run.serve("--stay", default_market=False)
+    assert agent.wait(60) == 2
+    log = (market_run.directory / "a.log").read_text()
+    assert f"no market '{trading['market']}' (did the exchange restart on another ledger?)" in log, log[-2000:]
+    assert "Traceback" not in log

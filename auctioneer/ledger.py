@@ -25,6 +25,7 @@ Every SQLite failure (a full or read-only disk) is a :class:`LedgerError` with o
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -611,6 +612,32 @@ class Ledger:
             },
             "commits": self.commits(),
         }
+
+
+@contextmanager
+def serving(path: Path) -> Iterator[None]:
+    """Hold the ledger at ``path`` for one exchange while it serves (``FILE.lock``, released when the
+    process ends, however it ends). Readers (``ledger``, ``audit``, the dashboard) never take it; a
+    second exchange on the same file is refused with one line instead of interleaving its rounds
+    with the first one's."""
+    lock = path.with_name(path.name + ".lock")
+    try:
+        descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise LedgerError(f"cannot create the lock file {lock}: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 32, 0).decode("ascii", "replace").strip() or "?"
+            raise LedgerError(
+                f"another exchange (pid {holder}) is serving {path}: stop it first, or pass another --db"
+            ) from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def account_row(account: tuple[float | None, float], spent: float) -> dict[str, float | None]:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from auctioneer.exchange import Exchange
-from auctioneer.ledger import Ledger
+from auctioneer.ledger import Ledger, serving
 from auctioneer.metrics import AuctioneerMetrics
 from auctioneer.security import CurveServer
 from auctioneer.server import AuctioneerServer, EndpointError, Observer
@@ -56,7 +56,7 @@ async def serve(
             log.warning("%s is reachable from other hosts and CurveZMQ is off (--insecure)", endpoint)
     raise_descriptor_limit()
     curve = CurveServer(settings) if settings.curve_secret is not None else None
-    with Ledger(settings.db) as ledger:
+    with serving(settings.db), Ledger(settings.db) as ledger:
         exchange = Exchange(settings, ledger)
         exchange.start()
         keep_collector_off_the_round_path()

@@ -15,6 +15,7 @@ import pytest
 import zmq
 
 from auctioneer.ledger import Ledger
+from protocol.sockets import free_tcp_endpoint
 from tests.helpers import MarketRun, run_cli, static_agent, wait_until
 
 
@@ -238,3 +239,27 @@ def test_an_agent_stops_in_one_line_when_the_exchange_comes_back_without_its_mar
     log = (market_run.directory / "a.log").read_text()
     assert f"no market '{trading['market']}' (did the exchange restart on another ledger?)" in log, log[-2000:]
     assert "Traceback" not in log
+
+
+def test_a_second_exchange_on_a_served_ledger_is_refused_and_writes_nothing(market_run: MarketRun) -> None:
+    market_run.serve("--stay", default_market=False)
+    first = open_market(market_run, "--id", "first", "--prompt", "Q:", "--max-tokens", "3")
+    config = market_run.directory / "second.toml"
+    config.write_text('[[markets]]\nid = "second"\nprompt = "R:"\n')
+    second = run_cli(
+        "-m", "auctioneer", "serve", "--db", str(market_run.db), "--config", str(config),
+        "--market", free_tcp_endpoint(), "--feed", free_tcp_endpoint(),
+    )  # fmt: skip
+    pid = market_run.processes[0].pid
+    assert second.returncode == 2, second.stderr
+    assert f"another exchange (pid {pid}) is serving {market_run.db}" in second.stderr
+    assert list(markets(market_run)) == [first["market"]]
+    with Ledger.open_existing(market_run.db) as ledger:
+        assert ledger.market_ids() == [first["market"]]  # the second exchange opened nothing
+    market_run.agent("a", *static_agent("w=1", 1))
+    wait_until(lambda: markets(market_run)[first["market"]]["closed"] is not None, what="the first market's end")
+    market_run.processes[0].terminate()
+    assert market_run.processes[0].wait(20) == 0
+    market_run.serve("--stay", default_market=False)  # the lock went with the process that held it
+    markets(market_run)  # (asserts the restarted exchange answers)
+    assert market_run.processes[-1].poll() is None

@@ -59,5 +59,5 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(watch_live(market_endpoint(args), args.feed, MarketView(), args.market_id))
     except ProtocolError as exc:
         stdout.print()  # below the live view's last frame
-        raise UsageError(f"the exchange refused: {exc.code}: {exc.message}") from None
+        raise UsageError(f"{exc.code}: {exc.message} (auctioneer markets lists the exchange's markets)") from None
     return 0

@@ -325,7 +325,8 @@ async def follow_market(market: str | None, endpoint: str, feed: str, on_event: 
 
 
 async def _default_market(client: MarketClient) -> str:
-    """The default market, or the only market; waits (retrying) while the exchange is unreachable."""
+    """The default market, or the only market; waits (retrying) while the exchange is unreachable.
+    ``UNKNOWN_MARKET`` if it has none of either."""
     delay = 0.1
     while True:
         with contextlib.suppress(TimeoutError, ConnectionResetError, ConnectionError):
@@ -334,7 +335,10 @@ async def _default_market(client: MarketClient) -> str:
                 return listing.default
             if len(listing.markets) == 1:
                 return listing.markets[0].market.id
-            raise ValueError(f"the exchange has {len(listing.markets)} markets and no default one: name one")
+            raise ProtocolError(
+                ErrorCode.UNKNOWN_MARKET,
+                f"the exchange has {len(listing.markets)} markets and no default one: name one",
+            )
         await asyncio.sleep(delay)
         delay = min(delay * 2, 2.0)
 

@@ -263,3 +263,12 @@ def test_a_second_exchange_on_a_served_ledger_is_refused_and_writes_nothing(mark
     market_run.serve("--stay", default_market=False)  # the lock went with the process that held it
     markets(market_run)  # (asserts the restarted exchange answers)
     assert market_run.processes[-1].poll() is None
+
+
+def test_watch_without_a_market_id_needs_a_default_or_an_only_market(market_run: MarketRun) -> None:
+    market_run.serve("--stay", default_market=False)
+    open_market(market_run, "--prompt", "A:")
+    open_market(market_run, "--prompt", "B:")
+    watch = run_cli("-m", "auctioneer", "watch", "--feed", market_run.feed, "--market", market_run.market)
+    assert watch.returncode == 2 and "the exchange has 2 markets and no default one: name one" in watch.stderr
+    assert "Traceback" not in watch.stderr

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import importlib
 import json
+import logging
 from typing import Any
 
 from agent_client.agent import Agent, FunctionAgent
+
+log = logging.getLogger(__name__)
 
 
 class AgentLoadError(Exception):
@@ -47,6 +50,9 @@ def load_agent(reference: str, params: dict[str, Any]) -> Agent:
         built = target(**params)
     except TypeError as exc:
         raise AgentLoadError(f"cannot build {reference} with parameters {sorted(params)}: {exc}") from None
+    except (OSError, ValueError) as exc:  # what a constructor says of its parameters' values (a model not found)
+        log.debug("building %s failed", reference, exc_info=True)
+        raise AgentLoadError(f"cannot build {reference}: {exc}") from None
     if not isinstance(built, Agent):
         raise AgentLoadError(f"{reference} is not an Agent (subclass agent_client.Agent)")
     return built

@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 from agent_client.llm.batched import BatchedModel  # noqa: E402
 from agent_client.llm.hf import TransformersAgent, TransformersModel, common_prefix_length  # noqa: E402
 from benchmarks.llm import build_random_gpt2  # noqa: E402
-from tests.helpers import MarketRun, read_ledger, static_agent  # noqa: E402
+from tests.helpers import MarketRun, read_ledger, run_cli, static_agent  # noqa: E402
 
 CORPUS = [
     "Mechanism Design for Large Language Models",
@@ -231,3 +231,10 @@ def test_agents_sharing_one_model_trade_in_one_process(tiny_model_dir: Path, mar
     assert shared.stdout.count("verification failures 0") == 3
     calls, passes = (int(word) for word in shared.stdout.splitlines()[-1].split() if word.isdigit())
     assert calls >= 12 and passes < calls  # the three agents' rounds shared forward passes
+
+
+def test_a_model_that_cannot_be_loaded_is_one_line(tmp_path: Path) -> None:
+    agent = ["--agent", "agent_client.llm.hf:TransformersAgent", "--param", f"model={tmp_path / 'missing'}"]
+    result = run_cli("-m", "agent_client", "--name", "a", *agent)
+    assert result.returncode == 2 and "cannot build agent_client.llm.hf:TransformersAgent: " in result.stderr
+    assert "Traceback" not in result.stderr

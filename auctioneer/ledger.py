@@ -620,7 +620,8 @@ def serving(path: Path) -> Iterator[None]:
     process ends, however it ends). Readers (``ledger``, ``audit``, the dashboard) never take it; a
     second exchange on the same file is refused with one line instead of interleaving its rounds
     with the first one's."""
-    lock = path.with_name(path.name + ".lock")
+    real = path.resolve()  # one lock whichever way the file is named (a symlink, ./market.db)
+    lock = real.with_name(real.name + ".lock")
     try:
         descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:

@@ -10,6 +10,7 @@ a time, so a ledger of any size can be audited.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -105,14 +106,18 @@ def check_round(
     return problems
 
 
-def audit_market(ledger: Ledger, market: StoredMarket) -> list[RoundVerdict]:
-    """A verdict for every stored round of one market, in order."""
+def audit_market(ledger: Ledger, market: StoredMarket) -> Iterator[RoundVerdict]:
+    """A verdict for every stored round of one market, in order, each as its round is replayed."""
     settings = MarketSettings.model_validate(market.definition["settings"])
     balances: dict[str, float] = {}
-    return [
-        RoundVerdict(market.id, stored.round, check_round(stored, settings, number, balances))
-        for number, stored in enumerate(ledger.rounds(market.id), start=1)
-    ]
+    for number, stored in enumerate(ledger.rounds(market.id), start=1):
+        yield RoundVerdict(market.id, stored.round, check_round(stored, settings, number, balances))
+
+
+def round_verdicts(ledger: Ledger) -> Iterator[RoundVerdict]:
+    """A verdict for every round of every market, each as its round is replayed (nothing is kept)."""
+    for market in ledger.markets():
+        yield from audit_market(ledger, market)
 
 
 def budget_problems(ledger: Ledger) -> list[str]:
@@ -127,5 +132,4 @@ def budget_problems(ledger: Ledger) -> list[str]:
 
 def audit_ledger(ledger: Ledger) -> tuple[list[RoundVerdict], list[str]]:
     """A verdict for every round of every market, and the budget problems of the exchange."""
-    verdicts = [verdict for market in ledger.markets() for verdict in audit_market(ledger, market)]
-    return verdicts, budget_problems(ledger)
+    return list(round_verdicts(ledger)), budget_problems(ledger)

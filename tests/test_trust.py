@@ -151,6 +151,9 @@ def test_audit_passes_then_catches_a_tampered_payment(market_run: MarketRun) -> 
     assert tampered.returncode == 1
     assert "first mismatch in round 3" in tampered.stdout
     assert "round 2: ok" in tampered.stdout and "round 3: MISMATCH" in tampered.stdout
+    quiet = run_cli("-m", "auctioneer", "audit", "--db", str(market_run.db), "--quiet")
+    assert quiet.returncode == 1 and "round 3: MISMATCH b was charged" in quiet.stdout
+    assert ": ok" not in quiet.stdout and "first mismatch in round 3 (3 of 5 rounds)" in quiet.stdout
 
 
 def test_audit_catches_misattributed_sponsors(market_run: MarketRun) -> None:

@@ -115,7 +115,6 @@ class Exchange:
         self._per_address: Counter[str] = Counter()
         self._swept = clock()
         self.markets: dict[str, Market] = {}
-        self._market_ids = set(ledger.market_ids())  # every market this exchange ever opened
         self.recent: deque[MarketStatus] = deque(maxlen=RECENT_MARKETS)
         self.exchange_seq = ledger.exchange_seq()
         self.default_market = ledger.default_market()
@@ -131,11 +130,10 @@ class Exchange:
         self._scanned_version = 0
         self._awaiting_version = 0
         self._reset_reservations()
-        for stored in ledger.markets():
-            if stored.closed is None:
-                self._resume(stored)
-            else:
-                self.recent.append(self._closed_status(stored))
+        # Open markets and the last closed ones: start-up does not grow with the exchange's history.
+        for stored in ledger.markets(open_only=True):
+            self._resume(stored)
+        self.recent.extend(self._closed_status(stored) for stored in ledger.recent_closed(RECENT_MARKETS))
 
     def _reset_reservations(self) -> None:
         """Open rounds are not durable: after a restart no bid reserves anything."""
@@ -156,7 +154,7 @@ class Exchange:
                 self._update_default_market(default)
         for spec in self.settings.markets:
             self.opened_at_start = True
-            if spec.id is None or self.ledger.market(spec.id) is None:
+            if spec.id is None or not self.ledger.has_market(spec.id):
                 self.open_market(spec)
 
     def _update_default_market(self, settings: MarketSettings) -> None:
@@ -196,7 +194,7 @@ class Exchange:
     def open_market(self, spec: MarketSpec, default: bool = False) -> Market:
         """Open a market durably and queue its announcement (``INVALID_SETTINGS`` if it cannot run)."""
         market_id = spec.id or uuid.uuid4().hex[:12]
-        if market_id in self.markets or self.ledger.market(market_id) is not None:
+        if market_id in self.markets or self.ledger.has_market(market_id):
             raise ProtocolError(ErrorCode.INVALID_SETTINGS, f"a market {market_id!r} already exists", "market")
         try:
             settings = self.settings.market_settings(spec)
@@ -212,7 +210,6 @@ class Exchange:
             "reference_agent": spec.reference_agent,
         }
         self.ledger.create_market(market_id, definition, self.clock(), self.exchange_seq + 1, default)
-        self._market_ids.add(market_id)
         self.exchange_seq += 1
         if default:
             self.default_market = market_id
@@ -242,7 +239,7 @@ class Exchange:
 
     def knows_market(self, market_id: str) -> bool:
         """Whether this exchange ever opened a market ``market_id`` (open or ended)."""
-        return market_id in self._market_ids
+        return market_id in self.markets or self.ledger.has_market(market_id)
 
     def _open_market(self, market_id: str | None) -> Market:
         """The open market ``market_id`` names (or the default market): refusals say why not."""
@@ -252,7 +249,7 @@ class Exchange:
         market = self.markets.get(wanted)
         if market is not None:
             return market
-        if self.ledger.market(wanted) is not None:
+        if self.ledger.has_market(wanted):
             raise ProtocolError(ErrorCode.MARKET_CLOSED, f"market {wanted} has ended")
         raise ProtocolError(ErrorCode.UNKNOWN_MARKET, f"no market {wanted!r}", "market")
 

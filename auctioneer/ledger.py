@@ -57,6 +57,8 @@ CREATE TABLE IF NOT EXISTS markets (
     seq INTEGER NOT NULL DEFAULT 0,
     closed BLOB
 );
+CREATE INDEX IF NOT EXISTS markets_by_opening ON markets(opened_at, market);
+CREATE INDEX IF NOT EXISTS open_markets ON markets(opened_at, market) WHERE closed IS NULL;
 CREATE TABLE IF NOT EXISTS rounds (
     market TEXT NOT NULL REFERENCES markets(market),
     round INTEGER NOT NULL,
@@ -327,6 +329,9 @@ class Ledger:
     def market_ids(self) -> list[str]:
         return [row[0] for row in self._db.execute("SELECT market FROM markets ORDER BY opened_at, market")]
 
+    def has_market(self, market: str) -> bool:
+        return self._db.execute("SELECT 1 FROM markets WHERE market = ?", (market,)).fetchone() is not None
+
     def market(self, market: str) -> StoredMarket | None:
         row = self._db.execute(
             "SELECT market, definition, opened_at, seq, closed FROM markets WHERE market = ?", (market,)
@@ -338,6 +343,16 @@ class Ledger:
         query = "SELECT market, definition, opened_at, seq, closed FROM markets"
         query += " WHERE closed IS NULL" if open_only else ""
         return [self._stored_market(row) for row in self._db.execute(query + " ORDER BY opened_at, market").fetchall()]
+
+    def recent_closed(self, limit: int) -> list[StoredMarket]:
+        """The last ``limit`` markets that ended (by when they opened), oldest first: what an exchange
+        restarting lists, without reading the whole history."""
+        rows = self._db.execute(
+            "SELECT market, definition, opened_at, seq, closed FROM markets WHERE closed IS NOT NULL"
+            " ORDER BY opened_at DESC, market DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [self._stored_market(row) for row in reversed(rows)]
 
     def _stored_market(self, row: tuple[Any, ...]) -> StoredMarket:
         market, definition, opened_at, seq, closed = row

@@ -571,3 +571,29 @@ def test_requests_without_a_market_go_to_the_default_one(make_exchange: Any) -> 
     assert error_code(empty.handle(b"a", bid(1, market="nowhere"))) == "UNKNOWN_MARKET"
     assert error_code(empty.handle(b"a", SyncRequest())) == "UNKNOWN_MARKET"  # type: ignore[arg-type]
     assert not empty.finished  # an empty exchange waits for operators
+
+
+def test_a_restart_reads_open_markets_and_only_the_last_closed_ones(
+    make_exchange: Any, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("auctioneer.exchange.RECENT_MARKETS", 3)
+    exchange = make_exchange(stay=True)
+    for k in range(6):
+        exchange.open_market(MarketSpec(settings={"prompt": f"Q{k}:"}, id=f"q{k}"))
+        clock.advance(1.0)  # markets are listed by when they opened
+        if k < 5:
+            exchange.close_market(f"q{k}")
+    restarted = make_exchange(stay=True)
+    listing = restarted.handle(b"anyone", ListMarkets())
+    assert isinstance(listing, MarketList)
+    assert [(s.market.id, s.closed) for s in listing.markets] == [
+        ("q5", None),
+        ("q2", "operator"),
+        ("q3", "operator"),
+        ("q4", "operator"),
+    ]
+    assert list(restarted.markets) == ["q5"]
+    register(restarted, "a")
+    assert restarted.knows_market("q0") and not restarted.knows_market("q9")  # older ones are still known
+    assert error_code(restarted.handle(b"a", bid(1, 1.0, "q0"))) == "MARKET_CLOSED"
+    assert error_code(restarted.handle(b"a", bid(1, 1.0, "q9"))) == "UNKNOWN_MARKET"

@@ -89,8 +89,14 @@ def test_same_seed_and_agents_write_the_same_text(
     assert len(set(texts[0][0])) > 1
 
 
+RESTARTED = ["--min-agents", "2", "--max-tokens", "80", "--round-timeout", "0.3"]
+# Rounds of 0.3 s: while the agents find the restarted auctioneer (they re-register and resync on a
+# loaded machine), three idle rounds must not end the market; this test is about continuing it.
+RESTARTED += ["--max-idle-rounds", "1000"]
+
+
 def test_restart_on_the_same_database_continues_the_market(market_run: MarketRun) -> None:
-    market_run.serve("--min-agents", "2", "--max-tokens", "80", "--round-timeout", "0.3")
+    market_run.serve(*RESTARTED)
     market_run.agent("alice", *AGENTS["alice"])
     market_run.agent("bob", *AGENTS["bob"])
     wait_until(lambda: committed_rounds(market_run.db) >= 3, what="three rounds")
@@ -103,10 +109,10 @@ def test_restart_on_the_same_database_continues_the_market(market_run: MarketRun
     assert stopped_within(auctioneer, 10) == 0, market_run.logs()
     stopped_at = committed_rounds(market_run.db)
     assert stopped_at < 80
-    market_run.serve("--min-agents", "2", "--max-tokens", "80", "--round-timeout", "0.3")
+    market_run.serve(*RESTARTED)
     assert [p.wait(60) for p in market_run.processes[1:]] == [0, 0, 0], market_run.logs()
     ledger = read_ledger(market_run.db)
     assert [r["round"] for r in ledger["rounds"]] == list(range(1, len(ledger["rounds"]) + 1))
-    assert len([r for r in ledger["rounds"] if r["token"] is not None]) == 80
+    assert len([r for r in ledger["rounds"] if r["token"] is not None]) == 80, market_run.logs()
     assert len(ledger["rounds"]) > stopped_at
     assert ledger["balances"]["bob"] == pytest.approx(2.0 * sum("bob" in r["bids"] for r in ledger["rounds"]))

@@ -329,6 +329,10 @@ class Ledger:
     def market_ids(self) -> list[str]:
         return [row[0] for row in self._db.execute("SELECT market FROM markets ORDER BY opened_at, market")]
 
+    def round_count(self) -> int:
+        """How many rounds every market together committed."""
+        return int(self._db.execute("SELECT COUNT(*) FROM rounds").fetchone()[0])
+
     def has_market(self, market: str) -> bool:
         return self._db.execute("SELECT 1 FROM markets WHERE market = ?", (market,)).fetchone() is not None
 

@@ -26,9 +26,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 def run(args: argparse.Namespace) -> int:
     with Ledger.open_existing(args.db) as ledger:
-        stored = ledger.markets()
-        total = sum(market.last_round for market in stored)
-        several = len(stored) > 1
+        markets = len(ledger.market_ids())
+        several = markets > 1
 
         def where(verdict: RoundVerdict) -> str:
             return f"market {verdict.market} round {verdict.round}" if several else f"round {verdict.round}"
@@ -36,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
         checked, failed = 0, []
         columns = (TextColumn("audit"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
         with Progress(*columns, console=stderr, transient=True, disable=not args.quiet) as progress:
-            task = progress.add_task("rounds", total=total)
+            task = progress.add_task("rounds", total=ledger.round_count())
             for verdict in round_verdicts(ledger):
                 checked += 1
                 progress.advance(task)
@@ -53,6 +52,6 @@ def run(args: argparse.Namespace) -> int:
         first = f"first mismatch in {failed[0]}" if failed else over_budget[0]
         stdout.print(f"[bold red]audit failed[/bold red]: {first} ({len(failed)} of {checked} rounds)")
         return 1
-    scope = f" in {len(stored)} markets, every budget kept" if several else ""
+    scope = f" in {markets} markets, every budget kept" if several else ""
     stdout.print(f"[bold green]audit passed[/bold green]: {checked} rounds verified{scope}")
     return 0

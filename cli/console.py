@@ -83,6 +83,17 @@ def agent_name(text: str) -> str:
     return text
 
 
+def positive_int(text: str) -> int:
+    """The argparse type of a count: a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a count is at least 1, not {text}")
+    return value
+
+
 def amount(text: str) -> float:
     """The argparse type of a bid or a budget: a finite number >= 0."""
     try:

@@ -14,20 +14,25 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent_client.swarm import run_swarm, summary
-from cli.console import add_client_endpoints, agent_name, configure_logging
+from cli.console import add_client_endpoints, agent_name, check_writable, positive_int, run_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m cli.swarm", description=__doc__)
     add_client_endpoints(parser)
-    parser.add_argument("--count", type=int, required=True, help="number of agents in this process")
+    parser.add_argument("--count", type=positive_int, required=True, help="number of agents in this process")
     parser.add_argument("--prefix", type=agent_name, default="swarm", help="agent names are PREFIX0, PREFIX1, ...")
-    parser.add_argument("--support", type=int, default=8, help="tokens per agent distribution")
+    parser.add_argument("--support", type=positive_int, default=8, help="tokens per agent distribution")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report-json", type=Path)
     parser.add_argument("-v", "--verbose", action="count", default=0)
-    args = parser.parse_args(argv)
-    configure_logging(args.verbose)
+    parser.set_defaults(run=run)
+    return run_command(parser, argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.report_json:
+        check_writable(args.report_json, "--report-json")
     reports = asyncio.run(run_swarm(args.market, args.feed, args.count, args.prefix, args.support, args.seed))
     if args.report_json:
         args.report_json.write_text(json.dumps([summary(r) for r in reports]))

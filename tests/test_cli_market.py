@@ -132,6 +132,7 @@ def test_custom_agent_from_examples(market_run: MarketRun) -> None:
         (["-m", "agent_client", "--name", "a", "--distribution", "x=1", "--bid", "nan"], "finite number >= 0"),
         (["-m", "agent_client", "--name", "a", "--distribution", "x=0.5,y=0.2", "--bid", "1"], "sum to 0.7, not 1"),
         (["-m", "cli.swarm", "--count", "2", "--prefix", "a b"], "is not a name"),
+        (["-m", "cli.swarm", "--count", "0"], "a count is at least 1, not 0"),
         (["-m", "auctioneer", "budget", "bad name!", "5"], "is not a name"),
         (["-m", "auctioneer", "budget", "alice", "-1"], "finite number >= 0 or 'unlimited', not -1"),
         (["-m", "auctioneer", "market", "close", "no such id!"], "is not a name"),
@@ -188,6 +189,7 @@ def test_a_market_in_the_config_that_cannot_run_is_refused_before_any_opens(tmp_
             ["-m", "agent_client", "--name", "a", *static_agent("x=1", 1), "--resume-file", "{blocked}/r"],
             "--resume-file {blocked}/r: cannot create {blocked}",
         ),
+        (["-m", "cli.swarm", "--count", "1", "--report-json", "{blocked}/r.json"], "--report-json {blocked}/r.json"),
     ],
 )
 def test_files_that_cannot_be_written_are_refused_up_front(tmp_path: Path, argv: list[str], message: str) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from auctioneer.ledger import AccountState
 from protocol.errors import ErrorCode, ProtocolError
 
 
@@ -101,6 +102,10 @@ class Accounts:
             del self._accounts[agent]
         return True
 
-    def snapshot(self, agents: Iterable[str]) -> dict[str, tuple[float | None, float]]:
-        """agent -> (budget, reserved), for the ledger."""
-        return {agent: (self[agent].budget, self[agent].reserved) for agent in agents}
+    def snapshot(self, agents: Iterable[str]) -> dict[str, AccountState]:
+        """The accounts of ``agents`` as the ledger keeps them."""
+        return {agent: self.state(agent) for agent in agents}
+
+    def state(self, agent: str) -> AccountState:
+        account = self[agent]
+        return AccountState(account.budget, account.reserved, account.spent)

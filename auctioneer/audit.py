@@ -121,13 +121,19 @@ def round_verdicts(ledger: Ledger) -> Iterator[RoundVerdict]:
 
 
 def budget_problems(ledger: Ledger) -> list[str]:
-    """Every agent whose payments across the exchange exceed its budget."""
-    spent = ledger.spent()
-    return [
-        f"{agent} paid {spent.get(agent, 0.0):.12g}, over its budget {budget}"
-        for agent, (budget, _reserved) in ledger.accounts().items()
-        if budget is not None and spent.get(agent, 0.0) > budget * (1 + TOLERANCE)
+    """Every agent whose payments across the exchange exceed its budget, or whose account does not
+    record what its payments add up to."""
+    spent, accounts = ledger.spent(), ledger.accounts()
+    problems = [
+        f"{agent} paid {spent.get(agent, 0.0):.12g}, over its budget {account.budget}"
+        for agent, account in accounts.items()
+        if account.budget is not None and spent.get(agent, 0.0) > account.budget * (1 + TOLERANCE)
     ]
+    for agent in sorted(set(spent) | set(accounts)):
+        paid, recorded = spent.get(agent, 0.0), accounts[agent].spent if agent in accounts else 0.0
+        if not _close(paid, recorded):
+            problems.append(f"{agent}'s account records {recorded:.12g} spent, its payments add up to {paid:.12g}")
+    return problems
 
 
 def audit_ledger(ledger: Ledger) -> tuple[list[RoundVerdict], list[str]]:

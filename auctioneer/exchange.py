@@ -109,7 +109,11 @@ class Exchange:
         self.settings = settings
         self.ledger = ledger
         self.clock = clock
-        self.accounts = Accounts(settings.budget_of, ledger.spent(), ledger.operator_budgets())
+        self.accounts = Accounts(
+            settings.budget_of,
+            {agent: account.spent for agent, account in ledger.accounts().items() if account.spent},
+            ledger.operator_budgets(),
+        )
         self.agents: dict[str, AgentRecord] = {}
         self._peers: dict[bytes, str] = {}
         self._per_address: Counter[str] = Counter()
@@ -137,7 +141,8 @@ class Exchange:
 
     def _reset_reservations(self) -> None:
         """Open rounds are not durable: after a restart no bid reserves anything."""
-        stale = {agent: (budget, 0.0) for agent, (budget, reserved) in self.ledger.accounts().items() if reserved}
+        accounts = self.ledger.accounts()
+        stale = {agent: account._replace(reserved=0.0) for agent, account in accounts.items() if account.reserved}
         if stale:
             self.ledger.commit([], accounts=stale)
 
@@ -233,7 +238,7 @@ class Exchange:
         """An operator's new budget for ``agent`` across the exchange (None: unlimited), durable before
         it applies; ``INVALID_SETTINGS`` if below what the agent has spent and reserved."""
         self.accounts.check_budget(agent, budget)
-        self.ledger.set_budget(agent, budget, self.accounts[agent].reserved, self.clock())
+        self.ledger.set_budget(agent, self.accounts.state(agent)._replace(budget=budget), self.clock())
         log.info("budget of %s set to %s", agent, "unlimited" if budget is None else budget)
         return self.accounts.set_budget(agent, budget)
 

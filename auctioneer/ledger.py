@@ -10,7 +10,8 @@ Tables:
   round, append-only (triggers). A bid row marked ``reference``
   holds a live reference agent's distribution and the weight it was given; it never pays;
 - ``accounts``: each agent's budget and, as of the last commit, what its bids in open rounds
-  reserve. What an agent spent is the sum of its payments;
+  reserve and what it has spent (the sum of its payments, kept so that a restart reads one row
+  per agent, not every payment; the audit checks the two agree);
 - ``budgets``: the budgets operators set at run time (``set_budget``; NULL: unlimited), which win
   over the exchange's settings from then on, across restarts;
 - ``agents``: without CurveZMQ, the hash of the resume secret each name is bound to (written with
@@ -35,7 +36,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgpack
 import numpy as np
@@ -47,7 +48,7 @@ from protocol.messages import MarketClosed, Message, RoundResult
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS markets (
@@ -102,7 +103,8 @@ CREATE TABLE IF NOT EXISTS sponsors (
 CREATE TABLE IF NOT EXISTS accounts (
     agent TEXT PRIMARY KEY,
     budget REAL,
-    reserved REAL NOT NULL DEFAULT 0 CHECK (reserved >= 0)
+    reserved REAL NOT NULL DEFAULT 0 CHECK (reserved >= 0),
+    spent REAL NOT NULL DEFAULT 0 CHECK (spent >= 0)
 );
 CREATE TABLE IF NOT EXISTS budgets (
     agent TEXT PRIMARY KEY,
@@ -130,9 +132,25 @@ CREATE TRIGGER IF NOT EXISTS sponsors_no_delete BEFORE DELETE ON sponsors
     BEGIN SELECT RAISE(ABORT, 'sponsors are append-only'); END;
 """
 UPSERT_ACCOUNT = (
-    "INSERT INTO accounts(agent, budget, reserved) VALUES (?, ?, ?) ON CONFLICT(agent) "
-    "DO UPDATE SET budget = excluded.budget, reserved = excluded.reserved"
+    "INSERT INTO accounts(agent, budget, reserved, spent) VALUES (?, ?, ?, ?) ON CONFLICT(agent) "
+    "DO UPDATE SET budget = excluded.budget, reserved = excluded.reserved, spent = excluded.spent"
 )
+# Schema 2 kept no ``spent``: it is added, and filled from the payments once, when such a file opens
+# (and a ledger migrated from 0.1 is filled the same way).
+ADD_SPENT = "ALTER TABLE accounts ADD COLUMN spent REAL NOT NULL DEFAULT 0 CHECK (spent >= 0)"
+FILL_SPENT = (
+    "INSERT OR IGNORE INTO accounts(agent) SELECT DISTINCT agent FROM payments",
+    "UPDATE accounts SET spent = COALESCE((SELECT SUM(amount) FROM payments WHERE payments.agent = accounts.agent), 0)",
+)
+
+
+class AccountState(NamedTuple):
+    """An agent's budget account as a commit leaves it: budget (None: unlimited), what its bids in
+    open rounds reserve, what it has paid."""
+
+    budget: float | None
+    reserved: float
+    spent: float
 
 
 class LedgerError(Exception):
@@ -213,8 +231,11 @@ class Ledger:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._refuse_older_schema()
             self._db.executescript(SCHEMA)
-            if self._meta("schema") is None:
+            if self._meta("schema") != SCHEMA_VERSION:
                 with self._transaction() as db:
+                    if "spent" not in self._columns("accounts"):
+                        for statement in (ADD_SPENT, *FILL_SPENT):
+                            db.execute(statement)
                     self._set_meta(db, "schema", SCHEMA_VERSION)
         except sqlite3.DatabaseError as exc:
             raise LedgerError(f"{path} is not a usable SQLite ledger: {exc}") from None
@@ -226,6 +247,9 @@ class Ledger:
                 f"{self.path} was written by token-auction 0.1 (one market per file); "
                 f"`auctioneer migrate --db {self.path}` brings it to this version (keeping a copy)"
             )
+
+    def _columns(self, table: str) -> set[str]:
+        return {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
 
     @classmethod
     def open_existing(cls, path: Path) -> Ledger:
@@ -392,13 +416,13 @@ class Ledger:
         self,
         rounds: Sequence[RoundRecord],
         closings: Sequence[MarketClosed] = (),
-        accounts: Mapping[str, tuple[float | None, float]] | None = None,
+        accounts: Mapping[str, AccountState] | None = None,
         exchange_seq: int | None = None,
         committed_at: float = 0.0,
         bindings: Mapping[str, str] | None = None,
     ) -> None:
         """Write ``rounds`` (committed at ``committed_at``, Unix seconds), the markets' ``closings``,
-        ``accounts`` (agent -> (budget, reserved)), name ``bindings`` (agent -> secret hash) and the
+        the ``accounts`` they leave, name ``bindings`` (agent -> secret hash) and the
         exchange's notice seq in one transaction. :class:`LedgerError` if it cannot be made durable."""
         started = time.perf_counter()
         self.check_files()
@@ -415,9 +439,7 @@ class Ledger:
                     (encode(closing), closing.seq, closing.market),
                 )
             if accounts:
-                db.executemany(
-                    UPSERT_ACCOUNT, [(agent, budget, reserved) for agent, (budget, reserved) in accounts.items()]
-                )
+                db.executemany(UPSERT_ACCOUNT, [(agent, *state) for agent, state in accounts.items()])
             if exchange_seq is not None:
                 self._set_meta(db, "exchange_seq", str(exchange_seq))
             if rounds:
@@ -475,7 +497,8 @@ class Ledger:
         return {agent: float(total) for agent, total in rows}
 
     def spent(self) -> dict[str, float]:
-        """Total paid per agent across the exchange."""
+        """Total paid per agent across the exchange, summed over its payments (the audit's truth;
+        :meth:`accounts` keeps the same total up to date)."""
         rows = self._db.execute("SELECT agent, SUM(amount) FROM payments GROUP BY agent ORDER BY agent")
         return {agent: float(total) for agent, total in rows}
 
@@ -484,24 +507,25 @@ class Ledger:
         row = self._db.execute("SELECT secret_hash FROM agents WHERE agent = ?", (agent,)).fetchone()
         return None if row is None else str(row[0])
 
-    def set_budget(self, agent: str, budget: float | None, reserved: float, set_at: float) -> None:
-        """Record an operator's budget for ``agent`` (and its account's, with what it reserves) durably."""
+    def set_budget(self, agent: str, account: AccountState, set_at: float) -> None:
+        """Record an operator's budget for ``agent`` (``account.budget``, and the account) durably."""
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO budgets(agent, budget, set_at) VALUES (?, ?, ?) ON CONFLICT(agent) "
                 "DO UPDATE SET budget = excluded.budget, set_at = excluded.set_at",
-                (agent, budget, set_at),
+                (agent, account.budget, set_at),
             )
-            db.execute(UPSERT_ACCOUNT, (agent, budget, reserved))
+            db.execute(UPSERT_ACCOUNT, (agent, *account))
 
     def operator_budgets(self) -> dict[str, float | None]:
         """agent -> the budget an operator last set for it (None: unlimited)."""
         return dict(self._db.execute("SELECT agent, budget FROM budgets ORDER BY agent").fetchall())
 
-    def accounts(self) -> dict[str, tuple[float | None, float]]:
-        """agent -> (budget, reserved as of the last commit)."""
-        rows = self._db.execute("SELECT agent, budget, reserved FROM accounts ORDER BY agent")
-        return {agent: (budget, float(reserved)) for agent, budget, reserved in rows}
+    def accounts(self) -> dict[str, AccountState]:
+        """Every agent's account as of the last commit (one row each: what an exchange reads at start,
+        however long its history)."""
+        rows = self._db.execute("SELECT agent, budget, reserved, spent FROM accounts ORDER BY agent")
+        return {agent: AccountState(budget, float(reserved), float(spent)) for agent, budget, reserved, spent in rows}
 
     def results_since(self, market: str, seq: int, limit: int, max_bytes: int) -> tuple[list[bytes], bool]:
         """A market's stored ``round_result`` broadcasts with ``seq`` above ``seq``, oldest first, as the
@@ -608,7 +632,6 @@ class Ledger:
 
     def overview(self) -> dict[str, Any]:
         """Every market and every agent's budget account (``auctioneer ledger --json`` on an exchange)."""
-        spent = self.spent()
         accounts = self.accounts()
         markets = []
         for stored in self.markets():
@@ -623,12 +646,9 @@ class Ledger:
                     "closed": stored.closed.reason if stored.closed else None,
                 }
             )
-        agents = sorted(set(spent) | set(accounts))
         return {
             "markets": markets,
-            "accounts": {
-                agent: account_row(accounts.get(agent, (None, 0.0)), spent.get(agent, 0.0)) for agent in agents
-            },
+            "accounts": {agent: account_row(account) for agent, account in accounts.items()},
             "commits": self.commits(),
         }
 
@@ -660,9 +680,9 @@ def serving(path: Path) -> Iterator[None]:
         os.close(descriptor)
 
 
-def account_row(account: tuple[float | None, float], spent: float) -> dict[str, float | None]:
+def account_row(account: AccountState) -> dict[str, float | None]:
     """An agent's budget account: budget, spent, reserved (as of the last commit) and what remains."""
-    budget, reserved = account
+    budget, reserved, spent = account
     remaining = None if budget is None else budget - spent - reserved
     return {"budget": budget, "spent": spent, "reserved": reserved, "remaining": remaining}
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from auctioneer.ledger import SCHEMA, SCHEMA_VERSION, LedgerError, written_by_v1
+from auctioneer.ledger import FILL_SPENT, SCHEMA, SCHEMA_VERSION, LedgerError, written_by_v1
 from auctioneer.settings import MarketSettings
 from protocol.errors import describe_validation_error
 
@@ -108,6 +108,8 @@ def _migrate(
         for statement in schema_statements():
             db.execute(statement)
         rounds, bids, payments = _copy_rows(db, market, settings, meta)
+        for statement in FILL_SPENT:
+            db.execute(statement)
         for table in V1_TABLES:
             db.execute(f"DROP TABLE v1_{table}")
         db.execute(f"DELETE FROM meta WHERE key IN ({', '.join('?' * len(V1_META))})", V1_META)

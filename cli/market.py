@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from agent_client.security import curve_client_setup
-from auctioneer.ledger import account_row
+from auctioneer.ledger import AccountState, account_row
 from auctioneer.settings import MarketSettings
 from cli.console import UsageError, agent_name, amount, endpoint, stdout
 from cli.flags import add_settings_flags, comma_list, settings_values
@@ -156,7 +156,7 @@ def run_close(args: argparse.Namespace) -> int:
 def run_budget(args: argparse.Namespace) -> int:
     reply = request(args, SetBudget(agent=args.agent, budget=args.amount))
     assert isinstance(reply, AccountStatus)
-    account = account_row((reply.budget, reply.reserved), reply.spent)
+    account = account_row(AccountState(reply.budget, reply.reserved, reply.spent))
     if args.json:
         print_json({"agent": reply.agent, **account})
         return 0

@@ -6,6 +6,7 @@ No sockets: requests go straight to :meth:`Exchange.handle`, the test moves the 
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -451,7 +452,7 @@ def test_a_budget_holds_across_markets_closing_in_the_same_instant(make_exchange
     rounds = opened(tick(exchange))
     account = exchange.accounts["a"]
     assert (account.spent, account.reserved, account.remaining) == (4.0, 0.0, 1.0)
-    assert exchange.ledger.accounts()["a"] == (5.0, 0.0)
+    assert exchange.ledger.accounts()["a"] == (5.0, 0.0, 4.0)
     assert error_code(exchange.handle(b"a", bid(rounds[markets[0]], 2.0, markets[0]))) == "BUDGET_EXCEEDED"
     assert isinstance(exchange.handle(b"a", bid(rounds[markets[0]], 1.0, markets[0])), BidAccepted)
     verdicts, over_budget = audit_ledger(exchange.ledger)
@@ -537,7 +538,7 @@ def test_operators_set_budgets_that_hold_across_restarts(make_exchange: Any, clo
     raised = exchange.handle(b"op", SetBudget(agent="a", budget=10.0, id=4), address=LOOPBACK)
     assert isinstance(raised, AccountStatus) and raised.re == 4
     assert (raised.agent, raised.budget, raised.spent, raised.reserved) == ("a", 10.0, 2.0, 0.5)
-    assert exchange.ledger.accounts()["a"] == (10.0, 0.5)  # durable as soon as it is set
+    assert exchange.ledger.accounts()["a"] == (10.0, 0.5, 2.0)  # durable as soon as it is set
     pong = exchange.handle(b"a", Ping())
     assert isinstance(pong, Pong) and (pong.budget, pong.spent, pong.reserved) == (10.0, 2.0, 0.5)  # a learns of it
     other = exchange.open_market(MarketSpec(settings={"prompt": "M:"}, id="m2")).id
@@ -597,3 +598,36 @@ def test_a_restart_reads_open_markets_and_only_the_last_closed_ones(
     assert restarted.knows_market("q0") and not restarted.knows_market("q9")  # older ones are still known
     assert error_code(restarted.handle(b"a", bid(1, 1.0, "q0"))) == "MARKET_CLOSED"
     assert error_code(restarted.handle(b"a", bid(1, 1.0, "q9"))) == "UNKNOWN_MARKET"
+
+
+def test_what_agents_spent_is_kept_in_their_accounts_and_checked_by_the_audit(
+    make_exchange: Any, clock: FakeClock, tmp_path: Path
+) -> None:
+    exchange = make_exchange(budget=5.0, payment="first_price", max_tokens=1)
+    register(exchange, "a", "b")
+    markets = open_markets(exchange, 3)
+    rounds = opened(tick(exchange))
+    for market in markets:
+        for agent, amount in (("a", 1.5), ("b", 0.5)):
+            assert isinstance(exchange.handle(agent.encode(), bid(rounds[market], amount, market)), BidAccepted)
+    tick(exchange)
+    paid = exchange.ledger.spent()
+    assert paid["a"] > 0 and paid["b"] > 0
+    assert {agent: account.spent for agent, account in exchange.ledger.accounts().items()} == pytest.approx(paid)
+
+    # A ledger of schema 2 (no spent column) gains it at open, filled from its payments.
+    with sqlite3.connect(tmp_path / "exchange.db") as db:
+        db.execute("ALTER TABLE accounts DROP COLUMN spent")
+        db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
+    restarted = make_exchange()
+    assert restarted.accounts["a"].spent == pytest.approx(paid["a"])
+    assert restarted.accounts["b"].spent == pytest.approx(paid["b"])
+    assert restarted.ledger.accounts()["a"].spent == pytest.approx(paid["a"])
+
+    # A restart reads the accounts, not the payments: an account that disagrees with them is what
+    # the exchange goes on from, and what the audit reports.
+    with sqlite3.connect(tmp_path / "exchange.db") as db:
+        db.execute("UPDATE accounts SET spent = 0.25 WHERE agent = 'b'")
+    assert make_exchange().accounts["b"].spent == 0.25
+    _, problems = audit_ledger(restarted.ledger)
+    assert problems == [f"b's account records 0.25 spent, its payments add up to {paid['b']:.12g}"]

@@ -18,7 +18,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from auctioneer.exchange import Exchange
-from protocol.messages import BidAccepted, Error, Message, RoundOpen, RoundResult
+from protocol.messages import BidAccepted, Error, MarketClosed, Message, RoundOpen, RoundResult
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 ACCEPTED = "accepted"
@@ -72,6 +72,13 @@ class AuctioneerMetrics(Collector):
             opened = self._opened.pop((message.market, message.round), None)
             if opened is not None:
                 self.round_close.observe(time.monotonic() - opened)
+        elif isinstance(message, MarketClosed):
+            self._opened.pop((message.market, message.rounds + 1), None)  # a round abandoned by the close
+
+    @property
+    def rounds_in_progress(self) -> int:
+        """Rounds announced whose result has not been published (their opening time kept to time it)."""
+        return len(self._opened)
 
     def replied(self, request_type: str | None, reply: Message | bytes) -> None:
         """Count the answer to a request of ``request_type`` (None when it was not even a map)."""

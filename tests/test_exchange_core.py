@@ -16,6 +16,7 @@ import pytest
 from auctioneer.audit import audit_ledger
 from auctioneer.exchange import FORGET_AFTER_HEARTBEATS, Exchange
 from auctioneer.ledger import Ledger, LedgerError
+from auctioneer.metrics import AuctioneerMetrics
 from auctioneer.settings import MarketSpec, ServeSettings
 from protocol import Distribution, decode
 from protocol.critical_bid import REFERENCE_SPONSOR
@@ -508,12 +509,21 @@ def test_operators_open_and_close_markets_others_may_not(make_exchange: Any) -> 
     bad = exchange.handle(b"op", OpenMarket(settings={"payment": "vickrey"}), address=LOOPBACK)
     assert error_code(bad) == "INVALID_SETTINGS" and "vickrey" in bad.message  # type: ignore[attr-defined]
     assert error_code(exchange.handle(b"op", request, address=LOOPBACK)) == "INVALID_SETTINGS"  # id in use
-    number = opened(tick(exchange))["hawaii"]
+    metrics = AuctioneerMetrics(exchange)
+    announced = tick(exchange)
+    for message in announced:
+        metrics.broadcast(message)
+    number = opened(announced)["hawaii"]
+    assert metrics.rounds_in_progress == 1
     exchange.handle(b"a", bid(number, 1.0, "hawaii"))
     closed = exchange.handle(b"op", CloseMarket(market="hawaii"), address=LOOPBACK)
     assert isinstance(closed, MarketStatusReply) and closed.status.closed == "operator"
     assert exchange.accounts["a"].reserved == 0.0  # the abandoned round's bid is released
-    assert [type(n).__name__ for n in drained(exchange)] == ["MarketClosed", "MarketEnded"]
+    ended = drained(exchange)
+    assert [type(n).__name__ for n in ended] == ["MarketClosed", "MarketEnded"]
+    for message in ended:
+        metrics.broadcast(message)
+    assert metrics.rounds_in_progress == 0  # the abandoned round is not kept waiting for a result
     closed_sync = sync(exchange, SyncRequest(market="hawaii"))
     assert closed_sync.closed is not None and closed_sync.closed.reason == "operator"
     listing = exchange.handle(b"anyone", ListMarkets())

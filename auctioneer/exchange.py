@@ -137,7 +137,8 @@ class Exchange:
         # Open markets and the last closed ones: start-up does not grow with the exchange's history.
         for stored in ledger.markets(open_only=True):
             self._resume(stored)
-        self.recent.extend(self._closed_status(stored) for stored in ledger.recent_closed(RECENT_MARKETS))
+        ended = ledger.latest_markets(RECENT_MARKETS, ended_only=True)
+        self.recent.extend(self._closed_status(stored) for stored in ended)
 
     def _reset_reservations(self) -> None:
         """Open rounds are not durable: after a restart no bid reserves anything."""

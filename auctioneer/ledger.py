@@ -353,6 +353,9 @@ class Ledger:
     def market_ids(self) -> list[str]:
         return [row[0] for row in self._db.execute("SELECT market FROM markets ORDER BY opened_at, market")]
 
+    def market_count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM markets").fetchone()[0])
+
     def round_count(self) -> int:
         """How many rounds every market together committed."""
         return int(self._db.execute("SELECT COUNT(*) FROM rounds").fetchone()[0])
@@ -372,12 +375,13 @@ class Ledger:
         query += " WHERE closed IS NULL" if open_only else ""
         return [self._stored_market(row) for row in self._db.execute(query + " ORDER BY opened_at, market").fetchall()]
 
-    def recent_closed(self, limit: int) -> list[StoredMarket]:
-        """The last ``limit`` markets that ended (by when they opened), oldest first: what an exchange
-        restarting lists, without reading the whole history."""
+    def latest_markets(self, limit: int, ended_only: bool = False) -> list[StoredMarket]:
+        """The ``limit`` markets (or ended markets) opened last, oldest first: what an exchange
+        restarting lists, or an overview shows, without reading the whole history."""
         rows = self._db.execute(
-            "SELECT market, definition, opened_at, seq, closed FROM markets WHERE closed IS NOT NULL"
-            " ORDER BY opened_at DESC, market DESC LIMIT ?",
+            "SELECT market, definition, opened_at, seq, closed FROM markets"
+            + (" WHERE closed IS NOT NULL" if ended_only else "")
+            + " ORDER BY opened_at DESC, market DESC LIMIT ?",
             (limit,),
         ).fetchall()
         return [self._stored_market(row) for row in reversed(rows)]
@@ -630,11 +634,12 @@ class Ledger:
             raise LedgerError(f"{self.path} holds {len(ids)} markets: name one (--market ID)")
         return ids[0]
 
-    def overview(self) -> dict[str, Any]:
-        """Every market and every agent's budget account (``auctioneer ledger --json`` on an exchange)."""
+    def overview(self, last: int | None = None) -> dict[str, Any]:
+        """Every market (or the ``last`` opened) and every agent's budget account (``auctioneer ledger``
+        on an exchange); ``market_count`` counts them all."""
         accounts = self.accounts()
         markets = []
-        for stored in self.markets():
+        for stored in self.markets() if last is None else self.latest_markets(last):
             settings = stored.definition.get("settings", {})
             markets.append(
                 {
@@ -647,6 +652,7 @@ class Ledger:
                 }
             )
         return {
+            "market_count": self.market_count(),
             "markets": markets,
             "accounts": {agent: account_row(account) for agent, account in accounts.items()},
             "commits": self.commits(),

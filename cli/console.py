@@ -85,12 +85,21 @@ def agent_name(text: str) -> str:
 
 def positive_int(text: str) -> int:
     """The argparse type of a count: a whole number >= 1."""
+    return _whole_number(text, 1)
+
+
+def non_negative_int(text: str) -> int:
+    """The argparse type of a limit where 0 means none: a whole number >= 0."""
+    return _whole_number(text, 0)
+
+
+def _whole_number(text: str, least: int) -> int:
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"a count is at least 1, not {text}")
+    if value < least:
+        raise argparse.ArgumentTypeError(f"a count is at least {least}, not {text}")
     return value
 
 

@@ -1,8 +1,9 @@
 """``auctioneer ledger``: an exchange's record, as tables or as JSON.
 
 With ``--market ID``, one market's rounds, bids, payments, sponsors and balances. Without, the same
-for the only market of a ledger that holds one; for an exchange of several, every market and every
-agent's budget account (budget, spent, reserved as of the last commit, remaining).
+for the only market of a ledger that holds one; for an exchange of several, its markets and every
+agent's budget account (budget, spent, reserved as of the last commit, remaining). Tables list the
+markets opened last (``--last``, 50 by default); JSON lists every market unless ``--last`` is given.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from typing import Any
 from rich.table import Table
 
 from auctioneer.ledger import Ledger
-from cli.console import stdout
+from cli.console import non_negative_int, stdout
+
+TABLE_MARKETS = 50  # markets an exchange's overview lists as a table unless --last says otherwise
 
 
 def ledger_tables(document: dict[str, Any]) -> list[Table]:
@@ -43,7 +46,9 @@ def ledger_tables(document: dict[str, Any]) -> list[Table]:
 
 def overview_tables(overview: dict[str, Any]) -> list[Table]:
     """An exchange's markets and its agents' budget accounts, as tables."""
-    markets = Table(title=f"{len(overview['markets'])} markets ({overview['commits']} group commits)")
+    shown, count = len(overview["markets"]), overview["market_count"]
+    caption = f"the last {shown} opened; --last 0 lists every market" if shown < count else None
+    markets = Table(title=f"{count} markets ({overview['commits']} group commits)", caption=caption)
     for column in ("market", "state", "rounds", "text", "revenue"):
         markets.add_column(column, justify="right" if column in ("rounds", "revenue") else "left")
     for m in overview["markets"]:
@@ -64,13 +69,19 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.add_argument("--db", type=Path, default=Path("market.db"), help="the exchange's SQLite ledger")
     parser.add_argument("--market", help="the market to show (default: the only one, or an overview)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
+    parser.add_argument(
+        "--last",
+        type=non_negative_int,
+        help=f"an exchange's overview lists the N markets opened last (tables: {TABLE_MARKETS} unless given; 0: all)",
+    )
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    last = args.last if args.last is not None else (None if args.json else TABLE_MARKETS)
     with Ledger.open_existing(args.db) as ledger:
-        several = args.market is None and len(ledger.market_ids()) > 1
-        document = ledger.overview() if several else ledger.document(args.market)
+        several = args.market is None and ledger.market_count() > 1
+        document = ledger.overview(last or None) if several else ledger.document(args.market)
     if args.json:
         json.dump(document, sys.stdout, indent=2)
         sys.stdout.write("\n")

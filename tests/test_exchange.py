@@ -81,6 +81,13 @@ def test_operators_open_and_close_markets_and_agents_trade_in_all(market_run: Ma
     assert audit.returncode == 0 and "every budget kept" in audit.stdout, audit.stdout
     shown = run_cli("-m", "auctioneer", "ledger", "--db", str(market_run.db), "--market", "hawaii", "--json")
     assert json.loads(shown.stdout)["market"] == "hawaii"
+    count = exchange["market_count"]
+    assert count == len(exchange["markets"]) >= 3  # JSON lists every market unless told otherwise
+    last = json.loads(run_cli("-m", "auctioneer", "ledger", "--db", str(market_run.db), "--json", "--last", "1").stdout)
+    assert last["market_count"] == count
+    assert [m["market"] for m in last["markets"]] == [exchange["markets"][-1]["market"]]  # the one opened last
+    table = run_cli("-m", "auctioneer", "ledger", "--db", str(market_run.db), "--last", "2")
+    assert f"{count} markets" in table.stdout and "the last 2 opened; --last 0 lists every market" in table.stdout
 
 
 def test_operator_requests_are_refused_from_elsewhere_and_for_bad_settings(market_run: MarketRun) -> None:

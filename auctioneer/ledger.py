@@ -231,7 +231,13 @@ class Ledger:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._refuse_older_schema()
             self._db.executescript(SCHEMA)
-            if self._meta("schema") != SCHEMA_VERSION:
+            stored = self._meta("schema")
+            if stored is not None and stored.isdigit() and int(stored) > int(SCHEMA_VERSION):
+                raise LedgerError(
+                    f"{path} was written by a newer token-auction (ledger schema {stored}, this one reads "
+                    f"{SCHEMA_VERSION}): upgrade token-auction to use it"
+                )
+            if stored != SCHEMA_VERSION:
                 with self._transaction() as db:
                     if "spent" not in self._columns("accounts"):
                         for statement in (ADD_SPENT, *FILL_SPENT):

@@ -639,5 +639,12 @@ def test_what_agents_spent_is_kept_in_their_accounts_and_checked_by_the_audit(
     with sqlite3.connect(tmp_path / "exchange.db") as db:
         db.execute("UPDATE accounts SET spent = 0.25 WHERE agent = 'b'")
     assert make_exchange().accounts["b"].spent == 0.25
+    # A ledger from a later version is refused, not relabelled.
+    with sqlite3.connect(tmp_path / "exchange.db") as db:
+        db.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
+    with pytest.raises(LedgerError, match="written by a newer token-auction"):
+        Ledger(tmp_path / "exchange.db")
+    with sqlite3.connect(tmp_path / "exchange.db") as db:
+        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
     _, problems = audit_ledger(restarted.ledger)
     assert problems == [f"b's account records 0.25 spent, its payments add up to {paid['b']:.12g}"]

@@ -263,7 +263,7 @@ class Ledger:
         if not path.is_file():
             raise LedgerError(f"no ledger at {path} (pass --db PATH of an exchange's database)")
         ledger = cls(path)
-        if not ledger.market_ids():
+        if not ledger.market_count():
             ledger.close()
             raise LedgerError(f"{path} holds no market")
         return ledger

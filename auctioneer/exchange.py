@@ -77,6 +77,7 @@ from protocol.messages import (
 log = logging.getLogger(__name__)
 
 LIVENESS_HEARTBEATS = 3
+SILENT_NAMES_SHOWN = 5  # agents named when many go silent at once
 FORGET_AFTER_HEARTBEATS = 30
 RECENT_MARKETS = 100
 # A sync_reply carries stored results up to this many bytes (at least one); the rest is paged
@@ -537,8 +538,18 @@ class Exchange:
         self._live_checked = now
         live = {name for name, agent in self.agents.items() if self._is_live(agent, now)}
         if live != self._live:
+            self._report_silent(sorted(self._live - live))
             self._live = live
             self._live_version += 1
+
+    def _report_silent(self, names: list[str]) -> None:
+        """Tell the operator who stopped counting as live (one line, however many went at once)."""
+        if not names:
+            return
+        limit = LIVENESS_HEARTBEATS * self.settings.heartbeat_interval
+        shown = ", ".join(names[:SILENT_NAMES_SHOWN]) + (", ..." if len(names) > SILENT_NAMES_SHOWN else "")
+        who = f"agent {shown}" if len(names) == 1 else f"{len(names)} agents ({shown})"
+        log.info("%s silent for over %.1f s: rounds no longer wait for them", who, limit)
 
     def _now_live(self, name: str) -> None:
         """A registration: the agent is live from now on (without recomputing everyone's liveness)."""

@@ -69,6 +69,7 @@ def test_rounds_go_on_without_a_killed_agent(market_run: MarketRun) -> None:
     assert len(rounds) == 400
     assert "bob" in rounds[0]["bids"]
     assert all(sorted(r["bids"]) == ["alice", "carol"] for r in rounds[-3:])
+    assert "agent bob silent for" in market_run.logs()  # the operator is told why rounds stopped waiting
 
 
 def test_same_seed_and_agents_write_the_same_text(

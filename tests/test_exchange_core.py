@@ -15,7 +15,7 @@ import pytest
 
 from auctioneer.audit import audit_ledger
 from auctioneer.exchange import FORGET_AFTER_HEARTBEATS, Exchange
-from auctioneer.ledger import Ledger, LedgerError
+from auctioneer.ledger import SCHEMA_VERSION, Ledger, LedgerError
 from auctioneer.metrics import AuctioneerMetrics
 from auctioneer.settings import MarketSpec, ServeSettings
 from protocol import Distribution, decode
@@ -625,14 +625,19 @@ def test_what_agents_spent_is_kept_in_their_accounts_and_checked_by_the_audit(
     assert paid["a"] > 0 and paid["b"] > 0
     assert {agent: account.spent for agent, account in exchange.ledger.accounts().items()} == pytest.approx(paid)
 
-    # A ledger of schema 2 (no spent column) gains it at open, filled from its payments.
+    # A ledger of schema 2 (no spent column, payments indexed by agent) gains the column at open,
+    # filled from its payments, and loses the index.
     with sqlite3.connect(tmp_path / "exchange.db") as db:
         db.execute("ALTER TABLE accounts DROP COLUMN spent")
+        db.execute("CREATE INDEX payments_by_agent ON payments(agent)")
         db.execute("UPDATE meta SET value = '2' WHERE key = 'schema'")
     restarted = make_exchange()
     assert restarted.accounts["a"].spent == pytest.approx(paid["a"])
     assert restarted.accounts["b"].spent == pytest.approx(paid["b"])
     assert restarted.ledger.accounts()["a"].spent == pytest.approx(paid["a"])
+    with sqlite3.connect(tmp_path / "exchange.db") as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (SCHEMA_VERSION,)
+        assert not db.execute("SELECT name FROM sqlite_master WHERE name = 'payments_by_agent'").fetchall()
 
     # A restart reads the accounts, not the payments: an account that disagrees with them is what
     # the exchange goes on from, and what the audit reports.
@@ -641,10 +646,10 @@ def test_what_agents_spent_is_kept_in_their_accounts_and_checked_by_the_audit(
     assert make_exchange().accounts["b"].spent == 0.25
     # A ledger from a later version is refused, not relabelled.
     with sqlite3.connect(tmp_path / "exchange.db") as db:
-        db.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (str(int(SCHEMA_VERSION) + 1),))
     with pytest.raises(LedgerError, match="written by a newer token-auction"):
         Ledger(tmp_path / "exchange.db")
     with sqlite3.connect(tmp_path / "exchange.db") as db:
-        db.execute("UPDATE meta SET value = '3' WHERE key = 'schema'")
+        db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
     _, problems = audit_ledger(restarted.ledger)
     assert problems == [f"b's account records 0.25 spent, its payments add up to {paid['b']:.12g}"]

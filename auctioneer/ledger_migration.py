@@ -25,13 +25,12 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import ValidationError
 
-from auctioneer.ledger import FILL_SPENT, SCHEMA, SCHEMA_VERSION, LedgerError, written_by_v1
+from auctioneer.ledger import FILL_SPENT, SCHEMA, SCHEMA_VERSION, LedgerError, statements, written_by_v1
 from auctioneer.settings import MarketSettings
 from protocol.errors import describe_validation_error
 
@@ -105,7 +104,7 @@ def _migrate(
             db.execute(f"ALTER TABLE {table} RENAME TO v1_{table}")
         for (trigger,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
             db.execute(f'DROP TRIGGER "{trigger}"')
-        for statement in schema_statements():
+        for statement in statements(SCHEMA):
             db.execute(statement)
         rounds, bids, payments = _copy_rows(db, market, settings, meta)
         for statement in FILL_SPENT:
@@ -146,29 +145,28 @@ def _copy_rows(
     )
     rounds = db.execute(
         "INSERT INTO rounds(market, round, token, seed, seed_commitment, result_seq, opened_at, committed_at, result)"
-        f" SELECT ?, round, token, seed, seed_commitment, result_seq, {unix}, {unix}, result FROM v1_rounds",
+        f" SELECT ?, round, token, seed, seed_commitment, result_seq, {unix}, {unix}, result FROM v1_rounds"
+        " ORDER BY round",
         (market,),
     ).rowcount
+    for table in ("bids", "payments", "sponsors"):  # 0.1 never wrote one; a hand-edited file might
+        orphans = db.execute(f"SELECT COUNT(*) FROM v1_{table} WHERE round NOT IN (SELECT round FROM v1_rounds)")
+        if count := orphans.fetchone()[0]:
+            raise sqlite3.IntegrityError(f"FOREIGN KEY constraint failed: {count} of the {table} name no round")
+    # Each row joins its round's number in the new ledger (rounds are numbered in commit order).
     bids = db.execute(
-        "INSERT INTO bids(market, round, agent, bid, tokens, probs, reference)"
-        " SELECT ?, round, agent, bid, tokens, probs, 0 FROM v1_bids",
+        "INSERT INTO bids(round_id, agent, bid, tokens, probs, reference) SELECT id, agent, bid, tokens, probs, 0"
+        " FROM v1_bids JOIN rounds USING (round) WHERE market = ? ORDER BY id, agent",
         (market,),
     ).rowcount
     payments = db.execute(
-        "INSERT INTO payments(market, round, agent, amount) SELECT ?, round, agent, amount FROM v1_payments", (market,)
+        "INSERT INTO payments(round_id, agent, amount) SELECT id, agent, amount FROM v1_payments"
+        " JOIN rounds USING (round) WHERE market = ?",
+        (market,),
     ).rowcount
     db.execute(
-        "INSERT INTO sponsors(market, round, sponsor, share) SELECT ?, round, sponsor, share FROM v1_sponsors",
+        "INSERT INTO sponsors(round_id, sponsor, share) SELECT id, sponsor, share FROM v1_sponsors"
+        " JOIN rounds USING (round) WHERE market = ?",
         (market,),
     )
     return rounds, bids, payments
-
-
-def schema_statements() -> Iterator[str]:
-    """:data:`SCHEMA` one statement at a time (``executescript`` would commit the open transaction)."""
-    statement = ""
-    for line in SCHEMA.splitlines(keepends=True):
-        statement += line
-        if sqlite3.complete_statement(statement):
-            yield statement.strip()
-            statement = ""

@@ -653,3 +653,84 @@ def test_what_agents_spent_is_kept_in_their_accounts_and_checked_by_the_audit(
         db.execute("UPDATE meta SET value = ? WHERE key = 'schema'", (SCHEMA_VERSION,))
     _, problems = audit_ledger(restarted.ledger)
     assert problems == [f"b's account records 0.25 spent, its payments add up to {paid['b']:.12g}"]
+
+
+# Schema 4's round tables, keyed by market and round (what ledgers written before schema 5 hold).
+SCHEMA_4_ROUND_TABLES = """
+CREATE TABLE rounds (
+    market TEXT NOT NULL REFERENCES markets(market), round INTEGER NOT NULL, token TEXT, seed BLOB NOT NULL,
+    seed_commitment TEXT NOT NULL, result_seq INTEGER NOT NULL, opened_at REAL NOT NULL, committed_at REAL NOT NULL,
+    result BLOB NOT NULL, PRIMARY KEY (market, round));
+CREATE TABLE bids (
+    market TEXT NOT NULL, round INTEGER NOT NULL, agent TEXT NOT NULL, bid REAL NOT NULL, tokens BLOB NOT NULL,
+    probs BLOB NOT NULL, reference INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (market, round, agent),
+    FOREIGN KEY (market, round) REFERENCES rounds(market, round));
+CREATE TABLE payments (
+    market TEXT NOT NULL, round INTEGER NOT NULL, agent TEXT NOT NULL, amount REAL NOT NULL CHECK (amount >= 0),
+    PRIMARY KEY (market, round, agent), FOREIGN KEY (market, round) REFERENCES rounds(market, round));
+CREATE TABLE sponsors (
+    market TEXT NOT NULL, round INTEGER NOT NULL, sponsor TEXT NOT NULL, share REAL NOT NULL,
+    PRIMARY KEY (market, round, sponsor), FOREIGN KEY (market, round) REFERENCES rounds(market, round));
+"""
+
+
+def as_schema_4(path: Path) -> None:
+    """Rewrite the ledger at ``path`` in schema 4's layout, rows committed in the same order."""
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA foreign_keys=OFF")
+        for table in ("bids", "payments", "sponsors", "rounds"):
+            db.execute(f"ALTER TABLE {table} RENAME TO new_{table}")
+        for (trigger,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'").fetchall():
+            db.execute(f"DROP TRIGGER {trigger}")
+        db.executescript(SCHEMA_4_ROUND_TABLES)
+        db.execute(
+            "INSERT INTO rounds SELECT market, round, token, seed, seed_commitment, result_seq, opened_at,"
+            " committed_at, result FROM new_rounds ORDER BY id"
+        )
+        for table, columns in (("bids", "agent, bid, tokens, probs, reference"), ("payments", "agent, amount"),
+                               ("sponsors", "sponsor, share")):  # fmt: skip
+            db.execute(
+                f"INSERT INTO {table} SELECT market, round, {columns} FROM new_{table} JOIN new_rounds ON round_id = id"
+            )
+        for table in ("bids", "payments", "sponsors", "rounds"):
+            db.execute(f"DROP TABLE new_{table}")
+        db.execute("UPDATE meta SET value = '4' WHERE key = 'schema'")
+
+
+def test_a_ledger_keyed_by_market_and_round_is_renumbered_when_it_opens(make_exchange: Any, tmp_path: Path) -> None:
+    exchange = make_exchange(max_tokens=3)
+    register(exchange, "a", "b")
+    markets = open_markets(exchange, 3)
+    for _ in range(2):  # the markets' rounds interleave in the ledger
+        rounds = opened(tick(exchange))
+        for market in markets:
+            for agent, amount in (("a", 1.0), ("b", 2.0)):
+                assert isinstance(exchange.handle(agent.encode(), bid(rounds[market], amount, market, x=0.5, y=0.5)),
+                                  BidAccepted)  # fmt: skip
+    tick(exchange)
+    before = {market: exchange.ledger.document(market) for market in markets}
+    exchange.ledger.close()
+    as_schema_4(tmp_path / "exchange.db")
+    with sqlite3.connect(tmp_path / "exchange.db") as db:
+        committed_order = db.execute("SELECT market, round FROM rounds ORDER BY rowid").fetchall()
+    assert sorted(number for _, number in committed_order) == [1, 1, 1, 2, 2, 2]
+
+    restarted = make_exchange(max_tokens=3)
+    assert {market: restarted.ledger.document(market) for market in markets} == before
+    verdicts, problems = audit_ledger(restarted.ledger)
+    assert len(verdicts) == 6 and all(v.ok for v in verdicts) and problems == []
+    with sqlite3.connect(tmp_path / "exchange.db") as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (SCHEMA_VERSION,)
+        numbered = db.execute("SELECT id, market, round FROM rounds ORDER BY id").fetchall()
+        assert [(market, number) for _, market, number in numbered] == committed_order
+        assert [row[0] for row in numbered] == list(range(1, 7))
+        with pytest.raises(sqlite3.DatabaseError, match="append-only"):  # its guards are back
+            db.execute("UPDATE payments SET amount = 0")
+    # The market goes on: its next round is numbered after the renumbered ones.
+    register(restarted, "a", "b")
+    rounds = opened(tick(restarted))
+    for agent in (b"a", b"b"):
+        assert isinstance(restarted.handle(agent, bid(rounds[markets[0]], 1.0, markets[0])), BidAccepted)
+    tick(restarted)
+    assert [r.round for r in restarted.ledger.rounds(markets[0])] == [1, 2, 3]
+    assert restarted.ledger.round_count() == 7

@@ -143,10 +143,14 @@ def test_audit_passes_then_catches_a_tampered_payment(market_run: MarketRun) -> 
     clean = run_cli("-m", "auctioneer", "audit", "--db", str(market_run.db))
     assert clean.returncode == 0 and "audit passed: 5 rounds verified" in clean.stdout
     with sqlite3.connect(market_run.db) as db:
+        overcharge = (
+            "UPDATE payments SET amount = amount + 0.5 WHERE agent = 'b'"
+            " AND round_id = (SELECT id FROM rounds WHERE round = 3)"
+        )
         with pytest.raises(sqlite3.DatabaseError, match="append-only"):
-            db.execute("UPDATE payments SET amount = amount + 0.5 WHERE round = 3 AND agent = 'b'")
+            db.execute(overcharge)
         db.execute("DROP TRIGGER payments_append_only")
-        db.execute("UPDATE payments SET amount = amount + 0.5 WHERE round = 3 AND agent = 'b'")
+        db.execute(overcharge)
     tampered = run_cli("-m", "auctioneer", "audit", "--db", str(market_run.db))
     assert tampered.returncode == 1
     assert "first mismatch in round 3" in tampered.stdout
@@ -163,7 +167,7 @@ def test_audit_catches_misattributed_sponsors(market_run: MarketRun) -> None:
     assert market_run.wait(60) == [0, 0, 0], market_run.logs()
     with sqlite3.connect(market_run.db) as db:
         db.execute("DROP TRIGGER sponsors_append_only")
-        db.execute("UPDATE sponsors SET share = share / 2 WHERE round = 2")
+        db.execute("UPDATE sponsors SET share = share / 2 WHERE round_id = (SELECT id FROM rounds WHERE round = 2)")
     audit = run_cli("-m", "auctioneer", "audit", "--db", str(market_run.db))
     assert audit.returncode == 1
     assert "round 1: ok" in audit.stdout and "round 2: MISMATCH sponsors" in audit.stdout

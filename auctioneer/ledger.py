@@ -163,7 +163,7 @@ FILL_SPENT = (
 DROP_PAYMENTS_BY_AGENT = "DROP INDEX IF EXISTS payments_by_agent"
 # Up to schema 4, bids, payments and sponsors were keyed by market and round: rebuilt once when such
 # a file opens, each round numbered by the order it was committed in (its rowid).
-REKEY_ROUNDS = (
+REKEYED_COPIES = (
     "INSERT INTO rounds_rekeyed(id, market, round, token, seed, seed_commitment, result_seq, opened_at,"
     " committed_at, result) SELECT rowid, market, round, token, seed, seed_commitment, result_seq, opened_at,"
     " committed_at, result FROM rounds ORDER BY rowid",
@@ -174,8 +174,11 @@ REKEY_ROUNDS = (
     " JOIN rounds_rekeyed AS r USING (market, round)",
     "INSERT INTO sponsors_rekeyed(round_id, sponsor, share) SELECT r.id, s.sponsor, s.share FROM sponsors AS s"
     " JOIN rounds_rekeyed AS r USING (market, round)",
-    *(f"DROP TABLE {table}" for table in ("bids", "payments", "sponsors", "rounds")),
-    *(f"ALTER TABLE {table}_rekeyed RENAME TO {table}" for table in ("rounds", "bids", "payments", "sponsors")),
+)
+ROUND_ROWS = ("bids", "payments", "sponsors")
+REKEYED_SWAP = (
+    *(f"DROP TABLE {table}" for table in (*ROUND_ROWS, "rounds")),
+    *(f"ALTER TABLE {table}_rekeyed RENAME TO {table}" for table in ("rounds", *ROUND_ROWS)),
 )
 
 
@@ -292,8 +295,9 @@ class Ledger:
         """Bring a file of an older schema (or a new, empty one) to :data:`SCHEMA_VERSION` in one transaction."""
         rekey = "id" not in self._columns("rounds")
         if rekey:
-            log.info("%s: numbering its rounds in commit order (ledger schema %s -> %s, once)", self.path, stored,
-                     SCHEMA_VERSION)  # fmt: skip
+            log.info(
+                "%s: numbering its rounds in commit order (schema %s -> %s, once)", self.path, stored, SCHEMA_VERSION
+            )
             self._db.execute("PRAGMA foreign_keys=OFF")  # tables are renamed under their references
         try:
             with self._transaction() as db:
@@ -302,15 +306,25 @@ class Ledger:
                         db.execute(statement)
                 db.execute(DROP_PAYMENTS_BY_AGENT)
                 if rekey:
-                    for statement in (*statements(round_tables("_rekeyed")), *REKEY_ROUNDS):
-                        db.execute(statement)
-                    if db.execute("PRAGMA foreign_key_check").fetchone() is not None:
-                        raise LedgerError(f"{self.path}: a bid, payment or sponsor names no committed round")
+                    self._rekey(db)
                 self._set_meta(db, "schema", SCHEMA_VERSION)
         finally:
             self._db.execute("PRAGMA foreign_keys=ON")
         if rekey:
             self._db.executescript(SCHEMA)  # the append-only triggers, dropped with the old tables
+
+    def _rekey(self, db: sqlite3.Connection) -> None:
+        """Copy the round tables keyed by round number, refusing rows whose round the file lacks."""
+        for statement in (*statements(round_tables("_rekeyed")), *REKEYED_COPIES):
+            db.execute(statement)
+        for table in ROUND_ROWS:
+            (orphans,) = db.execute(
+                f"SELECT (SELECT COUNT(*) FROM {table}) - (SELECT COUNT(*) FROM {table}_rekeyed)"
+            ).fetchone()
+            if orphans:
+                raise LedgerError(f"{self.path}: {orphans} of its {table} name no committed round; nothing was changed")
+        for statement in REKEYED_SWAP:
+            db.execute(statement)
 
     def _refuse_older_schema(self) -> None:
         if written_by_v1(self._db):

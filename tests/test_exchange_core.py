@@ -734,3 +734,23 @@ def test_a_ledger_keyed_by_market_and_round_is_renumbered_when_it_opens(make_exc
     tick(restarted)
     assert [r.round for r in restarted.ledger.rounds(markets[0])] == [1, 2, 3]
     assert restarted.ledger.round_count() == 7
+
+
+def test_a_ledger_whose_rows_name_no_round_is_refused_not_renumbered(make_exchange: Any, tmp_path: Path) -> None:
+    exchange = make_exchange(max_tokens=1)
+    register(exchange, "a")
+    market = open_markets(exchange, 1)[0]
+    number = opened(tick(exchange))[market]
+    assert isinstance(exchange.handle(b"a", bid(number, 1.0, market)), BidAccepted)
+    tick(exchange)
+    exchange.ledger.close()
+    path = tmp_path / "exchange.db"
+    as_schema_4(path)
+    with sqlite3.connect(path) as db:  # a hand-edited file: a payment for a round it does not hold
+        db.execute("INSERT INTO payments VALUES (?, 99, 'mallory', 1.0)", (market,))
+    with pytest.raises(LedgerError, match="1 of its payments name no committed round; nothing was changed"):
+        Ledger(path)
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("4",)
+        assert db.execute("SELECT COUNT(*) FROM payments WHERE agent = 'mallory'").fetchone() == (1,)
+        assert "round_id" not in {row[1] for row in db.execute("PRAGMA table_info(payments)")}

@@ -3,8 +3,10 @@
 Tables:
 
 - ``meta``: the schema version, the exchange's notice seq, the default market, the commit count;
-- ``markets``: one row per market: its definition (settings, invited agents, reference agent), the
-  feed seq of its last durable broadcast, its ``market_closed`` message once it ended;
+- ``markets``: one row per market: its definition (settings, invited agents, reference agent), its
+  feed seq as of its opening (or migration) and its closing, its ``market_closed`` message once it
+  ended; between them each committed round carries its own (``result_seq``), so a commit does not
+  rewrite a row per market (a market's seq is the larger of the two);
 - ``rounds``, ``bids``, ``payments``, ``sponsors``: one row per committed round (with when it opened
   and when it was committed, Unix seconds), bid, payment and sponsor share, append-only (triggers).
   Rounds are unique per market and round number and numbered (``id``) in the order they were
@@ -476,10 +478,10 @@ class Ledger:
         tokens = []
         idle = 0
         last_round = 0
-        for number, token in self._db.execute(
-            "SELECT round, token FROM rounds WHERE market = ? ORDER BY round", (market,)
+        for number, token, result_seq in self._db.execute(
+            "SELECT round, token, result_seq FROM rounds WHERE market = ? ORDER BY round", (market,)
         ):
-            last_round = number
+            last_round, seq = number, max(seq, result_seq)
             if token is None:
                 idle += 1
             else:
@@ -540,7 +542,7 @@ class Ledger:
     @staticmethod
     def _write_rounds(db: sqlite3.Connection, records: Sequence[RoundRecord], committed_at: float) -> None:
         """Every table's rows for all ``records``, one statement per table."""
-        rounds, bids, payments, sponsors, seqs = [], [], [], [], []
+        rounds, bids, payments, sponsors = [], [], [], []
         last_id = db.execute("SELECT COALESCE(MAX(id), 0) FROM rounds").fetchone()[0]
         for key, record in enumerate(records, start=last_id + 1):
             result, market = record.result, record.market
@@ -561,7 +563,6 @@ class Ledger:
             ]
             payments += [(key, agent, amount) for agent, amount in result.payments.items()]
             sponsors += [(key, sponsor, share) for sponsor, share in result.sponsors.items()]
-            seqs.append((result.seq, market))
         db.executemany(
             "INSERT INTO rounds(id, market, round, token, seed, seed_commitment, result_seq, opened_at, committed_at,"
             " result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -572,7 +573,6 @@ class Ledger:
         )
         db.executemany("INSERT INTO payments(round_id, agent, amount) VALUES (?, ?, ?)", payments)
         db.executemany("INSERT INTO sponsors(round_id, sponsor, share) VALUES (?, ?, ?)", sponsors)
-        db.executemany("UPDATE markets SET seq = MAX(seq, ?) WHERE market = ?", seqs)
 
     # --- reading --------------------------------------------------------------------------
 

@@ -544,15 +544,15 @@ class Ledger:
         """Every table's rows for all ``records``, one statement per table."""
         rounds, bids, payments, sponsors = [], [], [], []
         last_id = db.execute("SELECT COALESCE(MAX(id), 0) FROM rounds").fetchone()[0]
-        for key, record in enumerate(records, start=last_id + 1):
+        for round_id, record in enumerate(records, start=last_id + 1):
             result, market = record.result, record.market
             rounds.append(
-                (key, market, result.round, result.token, record.seed, result.seed_commitment, result.seq,
+                (round_id, market, result.round, result.token, record.seed, result.seed_commitment, result.seq,
                  record.opened_at, committed_at, record.payload)
             )  # fmt: skip
             bids += [
                 (
-                    key,
+                    round_id,
                     b.agent,
                     b.bid,
                     pack(b.tokens),
@@ -561,8 +561,8 @@ class Ledger:
                 )
                 for b in record.bids
             ]
-            payments += [(key, agent, amount) for agent, amount in result.payments.items()]
-            sponsors += [(key, sponsor, share) for sponsor, share in result.sponsors.items()]
+            payments += [(round_id, agent, amount) for agent, amount in result.payments.items()]
+            sponsors += [(round_id, sponsor, share) for sponsor, share in result.sponsors.items()]
         db.executemany(
             "INSERT INTO rounds(id, market, round, token, seed, seed_commitment, result_seq, opened_at, committed_at,"
             " result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",

@@ -52,6 +52,8 @@ from protocol.messages import MarketClosed, Message, RoundResult
 
 log = logging.getLogger(__name__)
 
+_SERVED_HERE: set[Path] = set()  # the lock files this process holds (see serving)
+
 SCHEMA_VERSION = "5"
 
 
@@ -296,6 +298,11 @@ class Ledger:
     def _upgrade(self, stored: str | None) -> None:
         """Bring a file of an older schema (or a new, empty one) to :data:`SCHEMA_VERSION` in one transaction."""
         rekey = "id" not in self._columns("rounds")
+        if rekey and served_elsewhere(self.path):
+            raise LedgerError(
+                f"{self.path} is being served by an exchange of an earlier token-auction: stop it before opening the"
+                " file with this one, which renumbers its rounds once (the earlier exchange could not write them)"
+            )
         if rekey:
             log.info(
                 "%s: numbering its rounds in commit order (schema %s -> %s, once)", self.path, stored, SCHEMA_VERSION
@@ -743,8 +750,7 @@ def serving(path: Path) -> Iterator[None]:
     process ends, however it ends). Readers (``ledger``, ``audit``, the dashboard) never take it; a
     second exchange on the same file is refused with one line instead of interleaving its rounds
     with the first one's."""
-    real = path.resolve()  # one lock whichever way the file is named (a symlink, ./market.db)
-    lock = real.with_name(real.name + ".lock")
+    lock = lock_file(path)
     try:
         descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
@@ -759,9 +765,36 @@ def serving(path: Path) -> Iterator[None]:
             ) from None
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"{os.getpid()}\n".encode("ascii"), 0)
+        _SERVED_HERE.add(lock)
         yield
     finally:
+        _SERVED_HERE.discard(lock)
         os.close(descriptor)
+
+
+def lock_file(path: Path) -> Path:
+    """The lock an exchange serving the ledger at ``path`` holds (one whichever way the file is named:
+    a symlink, ./market.db)."""
+    real = path.resolve()
+    return real.with_name(real.name + ".lock")
+
+
+def served_elsewhere(path: Path) -> bool:
+    """Whether another process holds the ledger at ``path`` for an exchange (see :func:`serving`)."""
+    lock = lock_file(path)
+    if lock in _SERVED_HERE:
+        return False
+    try:
+        descriptor = os.open(lock, os.O_RDONLY)
+    except OSError:  # no lock file (never served), or one this user cannot read: nothing to tell
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)  # closing releases the probe's own shared lock
+    return False
 
 
 def account_row(account: AccountState) -> dict[str, float | None]:

@@ -5,7 +5,9 @@ No sockets: requests go straight to :meth:`Exchange.handle`, the test moves the 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +17,7 @@ import pytest
 
 from auctioneer.audit import audit_ledger
 from auctioneer.exchange import FORGET_AFTER_HEARTBEATS, Exchange
-from auctioneer.ledger import SCHEMA_VERSION, Ledger, LedgerError
+from auctioneer.ledger import SCHEMA_VERSION, Ledger, LedgerError, lock_file, serving
 from auctioneer.metrics import AuctioneerMetrics
 from auctioneer.settings import MarketSpec, ServeSettings
 from protocol import Distribution, decode
@@ -754,3 +756,25 @@ def test_a_ledger_whose_rows_name_no_round_is_refused_not_renumbered(make_exchan
         assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("4",)
         assert db.execute("SELECT COUNT(*) FROM payments WHERE agent = 'mallory'").fetchone() == (1,)
         assert "round_id" not in {row[1] for row in db.execute("PRAGMA table_info(payments)")}
+
+
+def test_a_ledger_an_earlier_exchange_still_serves_is_not_renumbered_under_it(
+    make_exchange: Any, tmp_path: Path
+) -> None:
+    exchange = make_exchange(prompt="P:")
+    exchange.ledger.close()
+    path = tmp_path / "exchange.db"
+    as_schema_4(path)
+    held = os.open(lock_file(path), os.O_RDWR | os.O_CREAT)  # what an exchange of 0.2 before schema 5 holds
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(LedgerError, match="being served by an exchange of an earlier token-auction"):
+            Ledger(path)
+        with sqlite3.connect(path) as db:
+            assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == ("4",)
+    finally:
+        os.close(held)
+    with serving(path), Ledger(path) as ledger:  # once it stopped, this version's exchange renumbers it
+        assert ledger.market_count() == 1
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (SCHEMA_VERSION,)

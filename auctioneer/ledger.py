@@ -298,12 +298,13 @@ class Ledger:
     def _upgrade(self, stored: str | None) -> None:
         """Bring a file of an older schema (or a new, empty one) to :data:`SCHEMA_VERSION` in one transaction."""
         rekey = "id" not in self._columns("rounds")
-        if rekey and served_elsewhere(self.path):
-            raise LedgerError(
-                f"{self.path} is being served by an exchange of an earlier token-auction: stop it before opening the"
-                " file with this one, which renumbers its rounds once (the earlier exchange could not write them)"
-            )
         if rekey:
+            if served_elsewhere(self.path):
+                raise LedgerError(
+                    f"{self.path} is being served by an exchange of an earlier token-auction: stop it before"
+                    " opening the file with this one, which renumbers its rounds once (the earlier exchange could not"
+                    " write them)"
+                )
             log.info(
                 "%s: numbering its rounds in commit order (schema %s -> %s, once)", self.path, stored, SCHEMA_VERSION
             )

@@ -9,7 +9,10 @@ on its weights.
   ``generate()`` with its cache. The market's rate is taken between its first and last committed
   rounds (the agent's model loading is not counted). ``..._without_lookahead``: the same agent
   computing each round only once it opens, so the model's work and the market's round trip follow
-  each other instead of overlapping.
+  each other instead of overlapping. The agent runs torch on ``AGENT_THREADS`` thread(s), leaving the
+  rest of this 2-core machine to the auctioneer and the protocol (with torch's default, a thread
+  per core, the market ran at about half the rate); ``generate()`` has the machine to itself and
+  keeps torch's default.
 - ``llm_batched_4_over_sequential``: one round of four agents sharing the model (each with its own
   instruction, each one token further than last round), batched into one forward pass, over the
   same four calls one after another.
@@ -36,6 +39,7 @@ from simulation.processes import LocalMarket
 
 SHAPE = {"n_layer": 4, "n_embd": 256, "n_head": 4}
 VOCABULARY = 5000
+AGENT_THREADS = 1  # torch threads of the market's agent, which shares the machine with the auctioneer
 
 
 def synthetic_corpus(words: int, seed: int = 0) -> list[str]:
@@ -104,7 +108,7 @@ def market_rate(model_dir: Path, prompt: str, tokens: int, scratch: Path, lookah
     market.start_auctioneer(db, [*serve, "--round-timeout", "60", "--heartbeat", "5"])
     agent = ["--agent", "agent_client.llm.hf:TransformersAgent", "--param", f"model={model_dir}"]
     shaping = ["--param", "bid=1", "--param", "top_k=50", "--param", f"lookahead={str(lookahead).lower()}"]
-    market.start_agent("llm", [*agent, *shaping])
+    market.start_agent("llm", [*agent, *shaping, "--param", f"threads={AGENT_THREADS}"])
     try:
         codes = market.wait(timeout=600)
     finally:

@@ -65,6 +65,8 @@ def test_a_transformers_agent_bids_in_a_live_market(
         "top_k=10",
         "--param",
         f"lookahead={lookahead}",
+        "--param",
+        "threads=1",
     )
     market_run.agent("other", *static_agent(" Hawaii=1", 1))
     assert market_run.wait(120) == [0, 0, 0], market_run.logs()
@@ -185,6 +187,22 @@ def test_lookahead_is_for_an_agent_with_a_model_of_its_own(tiny_model_dir: Path)
     assert TransformersAgent(base, lookahead=True).model.lookahead and not base.lookahead
     with pytest.raises(ValueError, match="lookahead"):
         TransformersAgent(BatchedModel(base), lookahead=True)
+
+
+def test_threads_sets_torchs_pool_for_the_process(tiny_model_dir: Path) -> None:
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        TransformersAgent(str(tiny_model_dir), threads=1)
+        assert torch.get_num_threads() == 1
+        TransformersModel(str(tiny_model_dir), threads=2)
+        assert torch.get_num_threads() == 2
+        TransformersModel(str(tiny_model_dir))  # None: left as it is
+        assert torch.get_num_threads() == 2
+        with pytest.raises(ValueError, match="threads"):
+            TransformersAgent(str(tiny_model_dir), threads=0)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_agents_share_one_loaded_model_with_their_own_caches(tiny_model_dir: Path) -> None:

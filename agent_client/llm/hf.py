@@ -19,6 +19,11 @@ work overlaps the market's round trip instead of following it. If another token 
 cropped back by one id and extended as usual; the guess cost at most the part of one forward pass
 still running when the next round asked. Distributions are the same either way.
 
+**Threads** (``threads``). torch runs a forward pass on a pool of threads, by default one per core,
+for the whole process. Where the agent shares its machine with the auctioneer or other agents, a
+pool as large as the machine competes with them for every core (its threads also keep spinning for
+a while after each pass): ``threads=1`` on a 2-core machine leaves a core to the market's protocol.
+
 Several agents can share one loaded model, each with its own caches: :meth:`TransformersModel.fork`,
 or :class:`agent_client.llm.batched.BatchedModel`, which also runs their rounds as one forward pass.
 """
@@ -64,6 +69,18 @@ def id_encoder(tokenizer: Any) -> Callable[[str], list[int]]:
     return lambda text: tokenizer(text).input_ids
 
 
+def use_torch_threads(threads: int | None) -> None:
+    """Run this process's torch work on ``threads`` threads (torch's pool is process-wide); None
+    leaves torch's default, one per core."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise ValueError("threads must be at least 1")
+    import torch
+
+    torch.set_num_threads(threads)
+
+
 @dataclass
 class CachedText:
     """The key/value cache of one text's ids, and the next-token logits after them."""
@@ -75,7 +92,8 @@ class CachedText:
 
 
 class TransformersModel:
-    """A local causal LM; ``model`` is a name, a path, or an already loaded model (then pass ``tokenizer``)."""
+    """A local causal LM; ``model`` is a name, a path, or an already loaded model (then pass ``tokenizer``).
+    ``threads``: see :func:`use_torch_threads`."""
 
     def __init__(
         self,
@@ -87,10 +105,12 @@ class TransformersModel:
         device: str = "cpu",
         cached_texts: int = 8,
         lookahead: bool = False,
+        threads: int | None = None,
     ) -> None:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        use_torch_threads(threads)
         if isinstance(model, str):
             tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
             model = AutoModelForCausalLM.from_pretrained(model)
@@ -249,7 +269,7 @@ class TransformersAgent(LLMAgent):
 
     ``model`` may also be a loaded :class:`TransformersModel` (its weights are shared, see
     :meth:`TransformersModel.fork`) or a :class:`~agent_client.llm.batched.BatchedModel` (shared, and
-    the agents' rounds batched).
+    the agents' rounds batched). ``threads``: torch's threads in this process (:func:`use_torch_threads`).
     """
 
     def __init__(
@@ -261,9 +281,11 @@ class TransformersAgent(LLMAgent):
         top_k: int | None = 50,
         top_p: float | None = None,
         lookahead: bool = False,
+        threads: int | None = None,
     ) -> None:
         from agent_client.llm.batched import BatchedModel
 
+        use_torch_threads(threads)
         if isinstance(model, BatchedModel):
             if lookahead:
                 raise ValueError("lookahead needs a model of the agent's own, not a BatchedModel's member")

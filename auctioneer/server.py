@@ -1,9 +1,10 @@
 """The auctioneer's network side: a ROUTER for requests, a PUB for the feed, and the exchange's clock.
 
 One long-lived receive task answers requests (in batches, without a trip through the event loop
-per message, the batch's replies sent together after it); the scheduler ticks the exchange at its next deadline, or at once when a round
-became complete, and publishes what it queued (results only after their commit); a heartbeat task
-publishes every open market's latest seq and the exchange's, so subscribers can detect gaps.
+per message, the batch's replies sent together after it); the scheduler ticks the exchange at its
+next deadline, or at once when a round became complete, and publishes what it queued (results only
+after their commit); a heartbeat task publishes every open market's latest seq and the exchange's,
+so subscribers can detect gaps.
 
 Every broadcast goes out under its topic (``protocol.topics``); the default market's are also
 published as plain frames for clients of revision 1.2.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -152,6 +153,15 @@ def greedy_token(distribution: dict[str, float]) -> str:
 def test_lookahead_has_the_next_round_ready_when_the_guess_wins(tiny_model_dir: Path) -> None:
     ahead = TransformersModel(str(tiny_model_dir), top_k=20, lookahead=True)
     plain = TransformersModel(str(tiny_model_dir), top_k=20)
+    tokenised_by_calls = []  # texts the calls themselves tokenised (the guess's thread tokenises its own)
+    tokenise = ahead._ids_of
+
+    def counted(text: str) -> list[int]:
+        if threading.current_thread() is threading.main_thread():
+            tokenised_by_calls.append(text)
+        return tokenise(text)
+
+    ahead._ids_of = counted
     text, hits = "Vacations in", 0
     for _ in range(60):
         ahead.wait_for_lookahead()  # the guess ran while the (here absent) market decided
@@ -166,6 +176,8 @@ def test_lookahead_has_the_next_round_ready_when_the_guess_wins(tiny_model_dir: 
     assert hits >= 55  # the greedy draw is the guess; a seam the tokenizer merges differently misses
     ahead.wait_for_lookahead()
     assert (ahead.lookahead_guesses, ahead.lookahead_hits) == (60, hits)
+    # A round whose text the guess made was tokenised ahead: only the first, and texts no guess made, here.
+    assert tokenised_by_calls[0] == "Vacations in" and len(tokenised_by_calls) <= 1 + 60 - hits
 
 
 def test_lookahead_that_guessed_wrong_is_cropped_and_exact(tiny_model_dir: Path) -> None:

@@ -15,9 +15,11 @@ becoming ``" Hawaii"``) is recomputed exactly from the first id that changed.
 cache by its own most likely token in a background thread, while the agent's bid travels and the
 auctioneer decides. If that token wins (always, in a greedy market that the agent leads; often,
 wherever agents agree), the next round finds its logits ready and costs tokenising only: the model's
-work overlaps the market's round trip instead of following it. If another token wins, the cache is
-cropped back by one id and extended as usual; the guess cost at most the part of one forward pass
-still running when the next round asked. Distributions are the same either way.
+work overlaps the market's round trip instead of following it. The text the guess would make is
+tokenised whole in that thread too, so the next round, when its text is that one, skips
+tokenising. If another token wins, the cache is cropped back by one id and extended as usual; the
+guess cost at most the part of one forward pass still running when the next round asked.
+Distributions are the same either way.
 
 **Threads** (``threads``). torch runs a forward pass on a pool of threads, by default one per core,
 for the whole process. Where the agent shares its machine with the auctioneer or other agents, a
@@ -138,6 +140,7 @@ class TransformersModel:
         self.lookahead_hits = 0
         self._lookahead_worker: ThreadPoolExecutor | None = None
         self._guess: Future[None] | None = None
+        self._predicted: tuple[str, list[int]] | None = None  # the guess's text and its ids, tokenised ahead
 
     def fork(self, **shaping: Any) -> TransformersModel:
         """Another model over the same loaded weights and tokenizer, with its own caches; ``shaping``
@@ -155,6 +158,9 @@ class TransformersModel:
         )
 
     def token_ids(self, text: str) -> list[int]:
+        predicted = self._predicted
+        if predicted is not None and predicted[0] == text:
+            return predicted[1]
         ids = self._ids_of(text)
         if not ids:
             ids = [self.tokenizer.bos_token_id if self.tokenizer.bos_token_id is not None else 0]
@@ -225,20 +231,26 @@ class TransformersModel:
             text = self._decoded[token_id] = self.tokenizer.decode([token_id])
         return text
 
-    def _look_ahead(self, ids: list[int], logits: Any) -> None:
-        """Extend the cache of ``ids`` by their most likely next id, in the background."""
+    def _look_ahead(self, text: str, ids: list[int], logits: Any) -> None:
+        """Extend the cache of ``text`` (whose ids are ``ids``) by its most likely next id, in the background."""
         if self._lookahead_worker is None:
             self._lookahead_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llm-lookahead")
-        self._guess = self._lookahead_worker.submit(self._extend_if_unchanged, ids, int(logits.argmax()))
+        self._guess = self._lookahead_worker.submit(self._extend_if_unchanged, text, ids, int(logits.argmax()))
 
-    def _extend_if_unchanged(self, ids: list[int], guess: int) -> None:
+    def _extend_if_unchanged(self, text: str, ids: list[int], guess: int) -> None:
+        predicted = text + self.decoded(guess)
+        predicted_ids = self.token_ids(predicted)  # the whole text, as the next round would tokenise it
+        self._predicted = (predicted, predicted_ids)
+        extended = [*ids, guess]
+        if predicted_ids == extended:  # no seam merged: the cache is kept under the very list asked for next
+            extended = predicted_ids
         with self._lock:
             # The cache these ids were computed into, unless a later call has moved it on since.
             entry = next((entry for entry in self._cached if entry.ids is ids), None)
             if entry is None:
                 return
             try:
-                self._extend(entry, [*ids, guess], len(ids))
+                self._extend(entry, extended, len(ids))
                 entry.guessed = True
                 self.lookahead_guesses += 1
             except Exception:
@@ -253,7 +265,7 @@ class TransformersModel:
     def next_token_distribution(self, text: str) -> dict[str, float]:
         ids, logits = self._ids_and_logits(text)
         if self.lookahead:
-            self._look_ahead(ids, logits)
+            self._look_ahead(text, ids, logits)
         logprobs = self.torch.log_softmax(logits, dim=-1)
         k = min(self.top_k or logprobs.shape[0], logprobs.shape[0])
         top = self.torch.topk(logprobs, k)

@@ -165,16 +165,19 @@ class AuctioneerServer:
     # --- the feed -------------------------------------------------------------------------
 
     def _publish_queued(self) -> None:
-        published = False
-        for message, payload in self.exchange.drain():
+        queued = self.exchange.drain()
+        if not queued:
+            return
+        # A subscription already waiting on the socket is applied before these broadcasts go out, so
+        # a subscriber that connected before them receives them whenever this loop last read the socket.
+        self._take_subscriptions()
+        for message, payload in queued:
             self._publish(message, payload)
-            published = True
             if self.metrics is not None:
                 self.metrics.broadcast(message)
             if self.observer is not None:
                 self.observer(message)
-        if published:
-            self._take_subscriptions()
+        self._take_subscriptions()
 
     def _publish(self, message: Message, payload: bytes) -> None:
         """Send one broadcast under its topic (PUB never blocks: a slow subscriber loses messages and resyncs)."""

@@ -168,8 +168,8 @@ class AuctioneerServer:
         queued = self.exchange.drain()
         if not queued:
             return
-        # A subscription already waiting on the socket is applied before these broadcasts go out, so
-        # a subscriber that connected before them receives them whenever this loop last read the socket.
+        # Subscriptions already waiting on the socket take effect before these broadcasts go out: a
+        # subscriber connected before them receives them even if this loop has not read it yet.
         self._take_subscriptions()
         for message, payload in queued:
             self._publish(message, payload)

@@ -14,12 +14,11 @@ becoming ``" Hawaii"``) is recomputed exactly from the first id that changed.
 **Lookahead** (``lookahead=True``). Once a distribution is computed, the model extends that text's
 cache by its own most likely token in a background thread, while the agent's bid travels and the
 auctioneer decides. If that token wins (always, in a greedy market that the agent leads; often,
-wherever agents agree), the next round finds its logits ready and costs tokenising only: the model's
-work overlaps the market's round trip instead of following it. The text the guess would make is
-tokenised whole in that thread too, so the next round, when its text is that one, skips
-tokenising. If another token wins, the cache is cropped back by one id and extended as usual; the
-guess cost at most the part of one forward pass still running when the next round asked.
-Distributions are the same either way.
+wherever agents agree), the next round finds its logits ready: the model's work overlaps the
+market's round trip instead of following it. The text the guess would make is tokenised whole in
+that thread too, so that round skips tokenising as well. If another token wins, the cache is
+cropped back by one id and extended as usual; the guess cost at most the part of one forward pass
+still running when the next round asked. Distributions are the same either way.
 
 **Threads** (``threads``). torch runs a forward pass on a pool of threads, by default one per core,
 for the whole process. Where the agent shares its machine with the auctioneer or other agents, a

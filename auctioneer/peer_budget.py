@@ -85,6 +85,9 @@ class Admission(NamedTuple):
     address: str | None
 
 
+OVER_CONNECTION_BUDGET = Admission(False, None)  # a flood's usual answer, built once
+
+
 class PeerBudgets:
     """The budgets of every connection and every network address."""
 
@@ -100,7 +103,7 @@ class PeerBudgets:
         now = self.requests.clock()
         connection = self.requests.refilled(peer, now)
         if connection[0] < 1.0:
-            return Admission(False, None)
+            return OVER_CONNECTION_BUDGET
         address = address_of()
         cost = 1.0 + size / KIB
         if address is not None:
@@ -130,8 +133,8 @@ class ThrottledWarnings:
         self._counts: Counter[str] = Counter()
         self._since = clock() - interval  # the first failure is logged at once
 
-    def note(self, what: str) -> None:
-        self._counts[what] += 1
+    def note(self, what: str, count: int = 1) -> None:
+        self._counts[what] += count
         now = self.clock()
         if now - self._since >= self.interval:
             for kind, count in self._counts.items():

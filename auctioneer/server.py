@@ -71,6 +71,7 @@ class AuctioneerServer:
         self._limits = Limits(self.settings.max_message_bytes, self.settings.max_support)
         self._budgets = PeerBudgets(self.settings.peer_rate, self.settings.address_rate)
         self._warnings = ThrottledWarnings(log)
+        self._over_budget = 0  # requests dropped in the current batch (counted, then noted once)
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self.context = zmq.asyncio.Context()
@@ -224,16 +225,20 @@ class AuctioneerServer:
 
     async def _serve_requests(self) -> None:
         while True:
-            self._answer(await self.router.recv_multipart(copy=False))
+            first = await self.router.recv_multipart(copy=False)
+            self._answer(first[0].bytes, first[1:])
             # Answer what is already queued without a trip through the event loop per message;
             # bounded, then the loop is yielded: the clock gets its turn after each batch however
             # many requests wait, and rounds that became complete within one batch commit together.
             for _ in range(DRAIN_BATCH):
                 try:
-                    frames = queued_request(self._router_replies)
+                    peer, frames = queued_request(self._router_replies)
                 except zmq.Again:
                     break
-                self._answer(frames)
+                self._answer(peer, frames)
+            if self._over_budget:
+                self._warnings.note(OVER_BUDGET, self._over_budget)
+                self._over_budget = 0
             self._send_replies()
             self._publish_queued()
             if self.exchange.has_due():
@@ -247,19 +252,20 @@ class AuctioneerServer:
             log.exception("failed to handle a %s request", request.type)
             return Error(code=ErrorCode.INTERNAL, message="the auctioneer failed on this request", re=request.id)
 
-    def _answer(self, frames: list[zmq.Frame]) -> None:
-        peer = frames[0].bytes
+    def _answer(self, peer: bytes, frames: list[zmq.Frame]) -> None:
+        """Answer one request: ``peer`` is its routing id, ``frames`` what followed it. A request over
+        its budgets is only counted: a flood costs the auctioneer little more than reading it."""
         admitted, address = self._budgets.admit_request(
-            peer, sum(map(len, frames[1:])), functools.partial(_peer_address, frames[-1])
+            peer, sum(map(len, frames)), functools.partial(_peer_address, frames[-1])
         )
         if not admitted:
-            self._warnings.note(OVER_BUDGET)
+            self._over_budget += 1
             return
-        envelope = [peer, b""] if len(frames) == 3 and not frames[1].bytes else [peer]
+        envelope = [peer, b""] if len(frames) == 2 and not len(frames[0]) else [peer]
         reply: Message | bytes
         request_type: str | None = None
-        if len(frames) != len(envelope) + 1:
-            reply = Error(code=ErrorCode.MALFORMED, message=f"expected one message frame, got {len(frames) - 1}")
+        if len(frames) != len(envelope):
+            reply = Error(code=ErrorCode.MALFORMED, message=f"expected one message frame, got {len(frames)}")
         else:
             payload = frames[-1]
             identity = str(payload.get("User-Id")) if self.settings.curve_secret else None
@@ -301,14 +307,17 @@ class AuctioneerServer:
         self._replies.clear()
 
 
-def queued_request(sock: zmq.Socket[bytes]) -> list[zmq.Frame]:
-    """The frames of a request already queued on ``sock`` (``zmq.Again`` if there is none).
-    ``recv_multipart`` asks the socket for RCVMORE after every frame, through an enum conversion
-    that costs more than the frame; each frame here says itself whether more follow."""
+def queued_request(sock: zmq.Socket[bytes]) -> tuple[bytes, list[zmq.Frame]]:
+    """The routing id and the frames of a request already queued on a ROUTER ``sock`` (``zmq.Again``
+    if there is none). The routing id is read as bytes (a ROUTER always follows it with a frame),
+    which costs a third of a frame object. ``recv_multipart`` asks the socket for RCVMORE after every
+    frame, through an enum conversion that costs more than the frame; each frame here says itself
+    whether more follow."""
+    peer = sock.recv(zmq.NOBLOCK)
     frames = [sock.recv(zmq.NOBLOCK, copy=False)]
     while frames[-1].more:
         frames.append(sock.recv(zmq.NOBLOCK, copy=False))
-    return frames
+    return peer, frames
 
 
 async def wait_until_set(event: asyncio.Event, timeout: float) -> None:

@@ -23,6 +23,10 @@ from zmq.utils.monitor import recv_monitor_message
 from protocol.topics import TOPIC_MARK, split_frame
 
 MARKET_TOPICS = TOPIC_MARK + b"m."  # the prefix of every market's topic: each broadcast once
+# How long the driver waits for the first round's announcement before it asks the market which round
+# is open: the feed forwards a subscription once the auctioneer's event loop has read it, and a
+# round may open before that (an agent runtime resyncs the same way).
+FIRST_ANNOUNCEMENT_WAIT = 1.0
 # The driver's agents all connect from one address but stand for as many machines: the auctioneer
 # driven by it lifts its per-address request budget (at N = 1000, K = 1024 a round alone is about
 # 16,000 units, and the default 20,000/s would drop bids and stall rounds until their deadline).
@@ -42,6 +46,7 @@ class LoadResult:
     lost_acks: int = 0
     lost_results: int = 0
     missed_opens: int = 0  # results of rounds whose round_open never arrived
+    asked_first_round: bool = False  # the first round_open did not arrive: the open round was asked for
     result_bytes: int = 0
 
     @property
@@ -125,8 +130,12 @@ def connect_subscriber(subscriber: zmq.Socket[bytes], feed: str, timeout: float)
         monitor.close()
 
 
-def drive(market: str, feed: str, agents: int, support: int, rounds: int, timeout: float = 120.0) -> LoadResult:
-    """Register ``agents`` agents, bid in every round until ``rounds`` results arrived or the market closed."""
+def drive(
+    market: str, feed: str, agents: int, support: int, rounds: int, timeout: float = 120.0, can_sync: bool = True
+) -> LoadResult:
+    """Register ``agents`` agents, bid in every round until ``rounds`` results arrived or the market closed
+    (``can_sync``: the server answers ``sync_request``, so a missed first announcement can be asked for;
+    the floor does not, and announces its first round only once the driver's subscription arrived)."""
     context = zmq.Context()
     try:
         subscriber = context.socket(zmq.SUB)
@@ -144,7 +153,8 @@ def drive(market: str, feed: str, agents: int, support: int, rounds: int, timeou
                 dealer.send(msgpack.packb({"v": 1, "type": "hello", "name": f"load{i}", "id": 0}))
             if replies.collect(agents, timeout) < agents:
                 raise RuntimeError(f"the market at {market} did not welcome all {agents} agents")
-            return bid_rounds(subscriber, dealers, replies, bid_payloads(agents, support), rounds, timeout)
+            payloads = bid_payloads(agents, support)
+            return bid_rounds(subscriber, dealers, replies, payloads, rounds, timeout, can_sync)
     finally:
         context.destroy(linger=0)
 
@@ -156,15 +166,23 @@ def bid_rounds(
     payloads: list[dict[str, object]],
     rounds: int,
     timeout: float,
+    can_sync: bool = True,
 ) -> LoadResult:
-    """Every agent bids in each announced round; timings and losses until ``rounds`` results arrived."""
+    """Every agent bids in each announced round; timings and losses until ``rounds`` results arrived.
+    A first announcement missed for :data:`FIRST_ANNOUNCEMENT_WAIT` is asked for if ``can_sync``."""
     result = LoadResult()
     deadline = time.monotonic() + timeout
     started = None
     while result.rounds < rounds and time.monotonic() < deadline:
-        if not subscriber.poll(int(timeout * 1000)):
+        asks = can_sync and started is None
+        if subscriber.poll(int((FIRST_ANNOUNCEMENT_WAIT if asks else timeout) * 1000)):
+            message = feed_message(subscriber.recv())
+        elif asks and (opened := open_round(dealers[0], timeout)) is not None:
+            message, result.asked_first_round = opened, True
+        elif asks:
+            continue
+        else:
             break
-        message = feed_message(subscriber.recv())
         kind = message.get("type")
         if kind == "market_closed":
             break
@@ -193,6 +211,18 @@ def bid_rounds(
                 break
     result.seconds = time.perf_counter() - started if started is not None else 0.0
     return result
+
+
+def open_round(dealer: zmq.Socket[bytes], timeout: float) -> dict[str, object] | None:
+    """The round the market has open (its ``round_open``), asked with a ``sync_request``; None if none is."""
+    dealer.send(msgpack.packb({"v": 1, "type": "sync_request", "limit": 1, "id": 0}))
+    deadline = time.monotonic() + timeout
+    while dealer.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+        reply = dict(msgpack.unpackb(dealer.recv()))
+        if reply.get("type") == "sync_reply":
+            opened = reply.get("open_round")
+            return dict(opened) if opened else None
+    raise RuntimeError("the market did not answer a sync_request")
 
 
 @dataclass

@@ -77,7 +77,7 @@ def run_floor(agents: int, support: int, rounds: int, result_bytes: int, validat
         ],
     )
     try:
-        return drive(market, feed, agents, support, rounds)
+        return drive(market, feed, agents, support, rounds, can_sync=False)
     finally:
         server.kill()
         server.wait(30)
@@ -108,7 +108,7 @@ def measure(agents: int, support: int, rounds: int, repeats: int, scratch: Path)
 
 def run(quick: bool = False) -> list[Figure]:
     figures = []
-    lost_at_1000 = 0
+    lost_at_1000 = asked = 0
     repeats = 1 if quick else 3
     with tempfile.TemporaryDirectory(prefix="token-auction-bench-") as scratch:
         for agents, support in QUICK if quick else FULL:
@@ -119,8 +119,10 @@ def run(quick: bool = False) -> list[Figure]:
             lost = sum(r.lost_messages + (rounds - r.rounds) for r in runs["market"])
             if agents == 1000:
                 lost_at_1000 += lost
+            asked += sum(r.asked_first_round for r in runs["market"])
             figures += market_figures(f"n{agents}_k{support}", f"N={agents} K={support}", real, floor, validated, lost)
     figures.append(Figure("market", "lost_messages_n1000", "lost messages, all N=1000 runs", lost_at_1000, ""))
+    figures.append(Figure("market", "first_round_asked", "market runs that asked for their first round", asked, ""))
     return figures
 
 

@@ -2,7 +2,8 @@
 
 Each test starts an auctioneer and two honest agents, measures their round rate, then runs one
 attack (a separate low-priority process, ``tests/attacks.py``) or one fault, and asserts what must
-hold: honest rounds keep at least half their rate, the auctioneer's peak memory stays under
+hold: honest rounds keep at least half their rate (that of the slower window, before or after the
+attack) and recover after it, the auctioneer's peak memory stays under
 :data:`MEMORY_BOUND`, nobody is charged for another's bid, nothing is broadcast that is not durably
 committed, and the audit passes.
 """
@@ -132,9 +133,16 @@ def test_one_peer_cannot_stop_honest_trade_or_grow_the_auctioneer(market_run: Ma
     time.sleep(0.5)  # the attacker's own start-up
     during = round_rate(market_run.db, 4.0)
     seen = outcome(attacker)
+    after = round_rate(market_run.db, 3.0)
     peak = peak_memory(market_run.processes[0])
-    print(f"\n{attack}: {before:.0f} -> {during:.0f} rounds/s, peak {peak / 2**20:.0f} MiB")  # the README's figures
-    assert during >= before / 2, f"{attack}: {during:.1f} rounds/s under attack, {before:.1f} before"
+    print(f"\n{attack}: {before:.0f} -> {during:.0f} -> {after:.0f} rounds/s, peak {peak / 2**20:.0f} MiB")  # README
+    # Against the slower of the windows around the attack: the suite's other worker shares this
+    # machine, and what it runs may change between them.
+    unloaded = min(before, after)
+    assert during >= unloaded / 2, (
+        f"{attack}: {during:.1f} rounds/s under attack, {before:.1f} before, {after:.1f} after"
+    )
+    assert after >= before / 2, f"{attack}: {after:.1f} rounds/s after the attack, {before:.1f} before"
     assert peak < MEMORY_BOUND, f"{attack}: peak memory {peak / 2**20:.0f} MiB"
     if name == "zero_bids":
         assert seen["accepted"] + seen["refused"] > 0  # (refused: too late, rounds no longer wait for them)

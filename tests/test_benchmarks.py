@@ -7,12 +7,16 @@ from complete runs, so the ratios in the README mean what they say.
 from __future__ import annotations
 
 import math
+from contextlib import closing
 from pathlib import Path
 
+import msgpack
 import pytest
+import zmq
 
 from benchmarks.exchange import run_exchange, run_single
 from benchmarks.instructions import Count, callgrind_total, per_round
+from benchmarks.load import MARKET_TOPICS, ReplyWaiter, bid_payloads, bid_rounds, connect_subscriber, open_round
 from benchmarks.market import market_figures, measure, median_run
 from benchmarks.profile_market import (
     SamplerError,
@@ -24,6 +28,8 @@ from benchmarks.profile_market import (
     sample_with_py_spy,
     sampled_shares,
 )
+from simulation.processes import LocalMarket
+from tests.helpers import wait_until
 
 ROUNDS = 10
 
@@ -44,6 +50,30 @@ def test_market_floor_and_validated_floor_complete_every_round_with_the_same_tra
     for key in ("market_over_floor_tiny", "validated_over_floor_tiny", "market_over_validated_tiny"):
         assert math.isfinite(figures[key]) and figures[key] > 0
     assert figures["lost_messages_tiny"] == 0
+
+
+def test_the_driver_asks_for_a_first_round_it_missed(tmp_path: Path) -> None:
+    market = LocalMarket()
+    market.start_auctioneer(tmp_path / "ledger.db", ["--prompt", "", "--max-tokens", "3", "--round-timeout", "30"])
+    context = zmq.Context()
+    try:
+        dealer = context.socket(zmq.DEALER)
+        dealer.connect(market.market)
+        dealer.send(msgpack.packb({"v": 1, "type": "hello", "name": "late", "id": 0}))
+        assert dealer.poll(30_000), "no welcome"
+        dealer.recv()
+        wait_until(lambda: open_round(dealer, 30.0) is not None, what="the first round open")
+        subscriber = context.socket(zmq.SUB)  # connected after the first round_open went out
+        subscriber.setsockopt(zmq.SUBSCRIBE, MARKET_TOPICS)
+        connect_subscriber(subscriber, market.feed, 30.0)
+        with closing(ReplyWaiter([dealer])) as replies:
+            result = bid_rounds(subscriber, [dealer], replies, bid_payloads(1, 2), 3, 30.0)
+    finally:
+        context.destroy(linger=0)
+        market.stop()
+
+    assert result.asked_first_round
+    assert (result.rounds, result.lost_messages) == (3, 0)
 
 
 def test_median_run_ignores_runs_that_completed_no_round(tmp_path: Path) -> None:

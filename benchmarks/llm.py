@@ -146,12 +146,17 @@ def cost_ratios(model_dir: Path, prompt: str) -> tuple[float, float]:
 
     model = TransformersModel(str(model_dir))
     texts = growing_texts(model, prompt, 400)
+    # One agent per length (the weights shared, the caches their own), each keeping its text's cache
+    # between its rounds as an agent in a market does. Sharing one model's caches, each round at one
+    # length would follow a recomputation of the other's text.
+    agents = {length: model.fork() for length in (400, 20)}
 
     def cached_round(length: int) -> float:
         """One round at ``length`` tokens: the call after the previous round's text."""
-        model.next_token_distribution(texts[length - 2])
+        agent = agents[length]
+        agent.next_token_distribution(texts[length - 2])
         start = time.perf_counter()
-        model.next_token_distribution(texts[length - 1])
+        agent.next_token_distribution(texts[length - 1])
         return time.perf_counter() - start
 
     def recomputed(length: int) -> float:

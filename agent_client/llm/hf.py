@@ -82,9 +82,9 @@ def use_torch_threads(threads: int | None) -> None:
     torch.set_num_threads(threads)
 
 
-@dataclass
+@dataclass(eq=False)
 class CachedText:
-    """The key/value cache of one text's ids, and the next-token logits after them."""
+    """The key/value cache of one text's ids, and the next-token logits after them (compared by identity)."""
 
     ids: list[int]
     cache: Any
@@ -175,7 +175,7 @@ class TransformersModel:
             return ids, self._logits_after(ids)
 
     def _logits_after(self, ids: list[int]) -> Any:
-        from transformers import DynamicCache
+        from agent_client.llm.growing_cache import new_cache
 
         best, shared = None, 0
         for entry in self._cached:
@@ -190,7 +190,7 @@ class TransformersModel:
             return best.logits
         keep = min(shared, len(ids) - 1)  # at least one id is fed, to get its logits
         if best is None or keep == 0:
-            entry = CachedText([], DynamicCache(), None)
+            entry = CachedText([], new_cache(), None)
             keep = 0
         else:
             entry = best

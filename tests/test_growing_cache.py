@@ -7,7 +7,8 @@ import pytest
 torch = pytest.importorskip("torch", reason="the [llm] extra (torch, transformers) is not installed")
 transformers = pytest.importorskip("transformers")
 
-from agent_client.llm.growing_cache import HAS_LAYERS, GrowingCache, new_cache  # noqa: E402
+from agent_client.llm import growing_cache  # noqa: E402
+from agent_client.llm.growing_cache import HAS_LAYERS, new_cache  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not HAS_LAYERS, reason="this transformers has no per-layer cache classes")
 LAYERS, HEADS, HEAD_DIM = 2, 3, 4
@@ -21,7 +22,7 @@ def states(positions: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 def test_updates_and_crops_hold_what_concatenation_holds() -> None:
     growing, concatenating = new_cache(), transformers.DynamicCache()
-    assert isinstance(growing, GrowingCache)
+    assert isinstance(growing, growing_cache.GrowingCache)
     steps = [5, 1, 1, -2, 3, 1, -6, 70, 1, -1, 1]  # positions added (crops when negative), past the first room
     for seed, step in enumerate(steps):
         for cache in (growing, concatenating):

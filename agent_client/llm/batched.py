@@ -114,7 +114,7 @@ class BatchedModel:
                 keys, values = zip(*(self._padded(request, layer, past, like) for request in batch), strict=True)
                 cache.update(torch.cat(keys), torch.cat(values), layer)
         device = self.model.device
-        with torch.no_grad():
+        with torch.inference_mode():
             output = model(
                 input_ids=input_ids.to(device),
                 attention_mask=mask.to(device),

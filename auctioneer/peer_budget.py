@@ -137,7 +137,7 @@ class ThrottledWarnings:
         self._counts[what] += count
         now = self.clock()
         if now - self._since >= self.interval:
-            for kind, count in self._counts.items():
-                self.logger.warning("%s: %d in the last %.0f s", kind, count, min(now - self._since, self.interval))
+            for kind, total in self._counts.items():
+                self.logger.warning("%s: %d in the last %.0f s", kind, total, min(now - self._since, self.interval))
             self._counts.clear()
             self._since = now

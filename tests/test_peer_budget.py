@@ -1,10 +1,12 @@
-"""Request budgets per connection and per address, on a clock the test moves."""
+"""Request budgets per connection and per address, and throttled warnings, on a clock the test moves."""
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
-from auctioneer.peer_budget import KIB, REQUEST_BURST_SECONDS, PeerBudgets
+from auctioneer.peer_budget import KIB, REQUEST_BURST_SECONDS, PeerBudgets, ThrottledWarnings
 
 
 class FakeClock:
@@ -56,3 +58,21 @@ def test_a_request_refused_by_its_address_charges_nothing() -> None:
     assert budgets.admit_request(b"first", 0, lambda: "10.0.0.5").admitted  # the address's one unit
     assert budgets.admit_request(b"second", 0, lambda: "10.0.0.5") == (False, "10.0.0.5")
     assert budgets.requests.refilled(b"second", clock.now)[0] == 100 * REQUEST_BURST_SECONDS
+
+
+def test_warnings_count_what_failed_and_log_it_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    clock = FakeClock()
+    warnings = ThrottledWarnings(logging.getLogger("budget-test"), interval=10.0, clock=clock)
+    with caplog.at_level(logging.WARNING, logger="budget-test"):
+        warnings.note("requests dropped", 256)  # the first is logged at once
+        warnings.note("requests dropped", 100)
+        warnings.note("replies dropped")
+        clock.now += 5.0
+        warnings.note("requests dropped", 44)
+        assert [r.getMessage() for r in caplog.records] == ["requests dropped: 256 in the last 10 s"]
+        clock.now += 5.0
+        warnings.note("replies dropped")
+    assert [r.getMessage() for r in caplog.records[1:]] == [
+        "requests dropped: 144 in the last 10 s",
+        "replies dropped: 2 in the last 10 s",
+    ]

@@ -20,14 +20,12 @@ import torch
 from transformers import DynamicCache, cache_utils
 
 SPARE_POSITIONS = 64  # room beyond what is needed at each reallocation, besides half as much again
+HAS_LAYERS = hasattr(cache_utils, "DynamicLayer")
 
 
 def new_cache() -> Any:
     """An empty cache for a forward pass: a :class:`GrowingCache` where transformers allows it."""
     return GrowingCache() if HAS_LAYERS else DynamicCache()
-
-
-HAS_LAYERS = hasattr(cache_utils, "DynamicLayer")
 
 if HAS_LAYERS:
 

@@ -27,6 +27,7 @@ def new_cache() -> Any:
     """An empty cache for a forward pass: a :class:`GrowingCache` where transformers allows it."""
     return GrowingCache() if HAS_LAYERS else DynamicCache()
 
+
 if HAS_LAYERS:
 
     class GrowingLayer(cache_utils.DynamicLayer):  # type: ignore[no-untyped-call]

@@ -31,6 +31,7 @@ import zmq
 import zmq.asyncio
 
 from agent_client.agent import Agent, Bid, RoundContext, is_async
+from agent_client.open_bids import OpenBids
 from agent_client.verify import OwnBid, result_problems
 from protocol.client import FeedEvent, FeedFollower, MarketClient, SocketSetup
 from protocol.draw import UnknownDrawMode, draw_function
@@ -140,7 +141,6 @@ class MarketState:
     decided_round: int = 0
     commitments: dict[int, str] = field(default_factory=dict)
     announced: dict[int, int] = field(default_factory=dict)  # round -> seq of its latest round_open
-    sent: dict[int, OwnBid] = field(default_factory=dict)
     acknowledged: dict[int, int] = field(default_factory=dict)  # round -> seq of the round_open it answered
     thinking: asyncio.Future[Bid | None] | None = None
 
@@ -178,7 +178,8 @@ class AgentRuntime:
         self.report = AgentReport(name)
         self.budget: float | None = None
         self.heartbeat_interval = 1.0
-        self.markets: dict[str, MarketState] = {}
+        self.markets: dict[str, MarketState] = {}  # joined and not closed (a closed market's state is let go)
+        self._open_bids = OpenBids()
         self._decisions = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._follower: FeedFollower | None = None
@@ -231,9 +232,14 @@ class AgentRuntime:
         except ProtocolError as exc:  # a market this agent joined is unknown: another ledger behind the address
             raise AgentRejected(f"{exc.message} (did the exchange restart on another ledger?)") from None
 
+    @property
+    def followed(self) -> frozenset[str]:
+        """The markets whose broadcasts this runtime follows now (none before it registers)."""
+        return self._follower.followed if self._follower is not None else frozenset()
+
     def _finished(self, follower: FeedFollower) -> bool:
         """Every market closed, and no resync left to replay what the feed lost before the end."""
-        return not self.stay and self.report.all_closed and not follower.catching_up
+        return not self.stay and bool(self.report.markets) and not self.markets and not follower.catching_up
 
     # --- registration and liveness ------------------------------------------------------------
 
@@ -277,19 +283,22 @@ class AgentRuntime:
             self._join(info)
         listed = {info.id for info in welcome.markets}
         assert self._follower is not None
-        for market_id, state in self.markets.items():
-            if market_id not in listed and state.report.closed_reason is None:
+        for market_id in self.markets:
+            if market_id not in listed:
                 # Not open any more (it ended while this agent was away, or this exchange never held
                 # it): its resync replays the end, or says it is unknown.
                 self._follower.resync(market_id)
         log.info("registered as %s with %d open market(s) to join", self.name, len(welcome.markets))
 
     def _join(self, info: MarketInfo) -> None:
-        """Take part in a market: follow its feed (a sync brings its state first)."""
-        if info.id in self.markets or (info.agents is not None and self.name not in info.agents):
+        """Take part in a market: follow its feed (a sync brings its state first). A market that
+        closed is not joined again."""
+        known = self.report.markets.get(info.id)
+        if info.id in self.markets or (known is not None and known.closed_reason is not None):
+            return
+        if info.agents is not None and self.name not in info.agents:
             return
         report = self.report.market(info.id)
-        self.markets[info.id] = MarketState(info, report, deque(maxlen=self.history))
         try:
             draw_function(info.rules.mode)
         except UnknownDrawMode as exc:
@@ -297,6 +306,7 @@ class AgentRuntime:
             self.report.verification_failures += 1
             log.error("not trading in market %s: %s", info.id, exc)
             return
+        self.markets[info.id] = MarketState(info, report, deque(maxlen=self.history))
         assert self._follower is not None
         self._follower.follow(info.id)
 
@@ -368,10 +378,18 @@ class AgentRuntime:
             self._closed(state, event.reason, event.text)
 
     def _closed(self, state: MarketState, reason: str, text: str | None) -> None:
+        """The market ended: record why, and let go of everything kept to trade in it (its state, its
+        bids still open, its feed subscription). Only its report stays."""
         if state.report.closed_reason is None:
             state.report.closed_reason = reason
         if text is not None:
             state.report.text = text
+        market = state.info.id
+        if self.markets.get(market) is state:
+            del self.markets[market]
+            self._open_bids.drop_market(market)
+            assert self._follower is not None
+            self._follower.unfollow(market)
 
     def _round_opened(self, state: MarketState, announcement: RoundOpen) -> None:
         previous = state.announced.get(announcement.round)
@@ -384,7 +402,7 @@ class AgentRuntime:
             # round, so decide and bid again.
             log.warning("round %d of %s was reopened (the auctioneer restarted): bidding again", announcement.round,
                         state.info.id)  # fmt: skip
-            state.sent.pop(announcement.round, None)
+            self._open_bids.take(state.info.id, announcement.round)
             state.acknowledged.pop(announcement.round, None)
             state.report.record(announcement.round).status = "reopened"
         if announcement.round > state.decided_round or reopened:
@@ -394,7 +412,7 @@ class AgentRuntime:
             task.add_done_callback(self._tasks.discard)
 
     def _apply_result(self, state: MarketState, result: RoundResult) -> None:
-        own = state.sent.pop(result.round, None)
+        own = self._open_bids.take(state.info.id, result.round)
         # The commitment to check is the one announced right before this result (seq - 1): an older
         # announcement of the round was superseded by a restart whose round_open this agent missed.
         announced = state.announced.pop(result.round, None)
@@ -433,9 +451,6 @@ class AgentRuntime:
 
     # --- deciding and bidding -----------------------------------------------------------------
 
-    def _reserved(self) -> float:
-        return sum(bid.amount for state in self.markets.values() for bid in state.sent.values())
-
     def _context(self, state: MarketState, number: int, timeout: float) -> RoundContext:
         prompt = state.info.rules.prompt
         return RoundContext(
@@ -449,7 +464,7 @@ class AgentRuntime:
             timeout=timeout,
             recent=tuple(state.recent),
             market=state.info,
-            reserved=self._reserved(),
+            reserved=self._open_bids.total,
             decisions=self._decisions,
         )
 
@@ -475,7 +490,7 @@ class AgentRuntime:
             return
         record.bid = float(bid.amount)
         # Known before the reply: the result may be broadcast before the acknowledgement is read.
-        state.sent[announcement.round] = OwnBid(self.name, dict(bid.distribution), float(bid.amount))
+        self._open_bids.add(market.id, announcement.round, OwnBid(self.name, dict(bid.distribution), float(bid.amount)))
         left = max(remaining - (time.monotonic() - started), 0.05) + DEADLINE_MARGIN * announcement.timeout
         try:
             reply = await self.client.request(message, left)
@@ -488,7 +503,7 @@ class AgentRuntime:
                 state.acknowledged[announcement.round] = announcement.seq
         elif isinstance(reply, Error):
             record.status = reply.code
-            state.sent.pop(announcement.round, None)
+            self._open_bids.take(market.id, announcement.round)
             log.warning("market %s round %d: bid refused: %s %s", market.id, announcement.round, reply.code,
                         reply.message)  # fmt: skip
 

@@ -171,7 +171,13 @@ class FeedFollower:
         """Some followed market waits for a resync (a gap, a new follow, or its end)."""
         return any(market in self._last for market in self._stale)
 
+    @property
+    def followed(self) -> frozenset[str]:
+        """The markets followed now."""
+        return frozenset(self._last)
+
     def unfollow(self, market: str) -> None:
+        """Stop following a market: its broadcasts are no longer subscribed to."""
         if self._last.pop(market, None) is not None:
             self.socket.setsockopt(zmq.UNSUBSCRIBE, subscription(market_topic(market)))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,17 @@ from auctioneer.settings import ServeSettings
 from protocol import decode, encode
 from protocol.client import FeedEvent, MarketClient, follow_market
 from protocol.market_rules import MarketRules
-from protocol.messages import MarketClosed, MarketInfo, RoundResult, SyncReply, SyncRequest, Welcome
+from protocol.messages import (
+    CloseMarket,
+    MarketClosed,
+    MarketInfo,
+    MarketStatusReply,
+    OpenMarket,
+    RoundResult,
+    SyncReply,
+    SyncRequest,
+    Welcome,
+)
 from protocol.sockets import free_tcp_endpoint
 
 MARKET_TIMEOUT = 120
@@ -107,6 +118,67 @@ async def test_the_runtime_refuses_a_market_whose_draw_it_cannot_verify(tmp_path
     finally:
         router.close(linger=0)
         context.term()
+
+
+async def until(condition: Callable[[], object]) -> None:
+    while not condition():
+        await asyncio.sleep(0.01)
+
+
+async def test_a_closed_market_lets_go_of_the_bid_its_open_round_held_and_of_its_feed(tmp_path: Path) -> None:
+    """An operator closes a market while its round holds the agent's bid: that bid has no result
+    coming, so it no longer counts in what the agent has reserved (its next decision, in another
+    market, sees nothing reserved), and the market's state and feed subscription are let go."""
+    settings = ServeSettings.model_validate(
+        {
+            "db": tmp_path / "exchange.db",
+            "market": free_tcp_endpoint(),
+            "feed": free_tcp_endpoint(),
+            "heartbeat_interval": 0.2,
+            "stay": True,
+            # Two live agents and one that never bids: round 1 waits for it, holding the other's bid.
+            "markets": [{"id": "held", "prompt": "", "min_agents": 2, "round_timeout": 60.0}],
+        }
+    )
+    reserved: dict[str, list[float]] = {}
+
+    def bid_one(context: RoundContext) -> Bid:
+        reserved.setdefault(context.market.id if context.market else "", []).append(context.reserved)
+        return Bid({"a": 1.0}, 1.0)
+
+    def status(market: str, number: int) -> str | None:
+        report = solo.report.markets.get(market)
+        record = report.rounds.get(number) if report else None
+        return record.status if record else None
+
+    stop = asyncio.Event()
+    context = zmq.asyncio.Context()
+    operator = MarketClient(context, settings.market)
+    async with asyncio.timeout(MARKET_TIMEOUT):
+        server = asyncio.create_task(serve(settings, stop=stop))
+        solo = AgentRuntime(FunctionAgent(bid_one), "solo", settings.market, settings.feed, stay=True)
+        mute = AgentRuntime(FunctionAgent(lambda context: None), "mute", settings.market, settings.feed, stay=True)
+        agents = [asyncio.create_task(agent.run()) for agent in (solo, mute)]
+        try:
+            await until(lambda: status("held", 1) == "accepted")
+            assert solo.followed == {"held"}
+            operator.connect()
+            assert isinstance(await operator.request(CloseMarket(market="held"), 10), MarketStatusReply)
+            await until(lambda: solo.report.markets["held"].closed_reason is not None)
+            assert "held" not in solo.markets and solo.followed == frozenset()
+            later = OpenMarket(market="later", settings={"prompt": "", "max_tokens": 1}, agents=["solo"])
+            assert isinstance(await operator.request(later, 10), MarketStatusReply)
+            await until(lambda: solo.report.markets.get("later") and solo.report.markets["later"].closed_reason)
+        finally:
+            for agent in agents:
+                agent.cancel()
+            await asyncio.gather(*agents, return_exceptions=True)
+            operator.close()
+            context.term()
+            stop.set()
+            await server
+    assert reserved == {"held": [0.0], "later": [0.0]}  # not 1.0: the abandoned bid was released
+    assert solo.report.markets["later"].closed_reason == "max_tokens" and solo.markets == {}
 
 
 def huge_distribution(prefix: str, size: int) -> dict[str, float]:

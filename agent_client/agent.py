@@ -62,7 +62,16 @@ DecideResult = Bid | None | Awaitable[Bid | None]
 
 
 class Agent:
-    """Subclass and implement :meth:`decide`; optionally :meth:`observe` to learn from results."""
+    """Subclass and implement :meth:`decide`; optionally :meth:`observe` to learn from results.
+
+    ``blocking``: whether a sync :meth:`decide` may take long (a model's forward pass, a call to a
+    server). The runtime then asks it in a worker thread, so the network tasks never wait for it, and
+    abandons it at the round's deadline. An agent whose decision takes microseconds (the built-in
+    ones) sets it False and is asked on the runtime's own thread, without a hand-off to a thread and
+    back every round; it must then never block.
+    """
+
+    blocking: bool = True
 
     def decide(self, context: RoundContext) -> DecideResult:
         """Return a :class:`Bid`, or ``None`` to sit the round out."""

@@ -19,6 +19,8 @@ WORD = re.compile(r"\s*[\w'-]+|\s*[^\w\s]")
 class StaticAgent(Agent):
     """Bids the same distribution and amount every round."""
 
+    blocking = False
+
     def __init__(self, distribution: Mapping[str, float], bid: float) -> None:
         self.bid = Bid(dict(distribution), float(bid))
 
@@ -42,6 +44,8 @@ def progress(words: Sequence[str], tokens: Sequence[str]) -> int:
 
 class PhraseAgent(Agent):
     """Pulls the text towards its ``phrase``, one word per round; done once the phrase is written."""
+
+    blocking = False
 
     def __init__(self, phrase: str, bid: float, confidence: float = 1.0, alternative: str | None = None) -> None:
         if not 0 < confidence <= 1:

@@ -5,10 +5,12 @@ An agent registers once. It follows every open market that invites it (``welcome
 ``market_opened`` notices add new ones) on one feed socket, each market resynced on its own gaps,
 and decides once per (market, round), concurrently across markets. User code never blocks the
 network tasks: sync ``decide`` methods run in worker threads (one at a time per market), async ones
-as tasks, and both are abandoned at the round deadline (a slow agent just misses the round). Every
-result is verified (SPEC section 4): the commitment, the draw, and the agent's own bid, charge and
-sponsor share. A round reopened after an auctioneer restart (same number, announced again under a new
-seq) is bid again: the bid acknowledged before the restart went with the old round.
+as tasks, and both are abandoned at the round deadline (a slow agent just misses the round); an
+agent that declares it never blocks (``Agent.blocking = False``, the built-in ones) is asked on the
+runtime's own thread. Every result is verified (SPEC section 4): the commitment, the draw, and the
+agent's own bid, charge and sponsor share. A round reopened after an auctioneer restart (same
+number, announced again under a new seq) is bid again: the bid acknowledged before the restart went
+with the old round.
 
 Without CurveZMQ the exchange binds a name to a resume secret handed out in the first ``welcome``;
 the runtime sends it with every later ``hello``, and keeps it in ``resume_file`` (if given) so that a
@@ -26,6 +28,7 @@ import time
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import cast
 
 import zmq
 import zmq.asyncio
@@ -516,6 +519,8 @@ class AgentRuntime:
                 assert asyncio.iscoroutine(outcome) or isinstance(outcome, asyncio.Future)
                 async with asyncio.timeout(remaining):  # (not wait_for: see MarketClient.request)
                     return await outcome
+            if not self.agent.blocking:
+                return cast(Bid | None, self.agent.decide(context))
             if state.thinking is not None and not state.thinking.done():
                 record.status = "missed (still thinking)"
                 return None

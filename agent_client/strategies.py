@@ -161,6 +161,7 @@ class StrategicAgent(Agent):
 
     def __init__(self, inner: Agent, strategy: BiddingStrategy, value: float = 0.0) -> None:
         self.inner = inner
+        self.blocking = inner.blocking  # the strategies themselves take microseconds
         self.strategy = strategy
         self.value = value
         self._pending: dict[int, Bid] = {}

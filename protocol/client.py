@@ -38,7 +38,7 @@ from protocol.messages import (
     SyncReply,
     SyncRequest,
 )
-from protocol.sockets import make_socket
+from protocol.sockets import QueuedFirst, make_socket
 from protocol.topics import EXCHANGE_TOPIC, market_topic, split_frame, subscription
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ class MarketClient:
             self.setup(sock)
         sock.connect(self.endpoint)
         self._socket = sock
-        self._receiver = asyncio.create_task(self._receive(sock))
+        self._receiver = asyncio.create_task(self._receive(QueuedFirst(sock)))
 
     def close(self) -> None:
         if self._receiver is not None:
@@ -114,9 +114,9 @@ class MarketClient:
         await sock.send(encode(message.model_copy(update={"id": request_id})))
         return await future
 
-    async def _receive(self, sock: zmq.asyncio.Socket) -> None:
+    async def _receive(self, replies: QueuedFirst) -> None:
         while True:
-            data = await sock.recv()
+            data = await replies.recv()
             try:
                 reply = decode(data, FROM_AUCTIONEER)
             except ProtocolError as exc:
@@ -157,6 +157,7 @@ class FeedFollower:
         if notices_seq is not None:
             self.socket.setsockopt(zmq.SUBSCRIBE, subscription(EXCHANGE_TOPIC))
         self.socket.connect(endpoint)
+        self._broadcasts = QueuedFirst(self.socket)
 
     def follow(self, market: str) -> None:
         """Follow a market from its beginning (its snapshot and history come first, by a sync)."""
@@ -207,7 +208,7 @@ class FeedFollower:
                 if last is not None:
                     yield last
             try:
-                topic, payload = split_frame(await self.socket.recv())
+                topic, payload = split_frame(await self._broadcasts.recv())
                 message = decode(payload, FROM_AUCTIONEER)
             except ProtocolError as exc:
                 log.warning("undecodable feed message: %s", exc)

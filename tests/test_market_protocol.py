@@ -9,6 +9,7 @@ import pytest
 import zmq.asyncio
 
 from agent_client import AgentRuntime, StaticAgent
+from agent_client.agent import RoundContext
 from protocol.client import FeedFollower, MarketClient
 from protocol.messages import (
     BidAccepted,
@@ -95,17 +96,28 @@ def test_a_req_socket_envelope_is_accepted(market_run: MarketRun) -> None:
         context.term()
 
 
+class TokensSeen(StaticAgent):
+    """Remembers the tokens it was shown with the last result."""
+
+    tokens: tuple[str, ...] = ()
+
+    def observe(self, result: RoundResult, context: RoundContext) -> None:
+        self.tokens = context.tokens
+
+
 async def test_late_joiner_catches_up_and_bids(market_run: MarketRun) -> None:
     market_run.serve("--min-agents", "1", "--max-tokens", "300", "--prompt", "P:")
     market_run.agent("early", *static_agent("a=1", 1))
     await asyncio.to_thread(wait_until, lambda: committed_rounds(market_run.db) >= 5, 30.0, "five rounds")
-    runtime = AgentRuntime(StaticAgent({"b": 1.0}, 3.0), "late", market_run.market, market_run.feed)
+    agent = TokensSeen({"b": 1.0}, 3.0)
+    runtime = AgentRuntime(agent, "late", market_run.market, market_run.feed)
     whole = await asyncio.wait_for(runtime.run(), 60)
     ledger = read_ledger(market_run.db)
     report = whole.only()
     assert report.closed_reason == "max_tokens"
     assert report.text == ledger["text"]
-    assert runtime.markets[report.market].tokens == [r["token"] for r in ledger["rounds"] if r["token"]]
+    # The tokens before it joined come from the sync's snapshot, the rest from the results it applied.
+    assert list(agent.tokens) == [r["token"] for r in ledger["rounds"] if r["token"]]
     joined = min(n for n, r in report.rounds.items() if r.status == "accepted")
     assert joined > 5
     assert all("late" in r["bids"] for r in ledger["rounds"][joined:])

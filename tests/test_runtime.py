@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -118,6 +119,34 @@ async def test_the_runtime_refuses_a_market_whose_draw_it_cannot_verify(tmp_path
     finally:
         router.close(linger=0)
         context.term()
+
+
+class ThreadNoting(StaticAgent):
+    """Notes the threads it is asked on."""
+
+    def __init__(self, blocking: bool) -> None:
+        super().__init__({"a": 1.0}, 1.0)
+        self.blocking = blocking
+        self.threads: set[str] = set()
+
+    def decide(self, context: RoundContext) -> Bid:
+        self.threads.add(threading.current_thread().name)
+        return super().decide(context)
+
+
+async def test_an_agent_that_never_blocks_is_asked_on_the_runtimes_thread(tmp_path: Path) -> None:
+    settings = market_settings(tmp_path, min_agents=2, max_tokens=3)
+    inline, threaded = ThreadNoting(blocking=False), ThreadNoting(blocking=True)
+    async with asyncio.timeout(MARKET_TIMEOUT):
+        server = asyncio.create_task(serve(settings))
+        reports = await asyncio.gather(
+            runtime(settings, "inline", inline).run(), runtime(settings, "threaded", threaded).run()
+        )
+        await server
+    here = threading.current_thread().name
+    assert inline.threads == {here}
+    assert threaded.threads and here not in threaded.threads
+    assert all(r.status == "accepted" for report in reports for r in report.only().rounds.values())
 
 
 async def until(condition: Callable[[], object]) -> None:

@@ -455,6 +455,13 @@ class Ledger:
         """How many rounds every market together committed."""
         return int(self._db.execute("SELECT COUNT(*) FROM rounds").fetchone()[0])
 
+    def commit_rate(self) -> float:
+        """Rounds committed per second between the first commit and the last (NaN before two commits)."""
+        count, first, last = self._db.execute(
+            "SELECT COUNT(*), MIN(committed_at), MAX(committed_at) FROM rounds"
+        ).fetchone()
+        return count / (last - first) if count and last > first else float("nan")
+
     def has_market(self, market: str) -> bool:
         return self._db.execute("SELECT 1 FROM markets WHERE market = ?", (market,)).fetchone() is not None
 

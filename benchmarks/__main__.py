@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import codec, exchange, llm, market, mechanism
+from benchmarks import agent_runtime, codec, exchange, llm, market, mechanism
 from benchmarks.timing import Figure
 
 SECTIONS = {
@@ -19,6 +19,7 @@ SECTIONS = {
     "codec": codec.run,
     "market": market.run,
     "exchange": exchange.run,
+    "agents": agent_runtime.run,
     "llm": llm.run,
 }
 

@@ -14,6 +14,8 @@ import msgpack
 import pytest
 import zmq
 
+from auctioneer.ledger import Ledger
+from benchmarks.agent_runtime import with_agent_processes, with_driver
 from benchmarks.exchange import run_exchange, run_single
 from benchmarks.instructions import Count, callgrind_total, per_round
 from benchmarks.load import MARKET_TOPICS, ReplyWaiter, bid_payloads, bid_rounds, connect_subscriber, open_round
@@ -142,3 +144,13 @@ def test_the_exchange_benchmark_measures_complete_runs(tmp_path: Path) -> None:
     assert 0 < fsyncs < 1  # rounds were grouped into fewer commits
     single = run_single(rounds=20, scratch=tmp_path, run=0)
     assert (single.rounds, single.lost_messages) == (20, 0)
+
+
+def test_the_agent_runtime_benchmark_counts_every_round_its_agent_processes_traded(tmp_path: Path) -> None:
+    rate, committed, cpu = with_agent_processes(markets=20, rounds=3, scratch=tmp_path, name="agents")
+    assert committed == 60 and rate > 0
+    assert cpu > 0  # read from the agent processes while they ran (an ended process cannot be asked)
+    with Ledger.open_existing(tmp_path / "agents.db") as ledger:
+        bidders = [{b.agent for b in stored.bids} for market in ledger.market_ids() for stored in ledger.rounds(market)]
+    assert len(bidders) == 60 and all(agents == {"agent0", "agent1", "agent2"} for agents in bidders)
+    assert with_driver(markets=20, rounds=3, scratch=tmp_path, name="driver") > 0

@@ -47,7 +47,9 @@ class QueuedFirst:
     exchange announces a round in every market at once). The queued message is read through a plain
     view of the same socket; only when none is queued is the receive awaited, and the asyncio
     socket checks the socket's events before it waits, so a message that arrives in between is not
-    missed. For a socket that only this reader receives from."""
+    missed. For a socket that only this reader receives from, and whose sends never wait (a high
+    water mark far above what is queued): a plain read could take the edge of the socket's
+    descriptor that a waiting send would wake on."""
 
     def __init__(self, sock: zmq.asyncio.Socket) -> None:
         self.socket = sock

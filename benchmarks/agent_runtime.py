@@ -41,11 +41,6 @@ def start_exchange(markets: int, rounds: int, scratch: Path, name: str) -> tuple
     return market, db
 
 
-def commit_rate(db: Path) -> float:
-    with Ledger.open_existing(db) as ledger:
-        return ledger.commit_rate()
-
-
 def with_agent_processes(markets: int, rounds: int, scratch: Path, name: str) -> tuple[float, int, float]:
     """Committed rounds/s, rounds committed, and the agent processes' CPU seconds (median agent)."""
     market, db = start_exchange(markets, rounds, scratch, name)
@@ -69,8 +64,7 @@ def with_agent_processes(markets: int, rounds: int, scratch: Path, name: str) ->
     if codes[1:] != [0] * AGENTS:
         raise RuntimeError(f"the agent processes did not finish cleanly: exit codes {codes[1:]}")
     with Ledger.open_existing(db) as ledger:
-        committed = ledger.round_count()
-    return commit_rate(db), committed, statistics.median(value or 0.0 for value in cpu.values())
+        return ledger.commit_rate(), ledger.round_count(), statistics.median(value or 0.0 for value in cpu.values())
 
 
 def with_driver(markets: int, rounds: int, scratch: Path, name: str) -> float:
@@ -79,7 +73,8 @@ def with_driver(markets: int, rounds: int, scratch: Path, name: str) -> float:
         drive_exchange(market.market, market.feed, AGENTS, SUPPORT, markets * rounds)
     finally:
         market.stop()
-    return commit_rate(db)
+    with Ledger.open_existing(db) as ledger:
+        return ledger.commit_rate()
 
 
 def run(quick: bool = False) -> list[Figure]:

@@ -2,7 +2,8 @@
 
 from agent_client.agent import Agent, Bid, FunctionAgent, RoundContext
 from agent_client.builtin import PhraseAgent, StaticAgent
-from agent_client.runtime import AgentReport, AgentRuntime
+from agent_client.report import AgentReport
+from agent_client.runtime import AgentRuntime
 
 __all__ = [
     "Agent",

@@ -8,11 +8,12 @@ import logging
 from typing import Any
 
 from agent_client.agent import Agent, FunctionAgent
+from protocol.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-class AgentLoadError(Exception):
+class AgentLoadError(UserError):
     """The agent reference or its parameters do not work; the message says how to fix it."""
 
 

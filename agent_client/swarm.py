@@ -19,7 +19,8 @@ import zmq.asyncio
 
 from agent_client.agent import Agent
 from agent_client.builtin import StaticAgent
-from agent_client.runtime import AgentReport, AgentRuntime
+from agent_client.report import AgentReport
+from agent_client.runtime import AgentRuntime
 
 log = logging.getLogger(__name__)
 

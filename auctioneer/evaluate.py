@@ -17,12 +17,12 @@ from auctioneer.mechanism import AuctionOutcome, Reference, SparseDistribution, 
 from auctioneer.settings import CheckedMechanism
 from protocol.distribution import Distribution
 from protocol.draw import SEED_BYTES
-from protocol.errors import describe_validation_error
+from protocol.errors import UserError, describe_validation_error
 from protocol.fields import AgentName, NonNegativeFloat, SeedHex
 from protocol.market_rules import ReferenceSettings
 
 
-class RoundInputError(ValueError):
+class RoundInputError(UserError, ValueError):
     """The input describes no valid round; the message names the field."""
 
 

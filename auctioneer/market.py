@@ -13,9 +13,7 @@ What a round admits and waits for is bounded whatever peers send:
 - a zero bid is acknowledged but carries no weight once a round has a positive bid or a reference
   weight: it is then left out of the mechanism, the result and the ledger (when every bid of a round
   is zero and there is no reference, each counts ``1/n``, as the mechanism says);
-- the distinct tokens a round's bids bring are capped (``max_round_tokens``, separately for priced
-  and for zero bids, so either way the result's distribution is bounded): a bid that would pass the
-  cap is refused with ``TOO_LARGE``;
+- the distinct tokens a round's bids bring are capped (``auctioneer.open_round``);
 - a round closes early once every *engaged* live participant answered: one that made a positive bid
   (or tried to, too late) in one of the last :data:`ENGAGED_ROUNDS` rounds; where nobody did, one
   that bid at all. Registered agents that never bid, or only bid nothing, do not hold rounds to
@@ -30,15 +28,17 @@ import hashlib
 import logging
 import secrets
 from collections import deque
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
-from typing import NamedTuple
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from auctioneer.ledger import RoundRecord, StoredBid, StoredMarket
-from auctioneer.mechanism import Reference, run_auction
+from auctioneer.mechanism import Reference, most_charged, run_auction
+from auctioneer.open_round import OpenRound
 from auctioneer.settings import MarketSettings
 from protocol import ErrorCode, ProtocolError, encode
 from protocol.draw import SEED_BYTES, seed_commitment
+from protocol.market_rules import MarketRules
 from protocol.messages import (
     Heartbeat,
     MarketClosed,
@@ -54,58 +54,6 @@ from protocol.messages import (
 log = logging.getLogger(__name__)
 
 ENGAGED_ROUNDS = 2
-
-
-@dataclass
-class TokenTally:
-    """The distinct tokens of a round's bids, counted exactly only once a bid could pass the cap.
-
-    While the accepted bids' supports add up to no more than the cap, no bid can pass it (distinct
-    tokens are at most that sum), so their tokens are only kept, not hashed into a set; the set is
-    built from them the first time a bid could pass, and kept up to date from then on."""
-
-    supports: int = 0  # the accepted bids' support sizes added up: a bound on the distinct tokens
-    _distinct: set[str] | None = None
-    _uncounted: list[Sequence[str]] = field(default_factory=list)  # accepted before the set was needed
-
-    def would_pass(self, tokens: Sequence[str], cap: int) -> bool:
-        """Whether ``tokens`` would bring the distinct tokens above ``cap``."""
-        if self.supports + len(tokens) <= cap:
-            return False
-        distinct = self._counted()
-        # Counting the new tokens only matters near the cap (every token new cannot pass it otherwise).
-        return len(distinct) + len(tokens) > cap and len(distinct) + len(set(tokens).difference(distinct)) > cap
-
-    @property
-    def distinct(self) -> int:
-        return len(self._counted())
-
-    def add(self, tokens: Sequence[str]) -> None:
-        self.supports += len(tokens)
-        if self._distinct is None:
-            self._uncounted.append(tokens)
-        else:
-            self._distinct.update(tokens)
-
-    def _counted(self) -> set[str]:
-        if self._distinct is None:
-            self._distinct = set().union(*self._uncounted)
-            self._uncounted = []
-        return self._distinct
-
-
-@dataclass
-class OpenRound:
-    number: int
-    seed: bytes
-    announcement: RoundOpen
-    opened_at: float
-    bids: dict[str, SealedBid] = field(default_factory=dict)
-    reference_bid: SealedBid | None = None
-    priced_tokens: TokenTally = field(default_factory=TokenTally)  # of positive bids (and the reference's)
-    free_tokens: TokenTally = field(default_factory=TokenTally)  # of zero bids
-    answered: set[str] = field(default_factory=set)  # who bid while it was open
-    paying: set[str] = field(default_factory=set)  # who bid a positive amount (or is the reference), even late
 
 
 class Participation(NamedTuple):
@@ -186,7 +134,7 @@ class Market:
 
     # --- bids -----------------------------------------------------------------------------
 
-    def check_round(self, agent: str, number: int, amount: float) -> OpenRound:
+    def admit(self, agent: str, number: int, amount: float) -> OpenRound:
         """The open round a bid of ``amount`` from ``agent`` for round ``number`` goes to, or the refusal:
         what can be told without looking at the bid's distribution (checked first, as it is cheap)."""
         if self.closed is not None:
@@ -203,39 +151,21 @@ class Market:
             raise ProtocolError(ErrorCode.DUPLICATE_BID, f"you already bid in round {number}")
         return current
 
-    def check_bid(self, agent: str, bid: SealedBid) -> bool:
-        """Raise the refusal for ``bid`` if any; True if it is the market's reference speaking."""
-        current = self.check_round(agent, bid.round, bid.bid)
+    def check_bid(self, agent: str, bid: SealedBid, current: OpenRound) -> bool:
+        """Raise the refusal for the content of ``bid``, admitted to ``current``, if any; True if it is
+        the market's reference speaking."""
         reference = agent == self.info.reference_agent
-        if not reference and bid.bid > self.settings.max_bid:
-            raise ProtocolError(ErrorCode.INVALID_BID, f"bid exceeds the market maximum {self.settings.max_bid}", "bid")
-        if len(bid.distribution.tokens) > self.settings.max_support:
-            raise ProtocolError(ErrorCode.INVALID_DISTRIBUTION, "support exceeds the market maximum", "distribution")
-        tally = self._vocabulary(current, bid, reference)
-        if tally.would_pass(bid.distribution.tokens, self.settings.max_round_tokens):
-            raise ProtocolError(
-                ErrorCode.TOO_LARGE,
-                f"round {bid.round} already has {tally.distinct} distinct tokens; yours would pass the market's "
-                f"maximum of {self.settings.max_round_tokens}",
-                "distribution",
-            )
+        current.check(bid, reference, self.settings)
         return reference
 
-    @staticmethod
-    def _vocabulary(current: OpenRound, bid: SealedBid, reference: bool) -> TokenTally:
-        return current.priced_tokens if reference or bid.bid > 0 else current.free_tokens
+    def reservation(self, amount: float) -> float:
+        """What a bid of ``amount`` reserves of its agent's budget: the most this market's payment
+        rule can charge for it (nothing under ``none``)."""
+        return most_charged(self.settings.payment, amount)
 
     def accept(self, agent: str, bid: SealedBid, reference: bool) -> None:
-        current = self.current
-        assert current is not None
-        if reference:
-            current.reference_bid = bid
-        else:
-            current.bids[agent] = bid
-        self._vocabulary(current, bid, reference).add(bid.distribution.tokens)
-        current.answered.add(agent)
-        if reference or bid.bid > 0:
-            current.paying.add(agent)
+        assert self.current is not None
+        self.current.accept(agent, bid, reference)
         self._waiting.discard(agent)
 
     def _bid_late(self, agent: str, number: int, amount: float) -> None:
@@ -373,7 +303,7 @@ class Market:
                 market=self.id,
             )
         record = RoundRecord(self.id, result, current.seed, current.opened_at, stored, encode(result))
-        reserved = {name: b.bid for name, b in current.bids.items()}
+        reserved = {name: self.reservation(b.bid) for name, b in current.bids.items()}
         return Decision(self, record, closing, reserved, idle_rounds)
 
     def _round_reference(self, current: OpenRound) -> Reference | None:
@@ -416,7 +346,7 @@ class Market:
     def closing(self, reason: str) -> tuple[MarketClosed, dict[str, float]]:
         """The ``market_closed`` that ends the market now (abandoning an open round, never committed),
         and the bids of that round whose reservations must be released. Applied by :meth:`ended`."""
-        abandoned = {name: b.bid for name, b in self.current.bids.items()} if self.current else {}
+        abandoned = {name: self.reservation(b.bid) for name, b in self.current.bids.items()} if self.current else {}
         closed = MarketClosed(seq=self.seq + 1, reason=reason, text=self.text, rounds=self.last_round, market=self.id)
         return closed, abandoned
 
@@ -449,3 +379,27 @@ class Market:
             time=now,
             market=self.id,
         )
+
+
+def market_info(market_id: str, settings: MarketSettings, definition: dict[str, Any]) -> MarketInfo:
+    """A market as agents learn it, from its settings and stored definition."""
+    return MarketInfo(
+        id=market_id,
+        rules=MarketRules.model_validate(settings.model_dump(exclude={"seed"})),
+        agents=definition.get("agents"),
+        reference_agent=definition.get("reference_agent"),
+    )
+
+
+def closed_status(stored: StoredMarket) -> MarketStatus:
+    """An ended market's status, from the ledger."""
+    settings = MarketSettings.model_validate(stored.definition["settings"])
+    assert stored.closed is not None
+    return MarketStatus(
+        market=market_info(stored.id, settings, stored.definition),
+        round=stored.last_round,
+        seq=stored.seq,
+        text=stored.text,
+        revenue=stored.revenue,
+        closed=stored.closed.reason,
+    )

@@ -55,6 +55,8 @@ class AuctioneerMetrics(Collector):
         self.revenue = 0.0
         self.bids: Counter[str] = Counter({ACCEPTED: 0})  # sealed bids answered, by outcome
         self.resyncs = 0
+        self.requests: Counter[tuple[str, str]] = Counter()  # (request type, "ok" or the error code)
+        self.dropped = 0  # requests over their connection's or address's budget, dropped unread
         self.round_close = LatencyHistogram()
         self.commit = LatencyHistogram()
         self._opened: dict[tuple[str | None, int], float] = {}  # (market, round) -> when it opened
@@ -82,6 +84,8 @@ class AuctioneerMetrics(Collector):
 
     def replied(self, request_type: str | None, reply: Message | bytes) -> None:
         """Count the answer to a request of ``request_type`` (None when it was not even a map)."""
+        outcome = reply.code if isinstance(reply, Error) else "ok"
+        self.requests[(request_type or "undecodable", outcome)] += 1
         if type(reply) is BidAccepted:
             self.bids[ACCEPTED] += 1
         elif request_type == "sync_request" and isinstance(reply, bytes):
@@ -104,6 +108,19 @@ class AuctioneerMetrics(Collector):
             bids.add_metric([outcome], count, created=created)
         yield bids
         yield counter("token_auction_resyncs_served", "sync_request answered", self.resyncs)
+        requests = CounterMetricFamily(
+            "token_auction_requests",
+            "Requests answered, by type and outcome (ok or the error code)",
+            labels=["type", "outcome"],
+        )
+        for (kind, outcome), count in sorted(self.requests.items()):
+            requests.add_metric([kind, outcome], count, created=created)
+        yield requests
+        yield counter(
+            "token_auction_requests_dropped",
+            "Requests over their connection's or address's budget, dropped unread",
+            self.dropped,
+        )
         yield self.round_close.family(
             "token_auction_round_close_seconds", "From a round's opening to its result's broadcast", created
         )

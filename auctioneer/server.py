@@ -28,12 +28,14 @@ from collections.abc import Callable
 import zmq
 import zmq.asyncio
 
+from auctioneer.admission import Admission
 from auctioneer.exchange import Exchange
 from auctioneer.metrics import AuctioneerMetrics
 from auctioneer.peer_budget import PeerBudgets, ThrottledWarnings
 from auctioneer.security import CurveServer
-from protocol import ErrorCode, ProtocolError, decode, encode
-from protocol.codec import Limits
+from protocol import ErrorCode, ProtocolError, encode
+from protocol.codec import Limits, decode_request
+from protocol.errors import UserError
 from protocol.messages import AUCTIONEER_REQUESTS, Error, Message, SyncRequest, refusal
 from protocol.sockets import FEED_HIGH_WATER_MARK, make_socket
 from protocol.topics import BROAD_SUBSCRIPTIONS, EXCHANGE_TOPIC, market_topic, subscribed_market, topic_frame
@@ -53,7 +55,7 @@ LAST = int(zmq.NOBLOCK)
 OVER_BUDGET = "requests over their connection's or address's budget dropped"
 
 
-class EndpointError(Exception):
+class EndpointError(UserError):
     """An endpoint the auctioneer must bind cannot be bound (in use, or not an address of this host)."""
 
 
@@ -238,6 +240,8 @@ class AuctioneerServer:
                 self._answer(peer, frames)
             if self._over_budget:
                 self._warnings.note(OVER_BUDGET, self._over_budget)
+                if self.metrics is not None:
+                    self.metrics.dropped += self._over_budget
                 self._over_budget = 0
             self._send_replies()
             self._publish_queued()
@@ -245,9 +249,11 @@ class AuctioneerServer:
                 self._wake.set()
             await asyncio.sleep(0)
 
-    def _handle(self, peer: bytes, request: Message, identity: str | None, address: str | None) -> Message | bytes:
+    def _handle(
+        self, peer: bytes, request: Message, identity: str | None, address: str | None, admitted: Admission | None
+    ) -> Message | bytes:
         try:
-            return self.exchange.handle(peer, request, identity, address)
+            return self.exchange.handle(peer, request, identity, address, admitted)
         except Exception:
             log.exception("failed to handle a %s request", request.type)
             return Error(code=ErrorCode.INTERNAL, message="the auctioneer failed on this request", re=request.id)
@@ -255,10 +261,10 @@ class AuctioneerServer:
     def _answer(self, peer: bytes, frames: list[zmq.Frame]) -> None:
         """Answer one request: ``peer`` is its routing id, ``frames`` what followed it. A request over
         its budgets is only counted: a flood costs the auctioneer little more than reading it."""
-        admitted, address = self._budgets.admit_request(
+        within_budget, address = self._budgets.admit_request(
             peer, sum(map(len, frames)), functools.partial(_peer_address, frames[-1])
         )
-        if not admitted:
+        if not within_budget:
             self._over_budget += 1
             return
         envelope = [peer, b""] if len(frames) == 2 and not len(frames[0]) else [peer]
@@ -270,8 +276,8 @@ class AuctioneerServer:
             payload = frames[-1]
             identity = str(payload.get("User-Id")) if self.settings.curve_secret else None
             try:
-                precheck = functools.partial(self.exchange.precheck_bid, peer)
-                request = decode(payload.bytes, self._limits, AUCTIONEER_REQUESTS, precheck)
+                admit = functools.partial(self.exchange.admit_bid, peer)
+                request, admitted = decode_request(payload.bytes, self._limits, AUCTIONEER_REQUESTS, admit)
             except ProtocolError as exc:
                 reply = refusal(exc, exc.request_id)
                 request_type = exc.request_type
@@ -280,7 +286,7 @@ class AuctioneerServer:
                 if isinstance(request, SyncRequest) and not self._budgets.admit_sync(peer):
                     reply = Error(code=ErrorCode.LIMIT_REACHED, message=SYNC_LIMITED, re=request.id)
                 else:
-                    reply = self._handle(peer, request, identity, address)
+                    reply = self._handle(peer, request, identity, address, admitted)
         if self.metrics is not None:
             self.metrics.replied(request_type, reply)
         if isinstance(reply, bytes):

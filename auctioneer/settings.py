@@ -25,15 +25,16 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from auctioneer.mechanism import MechanismConfigError, Reference, SparseDistribution, check_mechanism
 from protocol.codec import LIMITS
-from protocol.errors import describe_validation_error
+from protocol.errors import UserError, describe_validation_error
 from protocol.fields import AgentName, MarketId, NonNegativeFloat, PositiveFloat, SeedHex
 from protocol.market_rules import MarketRules, MechanismSettings
 from protocol.sockets import DEFAULT_FEED_ENDPOINT, DEFAULT_MARKET_ENDPOINT
 
 SETTINGS_MODEL = ConfigDict(extra="forbid", strict=False, frozen=True)
+DEFAULT_DB = Path("market.db")
 
 
-class SettingsError(ValueError):
+class SettingsError(UserError, ValueError):
     """Settings that cannot run; the message names the setting and says what is wrong."""
 
 
@@ -100,7 +101,7 @@ class ExchangeSettings(BaseModel):
 
     market: str = Field(DEFAULT_MARKET_ENDPOINT, description="ROUTER endpoint to bind (requests)")
     feed: str = Field(DEFAULT_FEED_ENDPOINT, description="PUB endpoint to bind (broadcasts)")
-    db: Path = Field(Path("market.db"), description="SQLite ledger; reusing it resumes the market")
+    db: Path = Field(DEFAULT_DB, description="SQLite ledger; reusing it resumes the market")
     heartbeat_interval: PositiveFloat = Field(
         1.0, description="seconds between heartbeats", json_schema_extra={"flag": "--heartbeat"}
     )

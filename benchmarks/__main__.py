@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import sys
@@ -14,6 +15,9 @@ from rich.table import Table
 from benchmarks import agent_runtime, codec, exchange, llm, market, mechanism
 from benchmarks.timing import Figure
 
+# Sections that need optional packages, and the install that brings them.
+NEEDS = {"llm": (("torch", "transformers", "tokenizers"), 'pip install torch==2.13.0 && pip install -e ".[llm]"')}
+
 SECTIONS = {
     "mechanism": mechanism.run,
     "codec": codec.run,
@@ -22,6 +26,12 @@ SECTIONS = {
     "agents": agent_runtime.run,
     "llm": llm.run,
 }
+
+
+def missing_packages(section: str) -> list[str]:
+    """The packages ``section`` needs that are not installed."""
+    packages, _ = NEEDS.get(section, ((), ""))
+    return [package for package in packages if importlib.util.find_spec(package) is None]
 
 
 def main() -> int:
@@ -33,6 +43,10 @@ def main() -> int:
     console = Console()
     figures: list[Figure] = []
     for name in args.only or SECTIONS:
+        missing = missing_packages(name)
+        if missing:
+            console.print(f"[yellow]skipped {name}[/yellow]: needs {', '.join(missing)} ({NEEDS[name][1]})")
+            continue
         with console.status(f"benchmark: {name}"):
             figures.extend(SECTIONS[name](args.quick))
     table = Table(

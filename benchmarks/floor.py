@@ -4,25 +4,65 @@ ROUTER + PUB, no validation, no mechanism, no ledger: it announces a round with 
 as the real ``round_open``, acknowledges every bid with a reply as large as ``bid_accepted``, and
 publishes a result as large as the real ``round_result``. With ``--validate`` it also decodes every
 bid through ``protocol.decode`` (the protocol's checks and nothing else of the market), which
-measures what validation alone costs. Run as ``python -m benchmarks.floor``.
+measures what validation alone costs. With ``--durable DB`` it is the **durable floor**: every bid
+decoded and checked by the compiled decoder (msgspec, ``protocol.hot_path``), and each round's bids
+written to an SQLite file in one fsync'd transaction (WAL, ``synchronous=FULL``) before its result
+is published: what any durable market must do per round, and nothing else. Run as
+``python -m benchmarks.floor``.
 """
 
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
+from pathlib import Path
 
 import msgpack
 import zmq
 
 from protocol import decode
+from protocol.codec import pack
+from protocol.distribution import DEFAULT_MAX_SUPPORT, probs_bytes
+from protocol.hot_path import WireBid, checked_bid, read_hot
 from protocol.messages import AGENT_REQUESTS
 from protocol.topics import market_topic, topic_frame
 
 TOPIC = market_topic("floor")
 
 
-def serve(market: str, feed: str, agents: int, rounds: int, result_bytes: int, validate: bool) -> None:
+class DurableRounds:
+    """The durable floor's work: each bid through the compiled decoder, each round's bids in one
+    fsync'd SQLite transaction."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.execute(
+            "CREATE TABLE bids (round INTEGER, agent BLOB, bid REAL, tokens BLOB, probs BLOB,"
+            " PRIMARY KEY (round, agent))"
+        )
+        self.rows: list[tuple[int, bytes, float, bytes, bytes]] = []
+
+    def take(self, peer: bytes, data: bytes) -> None:
+        hot = read_hot(data)
+        bid = checked_bid(hot, DEFAULT_MAX_SUPPORT) if isinstance(hot, WireBid) else None
+        if bid is None:
+            raise SystemExit("the durable floor got a bid the compiled decoder refused")
+        distribution = bid.distribution
+        self.rows.append((bid.round, peer, bid.bid, pack(distribution.tokens), probs_bytes(distribution.probs)))
+
+    def commit(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+        self.db.executemany("INSERT INTO bids VALUES (?, ?, ?, ?, ?)", self.rows)
+        self.db.execute("COMMIT")
+        self.rows.clear()
+
+
+def serve(
+    market: str, feed: str, agents: int, rounds: int, result_bytes: int, validate: bool, durable: Path | None = None
+) -> None:
     context = zmq.Context()
     router = context.socket(zmq.ROUTER)
     # XPUB (same wire behaviour as PUB) so the floor can wait for the driver's subscription.
@@ -30,6 +70,7 @@ def serve(market: str, feed: str, agents: int, rounds: int, result_bytes: int, v
     router.bind(market)
     publisher.bind(feed)
     ack = msgpack.packb({"v": 1, "type": "bid_accepted", "round": 1, "re": 1})
+    store = DurableRounds(durable) if durable is not None else None
     seq = 0
     # Wait for every agent to say hello (as min_agents does).
     hellos = 0
@@ -61,7 +102,11 @@ def serve(market: str, feed: str, agents: int, rounds: int, result_bytes: int, v
             peer, bid = router.recv_multipart()
             if validate:
                 decode(bid, accepted=AGENT_REQUESTS)
+            elif store is not None:
+                store.take(peer, bid)
             router.send_multipart([peer, ack])
+        if store is not None:
+            store.commit()
         seq += 1
         result = {"v": 1, "type": "round_result", "seq": seq, "round": number, "pad": b"\x00" * result_bytes}
         publisher.send(topic_frame(TOPIC, msgpack.packb(result)))
@@ -80,8 +125,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, required=True)
     parser.add_argument("--result-bytes", type=int, required=True)
     parser.add_argument("--validate", action="store_true", help="decode and validate every bid")
+    parser.add_argument("--durable", type=Path, help="the durable floor: compiled decoding, one fsync'd commit a round")
     args = parser.parse_args()
-    serve(args.market, args.feed, args.agents, args.rounds, args.result_bytes, args.validate)
+    serve(args.market, args.feed, args.agents, args.rounds, args.result_bytes, args.validate, args.durable)
     return 0
 
 

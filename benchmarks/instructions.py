@@ -31,11 +31,12 @@ from pathlib import Path
 from rich.console import Console
 
 from benchmarks.profile_market import Drive, exchange_workload, market_workload, run_serve_under
+from protocol.errors import UserError
 
 LONGER = 3  # the second run has this many times the rounds of the first
 
 
-class ValgrindMissing(Exception):
+class ValgrindMissing(UserError):
     """valgrind is not installed."""
 
 

@@ -1,12 +1,14 @@
 """Market benchmark: a real auctioneer process against the bare-pyzmq floor, driven by the same load.
 
 For each (agents N, support K): rounds per second and p50/p99 latency from the last bid's
-acknowledgement (the round can close) to the result arriving, for the real market and for two
+acknowledgement (the round can close) to the result arriving, for the real market and for three
 baselines (``benchmarks/floor.py``: same sockets, message counts and sizes): the **floor** does
-nothing else, the **validated floor** also decodes every bid through ``protocol.decode``. Market
-over floor is what the market's own work costs; validated floor over floor is the share of it that
-is the protocol's per-bid validation. The three run interleaved ``repeats`` times and each figure
-is the median, so a noisy machine moves all three alike.
+nothing else, the **validated floor** also decodes every bid through ``protocol.decode``, the
+**durable floor** decodes every bid with the compiled decoder and commits each round's bids to
+SQLite in one fsync'd transaction. Market over floor is what the market's own work costs; validated
+floor over floor is the share of it that is the protocol's per-bid validation; market over durable
+floor is what the market costs beyond what any durable market must do. The four run interleaved
+``repeats`` times and each figure is the median, so a noisy machine moves them all alike.
 """
 
 from __future__ import annotations
@@ -56,7 +58,9 @@ def run_market(agents: int, support: int, rounds: int, scratch: Path) -> LoadRes
         market.stop()
 
 
-def run_floor(agents: int, support: int, rounds: int, result_bytes: int, validate: bool = False) -> LoadResult:
+def run_floor(
+    agents: int, support: int, rounds: int, result_bytes: int, validate: bool = False, durable: Path | None = None
+) -> LoadResult:
     market, feed = free_tcp_endpoint(), free_tcp_endpoint()
     server = subprocess.Popen(
         [
@@ -74,6 +78,7 @@ def run_floor(agents: int, support: int, rounds: int, result_bytes: int, validat
             "--result-bytes",
             str(result_bytes),
             *(["--validate"] if validate else []),
+            *(["--durable", str(durable)] if durable is not None else []),
         ],
     )
     try:
@@ -96,13 +101,15 @@ def median_run(runs: list[LoadResult]) -> LoadResult:
 
 def measure(agents: int, support: int, rounds: int, repeats: int, scratch: Path) -> dict[str, list[LoadResult]]:
     """Market, floor and validated floor, interleaved ``repeats`` times (each market on a fresh ledger)."""
-    runs: dict[str, list[LoadResult]] = {"market": [], "floor": [], "validated": []}
+    runs: dict[str, list[LoadResult]] = {"market": [], "floor": [], "validated": [], "durable": []}
     for repeat in range(repeats):
         real = run_market(agents, support, rounds, scratch / str(repeat))
         runs["market"].append(real)
         done = real.rounds or rounds
         runs["floor"].append(run_floor(agents, support, done, real.result_bytes))
         runs["validated"].append(run_floor(agents, support, done, real.result_bytes, validate=True))
+        durable = scratch / str(repeat) / "durable-floor.db"
+        runs["durable"].append(run_floor(agents, support, done, real.result_bytes, durable=durable))
     return runs
 
 
@@ -115,21 +122,24 @@ def run(quick: bool = False) -> list[Figure]:
             rounds = rounds_for(agents, support, quick)
             directory = Path(scratch) / f"n{agents}-k{support}"
             runs = measure(agents, support, rounds, repeats, directory)
-            real, floor, validated = (median_run(runs[kind]) for kind in ("market", "floor", "validated"))
+            real, floor, validated, durable = (
+                median_run(runs[kind]) for kind in ("market", "floor", "validated", "durable")
+            )
             lost = sum(r.lost_messages + (rounds - r.rounds) for r in runs["market"])
             if agents == 1000:
                 lost_at_1000 += lost
             asked += sum(r.asked_first_round for r in runs["market"])
-            figures += market_figures(f"n{agents}_k{support}", f"N={agents} K={support}", real, floor, validated, lost)
+            tag, size = f"n{agents}_k{support}", f"N={agents} K={support}"
+            figures += market_figures(tag, size, real, floor, validated, durable, lost)
     figures.append(Figure("market", "lost_messages_n1000", "lost messages, all N=1000 runs", lost_at_1000, ""))
     figures.append(Figure("market", "first_round_asked", "market runs that asked for their first round", asked, ""))
     return figures
 
 
 def market_figures(
-    tag: str, size: str, real: LoadResult, floor: LoadResult, validated: LoadResult, lost: int
+    tag: str, size: str, real: LoadResult, floor: LoadResult, validated: LoadResult, durable: LoadResult, lost: int
 ) -> list[Figure]:
-    """Throughput, latency, the three time-per-round ratios and lost messages of one (N, K)."""
+    """Throughput, latency, the time-per-round ratios and lost messages of one (N, K)."""
 
     def figure(key: str, label: str, value: float, unit: str) -> Figure:
         return Figure("market", f"{key}_{tag}", f"{label}, {size}", value, unit)
@@ -141,6 +151,13 @@ def market_figures(
         figure("floor_rounds_per_s", "floor rounds/s", 1 / per_round(floor), "/s"),
         figure("floor_p99_ms", "floor p99 close->result", floor.percentile(99) * 1e3, "ms"),
         figure("validated_floor_rounds_per_s", "validated floor rounds/s", 1 / per_round(validated), "/s"),
+        figure("durable_floor_rounds_per_s", "durable floor rounds/s", 1 / per_round(durable), "/s"),
+        figure(
+            "market_over_durable_floor",
+            "market/durable floor time per round",
+            per_round(real) / per_round(durable),
+            "x",
+        ),
         figure("market_over_floor", "market/floor time per round", per_round(real) / per_round(floor), "x"),
         figure(
             "validated_over_floor", "validated floor/floor time per round", per_round(validated) / per_round(floor), "x"

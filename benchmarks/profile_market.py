@@ -32,6 +32,7 @@ from rich.table import Table
 
 from benchmarks.exchange import AGENTS, SERVE_FLAGS, exchange_config, wait_until_serving
 from benchmarks.load import MANY_MACHINES, drive, drive_exchange
+from protocol.errors import UserError
 from simulation.processes import LocalMarket
 
 OWN_CODE = ("auctioneer", "protocol", "zmq", "sqlite3", "msgpack", "pydantic")
@@ -42,7 +43,7 @@ SAMPLES_PER_SECOND = 250
 Drive = Callable[[LocalMarket], int]
 
 
-class SamplerError(Exception):
+class SamplerError(UserError):
     """py-spy is not installed, or cannot sample the auctioneer (the message says which)."""
 
 

@@ -13,13 +13,14 @@ from rich.table import Table
 
 from agent_client.agent import Agent
 from agent_client.builtin import PhraseAgent, StaticAgent
-from agent_client.loading import load_agent, parse_params
-from agent_client.runtime import GIVE_UP_AFTER, AgentRejected, AgentReport, AgentRuntime, AuctioneerLost
+from agent_client.loading import load_agent
+from agent_client.report import AgentReport
+from agent_client.runtime import AgentRejected, AgentRuntime, AuctioneerLost
 from agent_client.scenario import build_agent as build_scenario_agent
-from agent_client.security import curve_client_setup
-from cli.console import UsageError, add_client_endpoints, agent_name, amount, check_writable, read_toml, stdout
+from agent_client.settings import AgentChoice, AgentSettings
+from cli.console import UsageError, add_verbose_flag, check_writable, read_toml, stdout
+from cli.flags import add_settings_flags, settings_from_flags
 from protocol import Distribution
-from protocol.client import SocketSetup
 from protocol.errors import describe_validation_error
 from simulation.scenario import Scenario
 
@@ -57,65 +58,32 @@ def checked_distribution(distribution: dict[str, float]) -> dict[str, float]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agent-client", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (repeatable)")
-    add_client_endpoints(parser)
-    parser.add_argument("--name", type=agent_name, required=True, help="agent name (letters, digits, _ . -)")
-    kind = parser.add_mutually_exclusive_group(required=True)
-    kind.add_argument("--distribution", help='static agent: "Large=0.8,Generative=0.2" or JSON')
-    kind.add_argument("--phrase", help="phrase agent: the text it wants written, e.g. ' Large Language Models.'")
-    kind.add_argument("--agent", help="your own agent: package.module:ClassName")
-    kind.add_argument("--scenario", help="the agent named --name in this scenario file (auctioneer simulate)")
-    parser.add_argument("--bid", type=amount, help="bid per round (static and phrase agents)")
-    parser.add_argument("--confidence", type=float, default=1.0, help="phrase agent: mass on its next word")
-    parser.add_argument("--alternative", help="phrase agent: phrase that gets the remaining mass")
-    parser.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="parameter for --agent")
-    parser.add_argument("--scenario-seed", type=int, default=0, help="seed for a scenario agent's randomness")
-    parser.add_argument("--curve-secret", help="this agent's CurveZMQ secret key file")
-    parser.add_argument("--server-key", help="the auctioneer's CurveZMQ public key file")
-    parser.add_argument(
-        "--give-up-after",
-        type=float,
-        default=GIVE_UP_AFTER,
-        metavar="SECONDS",
-        help="stop when the auctioneer has not answered for this long (default %(default)s)",
-    )
-    parser.add_argument(
-        "--stay", action="store_true", help="keep waiting for new markets after every joined market closed"
-    )
-    parser.add_argument(
-        "--resume-file",
-        type=Path,
-        help="keep the name's resume secret in FILE, so a restarted agent can return under its name (without CurveZMQ)",
-    )
+    add_verbose_flag(parser)
+    add_settings_flags(parser, AgentSettings, title="the agent and its exchange")
+    add_settings_flags(parser, AgentChoice, title="which agent (one of --distribution, --phrase, --agent, --scenario)")
     parser.add_argument("--quiet", action="store_true", help="no report at the end")
     parser.add_argument("--report-json", type=Path, help="also write this agent's report as JSON to FILE")
     parser.set_defaults(run=run)
     return parser
 
 
-def build_agent(args: argparse.Namespace) -> Agent:
-    if args.scenario:
-        path = Path(args.scenario)
-        scenario = Scenario.from_document(read_toml(path, "scenario"), path)
-        return build_scenario_agent(scenario.agent(args.name), scenario.expected_rounds(), args.scenario_seed)
-    if args.agent:
-        return load_agent(args.agent, parse_params(args.param))
-    if args.bid is None:
-        raise UsageError("--bid is required with --distribution and --phrase")
-    if args.distribution:
-        return StaticAgent(checked_distribution(parse_distribution(args.distribution)), args.bid)
+def build_agent(choice: AgentChoice, name: str) -> Agent:
+    kind = choice.kind()
+    if kind == "scenario":
+        assert choice.scenario is not None
+        scenario = Scenario.from_document(read_toml(choice.scenario, "scenario"), choice.scenario)
+        return build_scenario_agent(scenario.agent(name), scenario.expected_rounds(), choice.scenario_seed)
+    if kind == "agent":
+        assert choice.agent is not None
+        return load_agent(choice.agent, choice.parameters())
+    assert choice.bid is not None
+    if choice.distribution is not None:
+        return StaticAgent(checked_distribution(parse_distribution(choice.distribution)), choice.bid)
+    assert choice.phrase is not None
     try:
-        return PhraseAgent(args.phrase, args.bid, args.confidence, args.alternative)
+        return PhraseAgent(choice.phrase, choice.bid, choice.confidence, choice.alternative)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-
-
-def curve_setup(args: argparse.Namespace) -> SocketSetup | None:
-    if not args.curve_secret and not args.server_key:
-        return None
-    if not (args.curve_secret and args.server_key):
-        raise UsageError("CurveZMQ needs both --curve-secret and --server-key")
-    return curve_client_setup(args.curve_secret, args.server_key)
 
 
 def print_report(report: AgentReport) -> None:
@@ -148,31 +116,32 @@ async def run_until_closed(runtime: AgentRuntime) -> AgentReport:
 
 
 def run(args: argparse.Namespace) -> int:
-    agent = build_agent(args)
-    for path, flag in ((args.resume_file, "--resume-file"), (args.report_json, "--report-json")):
+    settings = settings_from_flags(args, AgentSettings)
+    agent = build_agent(settings_from_flags(args, AgentChoice), settings.name)
+    for path, flag in ((settings.resume_file, "--resume-file"), (args.report_json, "--report-json")):
         if path is not None:
             check_writable(path, flag)
     runtime = AgentRuntime(
         agent,
-        args.name,
-        args.market,
-        args.feed,
-        curve_setup(args),
-        give_up_after=args.give_up_after,
-        stay=args.stay,
-        resume_file=args.resume_file,
+        settings.name,
+        settings.market,
+        settings.feed,
+        settings.curve_setup(),
+        give_up_after=settings.give_up_after,
+        stay=settings.stay,
+        resume_file=settings.resume_file,
     )
     try:
         report = asyncio.run(run_until_closed(runtime))
     except AgentRejected as exc:
-        raise UsageError(f"the auctioneer refused {args.name}: {exc}") from None
+        raise UsageError(f"the auctioneer refused {settings.name}: {exc}") from None
     except AuctioneerLost as exc:
-        raise UsageError(f"gave up: {exc} (is the auctioneer running at {args.market}?)") from None
+        raise UsageError(f"gave up: {exc} (is the auctioneer running at {settings.market}?)") from None
     if not args.quiet:
         print_report(report)
     if args.report_json:
         args.report_json.write_text(json.dumps(report.as_dict(), indent=2))
-    if not report.all_closed and not args.stay:
+    if not report.all_closed and not settings.stay:
         stdout.print("[yellow]stopped before its markets closed[/yellow]")
         return 1
     return 0 if report.verification_failures == 0 else 1

@@ -8,18 +8,17 @@ first round that does not verify, or an agent over its budget.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from auctioneer.audit import RoundVerdict, budget_problems, round_verdicts
 from auctioneer.ledger import Ledger
-from cli.console import stderr, stdout
+from cli.console import add_db_flag, stderr, stdout
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser("audit", help="replay and verify every stored round", description=__doc__)
-    parser.add_argument("--db", type=Path, default=Path("market.db"), help="the market's SQLite ledger")
+    add_db_flag(parser)
     parser.add_argument("--quiet", action="store_true", help="print only rounds that fail, with a progress bar")
     parser.set_defaults(run=run)
 

@@ -1,8 +1,8 @@
 """What every command shares: the consoles, logging, reading TOML files, endpoint flags, and one line
 per user mistake.
 
-A mistake the user can fix (a :class:`UsageError`, or one of the libraries' errors in
-:data:`USER_ERRORS`) becomes one red line on stderr and exit status 2, never a traceback.
+A mistake the user can fix (any :class:`~protocol.errors.UserError`: a :class:`UsageError` of the
+commands, or a library's) becomes one red line on stderr and exit status 2, never a traceback.
 """
 
 from __future__ import annotations
@@ -21,17 +21,10 @@ from typing import Any
 from rich.console import Console
 from rich.logging import RichHandler
 
-from agent_client.loading import AgentLoadError
-from auctioneer.evaluate import RoundInputError
-from auctioneer.ledger import LedgerError
-from auctioneer.server import EndpointError
-from auctioneer.settings import SettingsError
-from dashboard.web import HttpAddressError
-from protocol.curve import KeyFileError
-from protocol.fields import AGENT_NAME_PATTERN
+from auctioneer.settings import DEFAULT_DB
+from protocol.errors import UserError
+from protocol.fields import AGENT_NAME_PATTERN, NAME_RULE
 from protocol.sockets import DEFAULT_FEED_ENDPOINT, DEFAULT_MARKET_ENDPOINT, endpoint_problem
-from simulation.networked import SimulationFailed
-from simulation.scenario import ScenarioError
 
 stdout = Console()
 stderr = Console(stderr=True)
@@ -40,22 +33,8 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """A mistake the user can fix; its message is the one line they will see."""
-
-
-USER_ERRORS: tuple[type[Exception], ...] = (
-    UsageError,
-    AgentLoadError,
-    EndpointError,
-    HttpAddressError,
-    KeyFileError,
-    LedgerError,
-    RoundInputError,
-    ScenarioError,
-    SettingsError,
-    SimulationFailed,
-)
 
 
 def read_toml(path: Path, what: str) -> dict[str, Any]:
@@ -79,7 +58,7 @@ def endpoint(text: str) -> str:
 def agent_name(text: str) -> str:
     """The argparse type of an agent's name (and of a market id, which follows the same rule)."""
     if re.fullmatch(AGENT_NAME_PATTERN, text) is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a name: 1 to 64 letters, digits, '_', '.' or '-'")
+        raise argparse.ArgumentTypeError(f"{text!r} is not a name: {NAME_RULE}")
     return text
 
 
@@ -122,6 +101,16 @@ def add_client_endpoints(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--feed", type=endpoint, default=DEFAULT_FEED_ENDPOINT, help="the auctioneer's feed endpoint")
 
 
+def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
+    """``-v``/``--verbose``: more logging (repeatable), read by :func:`run_command`."""
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (repeatable)")
+
+
+def add_db_flag(parser: argparse.ArgumentParser, help: str = "the exchange's ledger") -> None:
+    """``--db``: the exchange's ledger, by default the one ``auctioneer serve`` writes."""
+    parser.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"{help} (default: {DEFAULT_DB})")
+
+
 def check_writable(path: Path, flag: str) -> None:
     """Refuse now, not after a whole run, a file ``flag`` names that cannot be written (its directory
     is created if missing)."""
@@ -149,7 +138,7 @@ def run_command(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> 
         code = command(args)
         sys.stdout.flush()
         return code
-    except USER_ERRORS as exc:
+    except UserError as exc:
         stderr.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -3,7 +3,9 @@
 ``--max-tokens`` sets ``max_tokens``; a field may name its own flag (``json_schema_extra``'s
 ``flag``); the help text is the field's ``description``; rule names offer the registries' names as
 choices; a boolean is a switch (``--stay``) and a list of names takes commas (``--operators a,b``).
-Mapping fields (``reference``, ``budgets``) are set in a config file only. Flags left out are
+A field whose ``json_schema_extra`` says ``repeat`` takes its flag once per item (``--param a=1
+--param b=2``); a required field's flag is required. Mapping fields (``reference``, ``budgets``)
+are set in a config file only. Flags left out are
 ``None``, so a config file's values stand unless a flag is given.
 """
 
@@ -14,13 +16,21 @@ import types
 import typing
 from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from pydantic.fields import FieldInfo
 
 from auctioneer.mechanism import AGGREGATIONS, PAYMENTS
 from protocol.draw import DRAW_MODES
+from protocol.errors import UserError, describe_validation_error
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+class FlagError(UserError):
+    """Flags that cannot run together (the message names the setting and says why)."""
+
 
 CHOICES: dict[str, Collection[str]] = {"aggregation": AGGREGATIONS, "payment": PAYMENTS, "mode": DRAW_MODES}
 SCALARS = (str, int, float, Path, bool)
@@ -32,7 +42,8 @@ def comma_list(text: str) -> list[str]:
 
 def _scalar_type(annotation: Any) -> Any:
     """``float`` for ``float``, ``float | None`` or ``Annotated[float, ...]``; :func:`comma_list` for a
-    list of strings; None for anything else."""
+    list of strings (a field marked ``repeat`` takes the flag once per item instead); None for
+    anything else."""
     if typing.get_origin(annotation) is typing.Annotated:
         return _scalar_type(typing.get_args(annotation)[0])
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
@@ -66,20 +77,43 @@ def add_settings_flags(
     fields = flag_fields(model, exclude)
     for name, field in fields.items():
         scalar = _scalar_type(field.annotation)
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
         if scalar is bool:
             group.add_argument(
                 flag_of(name, field), dest=name, action="store_true", default=None, help=field.description
             )
-            continue
-        choices = sorted(CHOICES[name]) if name in CHOICES else None
-        group.add_argument(flag_of(name, field), dest=name, type=scalar, choices=choices, help=field.description)
-    parser.set_defaults(settings_fields=tuple(fields))
+        elif extra.get("repeat"):
+            metavar = str(extra.get("metavar", name.upper()))
+            group.add_argument(
+                flag_of(name, field), dest=name, action="append", metavar=metavar, help=field.description
+            )
+        else:
+            choices = sorted(CHOICES[name]) if name in CHOICES else None
+            group.add_argument(
+                flag_of(name, field),
+                dest=name,
+                type=scalar,
+                choices=choices,
+                required=field.is_required(),
+                help=field.description,
+            )
+    parser.set_defaults(settings_fields=(*(parser.get_default("settings_fields") or ()), *fields))
 
 
-def settings_values(args: argparse.Namespace) -> dict[str, Any]:
-    """The settings the user gave as flags (flags left out are not included)."""
+def settings_values(args: argparse.Namespace, model: type[BaseModel] | None = None) -> dict[str, Any]:
+    """The settings the user gave as flags (flags left out are not included); only ``model``'s, if given."""
     names: tuple[str, ...] = getattr(args, "settings_fields", ())
+    if model is not None:
+        names = tuple(name for name in names if name in model.model_fields)
     return {name: getattr(args, name) for name in names if getattr(args, name) is not None}
+
+
+def settings_from_flags(args: argparse.Namespace, model: type[ModelT]) -> ModelT:
+    """``model`` from the flags the user gave; a :class:`FlagError` in one line if they cannot run."""
+    try:
+        return model.model_validate(settings_values(args, model))
+    except ValidationError as exc:
+        raise FlagError(describe_validation_error(exc)) from None
 
 
 def as_arguments(model: type[BaseModel], values: Mapping[str, Any]) -> list[str]:

@@ -11,13 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
 from rich.table import Table
 
 from auctioneer.ledger import Ledger
-from cli.console import non_negative_int, stdout
+from cli.console import add_db_flag, non_negative_int, stdout
 
 TABLE_MARKETS = 50  # markets an exchange's overview lists as a table unless --last says otherwise
 
@@ -66,7 +65,7 @@ def overview_tables(overview: dict[str, Any]) -> list[Table]:
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser("ledger", help="show an exchange's ledger", description=__doc__)
-    parser.add_argument("--db", type=Path, default=Path("market.db"), help="the exchange's SQLite ledger")
+    add_db_flag(parser)
     parser.add_argument("--market", help="the market to show (default: the only one, or an overview)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of tables")
     parser.add_argument(

@@ -1,4 +1,5 @@
-"""A rich live view of a market for spectators: the growing text, the last round, the payments."""
+"""A rich live view of a market for spectators: the growing text, the last round, the payments
+(the feed folded by :class:`~protocol.market_state.MarketState`)."""
 
 from __future__ import annotations
 
@@ -8,46 +9,44 @@ from rich.table import Table
 from rich.text import Text
 
 from protocol.client import FeedEvent
+from protocol.market_state import MarketState
 from protocol.messages import MarketClosed, RoundOpen, RoundResult, SyncReply
 
 BAR_WIDTH = 30
 
 
 class MarketView:
-    """Folds feed events into what a spectator sees."""
+    """Folds feed events into what a spectator sees: the feed's one fold, a status line and every result."""
 
     def __init__(self, top: int = 6) -> None:
         self.top = top
-        self.prompt = ""
-        self.text = ""
+        self.state = MarketState("")
         self.status = "connecting"
-        self.last: RoundResult | None = None
-        self.balances: dict[str, float] = {}
-        self.closed: MarketClosed | None = None
         self.history: list[RoundResult] = []
 
     def apply(self, event: FeedEvent) -> None:
+        if not isinstance(event, SyncReply | RoundOpen | RoundResult | MarketClosed):
+            return
+        if not self.state.apply(event):
+            return
         if isinstance(event, SyncReply):
-            self.prompt, self.text, self.balances = event.prompt, event.text, dict(event.balances)
             self.status = f"synced at round {event.last_round}"
         elif isinstance(event, RoundOpen):
             self.status = f"round {event.round} open ({event.timeout:g}s)"
         elif isinstance(event, RoundResult):
-            self.last, self.text = event, event.text
-            self.balances.update(event.balances)  # a result lists the totals of its own bidders
             self.history.append(event)
             self.status = f"round {event.round} decided"
-        elif isinstance(event, MarketClosed):
-            self.closed, self.text = event, event.text
+        else:
             self.status = f"market closed ({event.reason}) after {event.rounds} rounds"
 
     def render(self) -> RenderableType:
-        text = Text(self.prompt, style="dim")
-        text.append(self.text[len(self.prompt) :] if self.text.startswith(self.prompt) else self.text, style="bold")
+        prompt, written = self.state.prompt, self.state.text
+        text = Text(prompt, style="dim")
+        text.append(written[len(prompt) :] if written.startswith(prompt) else written, style="bold")
         parts: list[RenderableType] = [Panel(text, title="text", subtitle=self.status)]
-        if self.last is not None:
-            parts.append(self._round_table(self.last))
-        if self.balances:
+        if self.state.last is not None:
+            parts.append(self._round_table(self.state.last))
+        if self.state.balances:
             parts.append(self._balances_table())
         return Group(*parts)
 
@@ -64,17 +63,17 @@ class MarketView:
         return table
 
     def _balances_table(self) -> Table:
-        last = self.last
+        last, balances = self.state.last, self.state.balances
         table = Table(title="agents", title_justify="left")
         for column in ("agent", "bid", "paid this round", "total paid"):
             table.add_column(column, justify="right" if column != "agent" else "left")
-        for agent in sorted(self.balances):
+        for agent in sorted(balances):
             bid = last.bids.get(agent) if last else None
             paid = last.payments.get(agent) if last else None
             table.add_row(
                 agent,
                 "-" if bid is None else f"{bid:.4g}",
                 "-" if paid is None else f"{paid:.4g}",
-                f"{self.balances[agent]:.4g}",
+                f"{balances[agent]:.4g}",
             )
         return table

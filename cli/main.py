@@ -9,14 +9,14 @@ import argparse
 from collections.abc import Sequence
 
 from cli import agent, audit, dashboard, demo, evaluate, keygen, ledger, market, migrate, serve, simulate, watch
-from cli.console import run_command
+from cli.console import add_verbose_flag, run_command
 
 AUCTIONEER_COMMANDS = (demo, serve, market, evaluate, ledger, watch, dashboard, audit, migrate, keygen, simulate)
 
 
 def auctioneer_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="auctioneer", description="Run and study token auction markets.")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (repeatable)")
+    add_verbose_flag(parser)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for module in AUCTIONEER_COMMANDS:
         module.add_parser(subparsers)

@@ -19,12 +19,12 @@ import sys
 from pydantic import ValidationError
 from rich.table import Table
 
-from agent_client.security import curve_client_setup
+from agent_client.settings import CurveClientSettings
 from auctioneer.ledger import AccountState, account_row
 from auctioneer.settings import MarketSettings
 from cli.console import UsageError, agent_name, amount, endpoint, stdout
-from cli.flags import add_settings_flags, comma_list, settings_values
-from protocol.client import SocketSetup, ask
+from cli.flags import add_settings_flags, comma_list, settings_from_flags, settings_values
+from protocol.client import ask
 from protocol.errors import describe_validation_error
 from protocol.messages import (
     AccountStatus,
@@ -81,24 +81,16 @@ def add_connection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--exchange", type=endpoint, default=DEFAULT_MARKET_ENDPOINT, help="the exchange's market socket endpoint"
     )
-    parser.add_argument("--curve-secret", help="the operator's CurveZMQ secret key file")
-    parser.add_argument("--server-key", help="the exchange's CurveZMQ public key file")
+    add_settings_flags(parser, CurveClientSettings, title="CurveZMQ (the operator's key)")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
     parser.add_argument("--json", action="store_true", help="print JSON")
-
-
-def curve(args: argparse.Namespace) -> SocketSetup | None:
-    if not args.curve_secret and not args.server_key:
-        return None
-    if not (args.curve_secret and args.server_key):
-        raise UsageError("CurveZMQ needs both --curve-secret and --server-key")
-    return curve_client_setup(args.curve_secret, args.server_key)
 
 
 def request(args: argparse.Namespace, message: Message) -> Message:
     """Send ``message`` to the exchange; an error reply or silence is one line for the user."""
     try:
-        reply = asyncio.run(ask(args.exchange, message, curve(args), args.timeout))
+        curve = settings_from_flags(args, CurveClientSettings).curve_setup()
+        reply = asyncio.run(ask(args.exchange, message, curve, args.timeout))
     except TimeoutError:
         raise UsageError(
             f"no answer from the exchange at {args.exchange} within {args.timeout:g}s (is it running?)"

@@ -11,19 +11,19 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from auctioneer.ledger_migration import migrate
-from cli.console import stdout
+from auctioneer.ledger.sqlite_schema import migrate_v01
+from cli.console import add_db_flag, stdout
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser("migrate", help="bring a 0.1 ledger to this version", description=__doc__)
-    parser.add_argument("--db", type=Path, default=Path("market.db"), help="the ledger to migrate, in place")
+    add_db_flag(parser, "the ledger to migrate, in place")
     parser.add_argument("--backup", type=Path, help="where to copy the 0.1 ledger first (default: FILE.0.1)")
     parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    migration = migrate(args.db, args.backup)
+    migration = migrate_v01(args.db, args.backup)
     if migration is None:
         stdout.print(f"{args.db} already has this version's layout: nothing to migrate", highlight=False)
         return 0

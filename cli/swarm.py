@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent_client.swarm import run_swarm, summary
-from cli.console import add_client_endpoints, agent_name, check_writable, positive_int, run_command
+from cli.console import add_client_endpoints, add_verbose_flag, agent_name, check_writable, positive_int, run_command
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,7 +25,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--support", type=positive_int, default=8, help="tokens per agent distribution")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--report-json", type=Path)
-    parser.add_argument("-v", "--verbose", action="count", default=0)
+    add_verbose_flag(parser)
     parser.set_defaults(run=run)
     return run_command(parser, argv)
 

@@ -1,6 +1,8 @@
 """What the dashboard shows, folded from the feed: the markets, and per market its text token by
 token (each with its sponsors, the round's bids, payments and the aggregate's top tokens), the
-agents' balances and the revenue over rounds. Pure state, no I/O; every change bumps ``version``.
+agents' balances and the revenue over rounds. Each market is the feed's one fold
+(:class:`~protocol.market_state.MarketState`) with the page's entries on top. Pure state, no I/O;
+every change bumps ``version``.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol.market_state import MarketEvent, MarketState
 from protocol.messages import (
     MarketClosed,
     MarketEnded,
@@ -25,19 +28,18 @@ RECENT_CLOSED = 50  # closed markets kept in the list, newest first
 
 
 @dataclass
-class MarketBoard:
-    """One market as the page shows it."""
+class MarketBoard(MarketState):
+    """One market as the page shows it: the feed's fold, and an entry per committed round."""
 
-    id: str
-    prompt: str = ""
-    text: str = ""
-    round: int = 0
-    open_round: int | None = None
-    closed: str | None = None
-    listed_revenue: float = 0.0  # from the market list, for a market whose rounds are not followed
     paid: float = 0.0  # the sum of the payments of ``rounds``
     rounds: list[dict[str, Any]] = field(default_factory=list)  # one entry per committed round, in order
-    balances: dict[str, float] = field(default_factory=dict)
+
+    def apply(self, event: MarketEvent) -> bool:
+        new = super().apply(event)
+        if new and isinstance(event, RoundResult):
+            self.rounds.append(round_entry(event))
+            self.paid += sum(event.payments.values())
+        return new
 
     @property
     def revenue(self) -> float:
@@ -101,43 +103,21 @@ class Board:
         if isinstance(message, MarketList):
             before = [m.summary() for m in self.markets.values()]
             for status in message.markets:
-                board = self.market(status.market.id)
-                board.prompt, board.closed = status.market.rules.prompt, status.closed or board.closed
-                if status.round >= board.round:
-                    board.round, board.text, board.listed_revenue = status.round, status.text, status.revenue
+                self.market(status.market.id).listed(status)
             if [m.summary() for m in self.markets.values()] == before:
                 return  # the periodic listing changed nothing: the page is not sent it again
         elif isinstance(message, MarketOpened):
-            board = self.market(message.market.id)
-            board.prompt = board.text = message.market.rules.prompt
+            self.market(message.market.id).opened(message.market.rules.prompt)
         elif isinstance(message, MarketEnded):
             self.market(message.market).closed = message.reason
-        else:
-            market_id = getattr(message, "market", None)
-            if not isinstance(market_id, str):
+        elif isinstance(message, SyncReply | RoundOpen | RoundResult | MarketClosed) and message.market is not None:
+            if isinstance(message, SyncReply):
+                self.resyncs += 1
+            if not self.market(message.market).apply(message):
                 return
-            self._apply_market_event(self.market(market_id), message)
+        else:
+            return
         self._changed()
-
-    def _apply_market_event(self, board: MarketBoard, message: Message) -> None:
-        if isinstance(message, SyncReply):
-            self.resyncs += 1
-            board.prompt, board.text, board.round = message.prompt, message.text, max(board.round, message.last_round)
-            board.balances = dict(message.balances)
-        elif isinstance(message, RoundOpen):
-            board.open_round = message.round
-        elif isinstance(message, RoundResult):
-            if board.rounds and message.round <= board.rounds[-1]["round"]:
-                return  # already shown (a resync replays what the feed delivered)
-            board.rounds.append(round_entry(message))
-            board.text, board.round = message.text, max(board.round, message.round)
-            board.paid += sum(message.payments.values())
-            for agent, balance in message.balances.items():
-                board.balances[agent] = balance
-            if board.open_round == message.round:
-                board.open_round = None
-        elif isinstance(message, MarketClosed):
-            board.closed, board.text, board.open_round = message.reason, message.text, None
 
     def listing(self) -> list[dict[str, Any]]:
         """Open markets, then the most recent closed ones."""
@@ -158,7 +138,7 @@ class Board:
         if board is not None:
             state["market"] = {
                 **board.summary(),
-                "open_round": board.open_round,
+                "open_round": board.open_round.round if board.open_round else None,
                 "balances": board.balances,
                 "rounds": [entry for entry in board.rounds if entry["round"] > since_round],
             }

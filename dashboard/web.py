@@ -28,6 +28,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from dashboard.board import Board
+from protocol.errors import UserError
 
 STATIC = Path(__file__).with_name("static")
 EVENTS_PER_SECOND = 5
@@ -35,7 +36,7 @@ KEEPALIVE_SECONDS = 5.0
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
-class HttpAddressError(Exception):
+class HttpAddressError(UserError):
     """The dashboard's HTTP address cannot be used (malformed, or the port cannot be bound)."""
 
 

@@ -21,7 +21,7 @@ import types
 import typing
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import msgpack
 import msgspec
@@ -223,6 +223,23 @@ def decode(
         raise _naming_the_request(exc, obj.get("id"), obj.get("type")) from None
 
 
+Admitted = TypeVar("Admitted")
+
+
+def decode_request(
+    data: bytes,
+    limits: Limits,
+    accepted: Collection[str] | None,
+    admit_bid: Callable[[Mapping[str, Any]], Admitted],
+) -> tuple[Message, Admitted | None]:
+    """:func:`decode` with ``admit_bid`` as the bid precheck, and what it returned for this request
+    (None if it was not asked: not a bid, or fields of the wrong type), so the receiver can hand a
+    bid's admission on instead of checking it again."""
+    admitted: list[Admitted] = []
+    message = decode(data, limits, accepted, lambda fields: admitted.append(admit_bid(fields)))
+    return message, admitted[-1] if admitted else None
+
+
 def _naming_the_request(refusal: ProtocolError, request_id: Any, request_type: Any) -> ProtocolError:
     """``refusal`` with the request's ``id`` and ``type``, where they are valid."""
     if type(request_id) is int and _request_id(request_id):
@@ -260,7 +277,7 @@ def _request_id(value: Any) -> bool:
 
 def validation_failure(model: type[Message], exc: ValidationError) -> ProtocolError:
     """The protocol error for a model's first validation failure, naming its field."""
-    first = exc.errors(include_url=False, include_input=False)[0]
+    first = exc.errors(include_url=False)[0]
     location = ".".join(str(part) for part in first["loc"])
     top = str(first["loc"][0]) if first["loc"] else ""
     code = ErrorCode.MALFORMED if first["type"] == "missing" else model.field_codes.get(top, ErrorCode.MALFORMED)

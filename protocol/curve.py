@@ -10,8 +10,10 @@ from pathlib import Path
 
 import zmq.auth
 
+from protocol.errors import UserError
 
-class KeyFileError(ValueError):
+
+class KeyFileError(UserError, ValueError):
     """A key file is missing, unreadable or of the wrong kind; the message names it."""
 
 

@@ -1,4 +1,5 @@
-"""Stable error codes of the wire protocol, the exception that carries one, and error wording.
+"""Stable error codes of the wire protocol, the exception that carries one, error wording, and the
+base of every error that is the user's to fix (:class:`UserError`).
 
 Codes never change meaning; new ones may be added. Every rejected request is answered with an
 ``error`` message carrying one of these codes and a human-readable message. Validation failures
@@ -12,6 +13,8 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import ValidationError
+
+from protocol.fields import AGENT_NAME_PATTERN, NAME_RULE
 
 
 class ErrorCode(StrEnum):
@@ -38,6 +41,12 @@ class ErrorCode(StrEnum):
     INTERNAL = "INTERNAL"  # the auctioneer failed to handle a valid request (a bug; it keeps serving)
 
 
+class UserError(Exception):
+    """A mistake the user can fix (a setting, a file, an address, a peer that refused them): its
+    message is the one actionable line a command prints, never a traceback. Every library's errors of
+    that kind derive from it; ``cli.console`` catches it."""
+
+
 class ProtocolError(Exception):
     """A message was refused. ``field`` names the offending field when there is one; ``request_id``
     is the refused request's ``id`` when it could be read (the error reply carries it as ``re``), and
@@ -53,13 +62,19 @@ class ProtocolError(Exception):
 
 
 def error_message(error: Mapping[str, Any]) -> str:
-    """The human part of one pydantic error, without pydantic's ``Value error, `` prefix."""
+    """The human part of one pydantic error, without pydantic's ``Value error, `` prefix; a name or an
+    amount that breaks its rule is quoted (at most 64 characters of it) with the rule."""
+    shown = repr(error.get("input"))[:64]
+    if error["type"] == "string_pattern_mismatch" and error.get("ctx", {}).get("pattern") == AGENT_NAME_PATTERN:
+        return f"{shown} is not a name: {NAME_RULE}"
+    if error["type"] == "finite_number":
+        return f"{shown} is not a finite number"
     return str(error["msg"]).removeprefix("Value error, ")
 
 
 def describe_validation_error(exc: ValidationError) -> str:
     """``bids[0].distribution: probabilities sum to 0.9, ...``: the first failure of a model, in one line."""
-    first = exc.errors(include_url=False, include_input=False)[0]
+    first = exc.errors(include_url=False)[0]
     path = ""
     for part in first["loc"]:
         path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))

@@ -10,6 +10,7 @@ from typing import Annotated
 from pydantic import Field
 
 AGENT_NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
+NAME_RULE = "1 to 64 letters, digits, '_', '.' or '-'"
 
 AgentName = Annotated[str, Field(pattern=AGENT_NAME_PATTERN)]
 """An agent's name: 1 to 64 letters, digits, ``_``, ``.`` or ``-``."""

@@ -10,12 +10,13 @@ from typing import Any
 
 from auctioneer.settings import ServeSettings
 from protocol.client import FeedEvent, follow_market
+from protocol.errors import UserError
 from simulation.processes import LocalMarket
 
 MARKET_TIMEOUT = 3600.0
 
 
-class SimulationFailed(RuntimeError):
+class SimulationFailed(UserError, RuntimeError):
     """A process of a live simulation failed; the message says where its logs are."""
 
 

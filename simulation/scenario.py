@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from agent_client.scenario import AgentSpec
 from auctioneer.mechanism import MechanismConfigError, check_mechanism
 from auctioneer.settings import SETTINGS_MODEL, CheckedMechanism, ServeSettings
-from protocol.errors import describe_validation_error
+from protocol.errors import UserError, describe_validation_error
 from protocol.fields import PositiveFloat
 from protocol.market_rules import MarketRules
 
@@ -39,7 +39,7 @@ def market_seed(seed: int) -> str:
     return hashlib.sha256(f"token-auction simulation {seed}".encode()).hexdigest()
 
 
-class ScenarioError(ValueError):
+class ScenarioError(UserError, ValueError):
     """A scenario that cannot run; the message names the file or the setting."""
 
 

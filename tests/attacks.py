@@ -26,6 +26,7 @@ import zmq
 from protocol import Distribution, decode, encode
 from protocol.messages import Hello, Ping, RoundOpen, SealedBid, SyncReply, SyncRequest
 from protocol.topics import TOPIC_MARK, market_topic, split_frame, subscription
+from tests.helpers import scrape
 
 WIDE_SUPPORT = 4096
 
@@ -134,20 +135,24 @@ def zero_bids(context: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace)
 
 
 def sybils(context: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace) -> dict[str, Any]:
-    """``count`` identities register and stay live (they ping) without ever bidding."""
+    """``count`` identities register and stay live (they ping) without ever bidding; with
+    ``--metrics``, the most live agents the auctioneer counted meanwhile."""
     sockets = [dealer(context, args.market) for _ in range(args.count)]
     for k, sock in enumerate(sockets):
         sock.send(encode(Hello(name=f"sybil{k}")))
     welcomed = sum(sock.poll(10_000) and decode(sock.recv()).type == "welcome" for sock in sockets)
     ping = encode(Ping())
     deadline = time.monotonic() + args.seconds
+    peak_live = 0.0
     while time.monotonic() < deadline:
         for sock in sockets:
             sock.send(ping)
             while sock.poll(0):
                 sock.recv()
         time.sleep(0.5)  # the heartbeat of the tests' markets
-    return {"welcomed": welcomed}
+        if args.metrics:
+            peak_live = max(peak_live, scrape(args.metrics)["token_auction_live_agents"])
+    return {"count": args.count, "welcomed": welcomed, "peak_live": peak_live}
 
 
 def names_on_one_connection(context: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace) -> dict[str, Any]:
@@ -252,6 +257,7 @@ def main() -> None:
     parser.add_argument("--feed", required=True)
     parser.add_argument("--count", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--metrics", help="HOST:PORT of the auctioneer's /metrics, for attacks that read it")
     args = parser.parse_args()
     os.nice(10)
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

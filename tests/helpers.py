@@ -14,18 +14,21 @@ import subprocess
 import sys
 import time
 import tomllib
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
 from auctioneer.ledger import Ledger, StoredMarket
 from auctioneer.mechanism import AuctionOutcome, Reference, SparseDistribution, run_auction
 from protocol import Distribution
 from protocol.market_rules import MechanismSettings
 from protocol.messages import RoundOpen, SyncReply, SyncRequest
+from protocol.sockets import free_tcp_endpoint
 from simulation.processes import LocalMarket
 from simulation.scenario import Scenario
 
@@ -77,6 +80,22 @@ def default_market_closed(db: Path) -> bool:
 def committed_rounds(db: Path) -> int:
     market = stored_default_market(db)
     return market.last_round if market else 0
+
+
+def free_http_address() -> str:
+    return free_tcp_endpoint().removeprefix("tcp://")
+
+
+def scrape(address: str) -> dict[str, float]:
+    """Every sample of ``/metrics``, by name and labels (``name{label=value}``)."""
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
 
 
 def static_agent(distribution: str, bid: float) -> list[str]:

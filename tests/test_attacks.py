@@ -29,7 +29,7 @@ from auctioneer.ledger import Ledger
 from protocol import decode
 from protocol.messages import Hello, RoundResult
 from protocol.sockets import free_tcp_endpoint
-from tests.helpers import MarketRun, RawPeer, read_ledger, run_cli, static_agent, wait_until
+from tests.helpers import MarketRun, RawPeer, free_http_address, read_ledger, run_cli, scrape, static_agent, wait_until
 
 HONEST = {"alice": ("a=0.6,b=0.4", 1.0), "bob": ("b=1", 2.0)}
 SERVE = ["--min-agents", "2", "--max-tokens", "1000000", "--max-idle-rounds", "1000000", "--heartbeat", "0.5"]
@@ -67,12 +67,45 @@ def peak_memory(process: subprocess.Popen[bytes]) -> int:
     raise AssertionError("no VmHWM")
 
 
-def start_honest_market(run: MarketRun, *extra: str, resume_dir: Path | None = None) -> None:
-    run.serve(*SERVE, *extra)
+def start_honest_market(run: MarketRun, *extra: str, resume_dir: Path | None = None) -> str:
+    """Start the honest market; the address of its ``/metrics``."""
+    http = free_http_address()
+    run.serve(*SERVE, "--http", http, *extra)
     for name, (distribution, amount) in HONEST.items():
         resume = ["--resume-file", str(resume_dir / name)] if resume_dir else []
         run.agent(name, *static_agent(distribution, amount), *resume)
     wait_until(lambda: run.db.exists() and committed(run.db) >= 5, what="honest rounds")
+    return http
+
+
+def requests_seen(metrics: dict[str, float], kind: str) -> dict[str, float]:
+    """The auctioneer's answers to requests of ``kind``, by outcome ("ok" or the error code)."""
+    prefix = "token_auction_requests_total{outcome="
+    return {
+        key[len(prefix) :].split(",")[0]: value
+        for key, value in metrics.items()
+        if key.startswith(prefix) and key.endswith(f"type={kind}}}")
+    }
+
+
+def check_received(attack: str, sent: dict[str, Any], before: dict[str, float], after: dict[str, float]) -> None:
+    """The auctioneer received what the attacker sent, and refused or dropped it (its own counts)."""
+    dropped = after["token_auction_requests_dropped_total"] - before["token_auction_requests_dropped_total"]
+
+    def answered(kind: str) -> dict[str, float]:  # during the attack, by outcome
+        earlier = requests_seen(before, kind)
+        return {outcome: n - earlier.get(outcome, 0.0) for outcome, n in requests_seen(after, kind).items()}
+
+    if attack == "pings":
+        refused = answered("ping").get("NOT_REGISTERED", 0.0)
+        assert refused > 0 and refused + dropped >= 0.99 * sent["sent"], (refused, dropped, sent)
+    elif attack == "unread_syncs":
+        syncs = answered("sync_request")
+        assert syncs.get("LIMIT_REACHED", 0.0) > 0, syncs
+        assert sum(syncs.values()) + dropped >= 0.99 * sent["sent"], (syncs, dropped, sent)
+    elif attack == "sybils":
+        assert sent["welcomed"] == answered("hello").get("ok", 0.0) == sent["count"], sent
+        assert sent["peak_live"] >= sent["count"], sent  # the exchange counted every sybil live
 
 
 def start_attack(run: MarketRun, attack: str, *args: str) -> subprocess.Popen[str]:
@@ -127,13 +160,15 @@ ONE_PEER_ATTACKS = {
 @pytest.mark.parametrize("attack", list(ONE_PEER_ATTACKS), ids=[name for name, _, _ in ONE_PEER_ATTACKS.values()])
 def test_one_peer_cannot_stop_honest_trade_or_grow_the_auctioneer(market_run: MarketRun, attack: str) -> None:
     name, args, identities = ONE_PEER_ATTACKS[attack]
-    start_honest_market(market_run)
+    http = start_honest_market(market_run)
     before = round_rate(market_run.db, 3.0)
-    attacker = start_attack(market_run, name, *args)
+    counted_before = scrape(http)
+    attacker = start_attack(market_run, name, *args, "--metrics", http)
     time.sleep(0.5)  # the attacker's own start-up
     during = round_rate(market_run.db, 4.0)
     seen = outcome(attacker)
     after = round_rate(market_run.db, 3.0)
+    check_received(name, seen, counted_before, scrape(http))
     peak = peak_memory(market_run.processes[0])
     print(f"\n{attack}: {before:.0f} -> {during:.0f} -> {after:.0f} rounds/s, peak {peak / 2**20:.0f} MiB")  # README
     # Against the slower of the windows around the attack: the suite's other worker shares this
@@ -166,7 +201,8 @@ def test_nobody_takes_a_name_without_its_resume_secret(market_run: MarketRun) ->
         assert mallory.request(Hello(name="alice")).code == "NAME_TAKEN"  # alice is connected
         alice.send_signal(signal.SIGKILL)
         alice.wait()
-        time.sleep(4 * 0.5)  # alice is silent for longer than she stays live
+        log = market_run.directory / "auctioneer.log"
+        wait_until(lambda: "agent alice silent" in log.read_text(), what="the exchange counting alice silent")
         assert mallory.request(Hello(name="alice")).code == "NAME_TAKEN"
         market_run.processes[0].send_signal(signal.SIGTERM)  # and after a restart of the auctioneer
         assert market_run.processes[0].wait(20) == 0

@@ -6,7 +6,9 @@ from complete runs, so the ratios in the README mean what they say.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import sqlite3
 from contextlib import closing
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import msgpack
 import pytest
 import zmq
 
+import benchmarks.__main__ as benchmarks_main
 from auctioneer.ledger import Ledger
 from benchmarks.agent_runtime import with_agent_processes, with_driver
 from benchmarks.exchange import run_exchange, run_single
@@ -36,10 +39,10 @@ from tests.helpers import wait_until
 ROUNDS = 10
 
 
-def test_market_floor_and_validated_floor_complete_every_round_with_the_same_traffic(tmp_path: Path) -> None:
+def test_market_and_its_floors_complete_every_round_with_the_same_traffic(tmp_path: Path) -> None:
     runs = measure(agents=3, support=8, rounds=ROUNDS, repeats=1, scratch=tmp_path)
 
-    assert set(runs) == {"market", "floor", "validated"}
+    assert set(runs) == {"market", "floor", "validated", "durable"}
     for results in runs.values():
         (result,) = results
         assert (result.rounds, result.lost_messages) == (ROUNDS, 0)
@@ -48,8 +51,13 @@ def test_market_floor_and_validated_floor_complete_every_round_with_the_same_tra
     # The floor pads its result to the market's size (the msgpack envelope differs by a few bytes).
     assert abs(floor.result_bytes - market.result_bytes) < 64
 
-    figures = {f.key: f.value for f in market_figures("tiny", "N=3 K=8", market, floor, runs["validated"][0], 0)}
-    for key in ("market_over_floor_tiny", "validated_over_floor_tiny", "market_over_validated_tiny"):
+    # The durable floor committed every bid, a round per transaction.
+    with contextlib.closing(sqlite3.connect(tmp_path / "0" / "durable-floor.db")) as db:
+        assert db.execute("SELECT COUNT(*), COUNT(DISTINCT round) FROM bids").fetchone() == (3 * ROUNDS, ROUNDS)
+    validated, durable = runs["validated"][0], runs["durable"][0]
+    figures = {f.key: f.value for f in market_figures("tiny", "N=3 K=8", market, floor, validated, durable, 0)}
+    ratios = ("market_over_floor", "validated_over_floor", "market_over_validated", "market_over_durable_floor")
+    for key in (f"{ratio}_tiny" for ratio in ratios):
         assert math.isfinite(figures[key]) and figures[key] > 0
     assert figures["lost_messages_tiny"] == 0
 
@@ -84,7 +92,7 @@ def test_median_run_ignores_runs_that_completed_no_round(tmp_path: Path) -> None
     failed = type(completed)()  # a run that never saw a round: no figure may come from it
 
     assert median_run([failed, completed, failed]) is completed
-    assert math.isnan(market_figures("x", "x", failed, completed, completed, 0)[0].value)
+    assert math.isnan(market_figures("x", "x", failed, completed, completed, completed, 0)[0].value)
 
 
 def test_profile_market_profiles_a_whole_market(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -109,7 +117,7 @@ def test_py_spy_samples_the_exchange_while_it_trades(tmp_path: Path) -> None:
     assert completed == 1200
 
     shares = {share.function: share for share in sampled_shares(output.read_text().splitlines())}
-    for function in ("AuctioneerServer._answer", "Exchange.tick", "Market.decide", "Ledger.commit"):
+    for function in ("AuctioneerServer._answer", "Exchange.tick", "Market.decide", "SqliteLedger.commit"):
         assert 0 < shares[function].inclusive < 1
     assert all(0 <= share.own <= share.inclusive <= 1 for share in shares.values())
 
@@ -154,3 +162,15 @@ def test_the_agent_runtime_benchmark_counts_every_round_its_agent_processes_trad
         bidders = [{b.agent for b in stored.bids} for market in ledger.market_ids() for stored in ledger.rounds(market)]
     assert len(bidders) == 60 and all(agents == {"agent0", "agent1", "agent2"} for agents in bidders)
     assert with_driver(markets=20, rounds=3, scratch=tmp_path, name="driver") > 0
+
+
+def test_a_section_whose_packages_are_missing_is_skipped_in_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    ran: list[str] = []
+    monkeypatch.setitem(benchmarks_main.NEEDS, "llm", (("no_such_package_anywhere",), "pip install it"))
+    monkeypatch.setitem(benchmarks_main.SECTIONS, "llm", lambda quick: ran.append("llm") or [])
+    monkeypatch.setattr("sys.argv", ["benchmarks", "--only", "llm", "--quick"])
+    assert benchmarks_main.main() == 0
+    assert ran == []
+    assert "skipped llm: needs no_such_package_anywhere (pip install it)" in capsys.readouterr().out

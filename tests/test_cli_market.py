@@ -129,7 +129,7 @@ def test_custom_agent_from_examples(market_run: MarketRun) -> None:
         (["-m", "auctioneer", "markets", "--exchange", "tcp://127.0.0.1"], "names no port"),
         (["-m", "auctioneer", "budget", "alice", "5", "--exchange", "udp://127.0.0.1:5555"], "not a ZeroMQ endpoint"),
         (["-m", "agent_client", "--name", "bad name!", "--distribution", "x=1", "--bid", "1"], "is not a name"),
-        (["-m", "agent_client", "--name", "a", "--distribution", "x=1", "--bid", "nan"], "finite number >= 0"),
+        (["-m", "agent_client", "--name", "a", "--distribution", "x=1", "--bid", "nan"], "nan is not a finite number"),
         (["-m", "agent_client", "--name", "a", "--distribution", "x=0.5,y=0.2", "--bid", "1"], "sum to 0.7, not 1"),
         (["-m", "cli.swarm", "--count", "2", "--prefix", "a b"], "is not a name"),
         (["-m", "cli.swarm", "--count", "0"], "a count is at least 1, not 0"),
@@ -138,7 +138,7 @@ def test_custom_agent_from_examples(market_run: MarketRun) -> None:
         (["-m", "auctioneer", "market", "close", "no such id!"], "is not a name"),
         (
             ["-m", "auctioneer", "market", "open", "--prompt", "x", "--agents", "a,b c"],
-            "agents[1]: String should match",
+            "agents[1]: 'b c' is not a name",
         ),
     ],
 )

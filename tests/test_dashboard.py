@@ -16,11 +16,17 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from auctioneer.metrics import LatencyHistogram
-from protocol.sockets import free_tcp_endpoint
-from tests.helpers import MarketRun, default_market_closed, read_ledger, static_agent, wait_until
+from tests.helpers import (
+    MarketRun,
+    default_market_closed,
+    free_http_address,
+    read_ledger,
+    scrape,
+    static_agent,
+    wait_until,
+)
 
 T = TypeVar("T")
 
@@ -28,25 +34,9 @@ AGENTS = {"alice": (" Hawaii=0.6, Maui=0.4", 2.0), "bob": (" Maui=0.5, Paris=0.5
 MECHANISM = ["--mode", "stable", "--payment", "critical_bid", "--min-agents", "2"]
 
 
-def free_http_address() -> str:
-    return free_tcp_endpoint().removeprefix("tcp://")
-
-
 def start_agents(run: MarketRun) -> None:
     for name, (distribution, amount) in AGENTS.items():
         run.agent(name, *static_agent(distribution, amount))
-
-
-def scrape(address: str) -> dict[str, float]:
-    """Every sample of ``/metrics``, by name and labels (``name{label=value}``)."""
-    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as response:
-        text = response.read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
 
 
 def test_metrics_of_serve_match_the_ledger(market_run: MarketRun) -> None:

@@ -5,6 +5,7 @@ No sockets: requests go straight to :meth:`Exchange.handle`, the test moves the 
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import os
@@ -441,6 +442,30 @@ def test_rounds_that_close_together_commit_in_one_transaction(make_exchange: Any
     assert exchange.ledger.commits() == commits_before + 1  # one fsync for twenty markets
 
 
+def test_a_bid_reserves_what_its_markets_payment_rule_can_charge(make_exchange: Any, clock: FakeClock) -> None:
+    # Two agents spend their whole budget of 4 in a first-price market, then trade in a free one.
+    exchange = make_exchange(budget=4.0, payment="first_price", max_tokens=2, min_agents=2)
+    register(exchange, "a1", "a2")
+    (paid,) = open_markets(exchange, 1)
+    for _ in range(2):
+        number = opened(tick(exchange))[paid]
+        for agent in ("a1", "a2"):
+            assert isinstance(exchange.handle(agent.encode(), bid(number, 2.0, paid)), BidAccepted)
+    tick(exchange)
+    assert exchange.accounts["a1"].remaining == exchange.accounts["a2"].remaining == 0.0
+    free = exchange.open_market(MarketSpec(settings={"prompt": "free:", "payment": "none"}, agents=["a1", "a2"])).id
+    number = opened(tick(exchange))[free]
+    for agent in ("a1", "a2"):
+        assert isinstance(exchange.handle(agent.encode(), bid(number, 3.0, free)), BidAccepted)
+        assert exchange.accounts[agent].reserved == 0.0  # `none` never charges: nothing is held
+    results = [m for m in tick(exchange) if isinstance(m, RoundResult) and m.market == free]
+    assert results[0].bids == {"a1": 3.0, "a2": 3.0} and results[0].payments == {"a1": 0.0, "a2": 0.0}
+    # In a paying market the same bid holds its amount, and a spent budget refuses it.
+    other = open_markets(exchange, 1, payment="second_price")[0]
+    number = opened(tick(exchange))[other]
+    assert error_code(exchange.handle(b"a1", bid(number, 3.0, other))) == "BUDGET_EXCEEDED"
+
+
 def test_a_budget_holds_across_markets_closing_in_the_same_instant(make_exchange: Any, clock: FakeClock) -> None:
     exchange = make_exchange(budget=5.0, payment="first_price", max_tokens=2)
     register(exchange, "a")
@@ -778,3 +803,21 @@ def test_a_ledger_an_earlier_exchange_still_serves_is_not_renumbered_under_it(
         assert ledger.market_count() == 1
     with sqlite3.connect(path) as db:
         assert db.execute("SELECT value FROM meta WHERE key = 'schema'").fetchone() == (SCHEMA_VERSION,)
+
+
+def test_every_committed_row_is_append_only(make_exchange: Any, clock: FakeClock) -> None:
+    exchange = make_exchange(prompt="", max_tokens=1)
+    register(exchange, "a")
+    number = opened(tick(exchange))[exchange.default_market]
+    assert isinstance(exchange.handle(b"a", bid(number, 1.0)), BidAccepted)
+    tick(exchange)
+    exchange.ledger.close()
+    with contextlib.closing(sqlite3.connect(exchange.settings.db, isolation_level=None)) as db:
+        for table in ("rounds", "bids", "payments", "sponsors"):
+            assert db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] >= 1, table
+            for change in (
+                f"UPDATE {table} SET round_id = round_id" if table != "rounds" else "UPDATE rounds SET round = round",
+                f"DELETE FROM {table}",
+            ):
+                with pytest.raises(sqlite3.IntegrityError, match=f"{table} are append-only"):
+                    db.execute(change)

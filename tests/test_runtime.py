@@ -88,7 +88,8 @@ async def test_runtimes_trade_and_a_slow_agent_only_misses_rounds(tmp_path: Path
     assert all(set(r["bids"]) == {"quick"} for r in document["rounds"])
     quick_report, sleepy_report = (report.only() for report in reports)
     assert [r.status for r in quick_report.rounds.values()] == ["accepted"] * 4
-    assert {r.status for r in sleepy_report.rounds.values()} <= {"missed (too slow)", "missed (still thinking)"}
+    sleepy_statuses = {r.status for r in sleepy_report.rounds.values()}
+    assert sleepy_statuses and sleepy_statuses <= {"missed (too slow)", "missed (still thinking)"}
     for whole in reports:
         report = whole.only()
         assert (report.text, report.closed_reason, whole.verification_failures) == (document["text"], "max_tokens", 0)
@@ -292,3 +293,45 @@ async def test_waiting_for_an_event_ends_at_the_event_or_the_timeout() -> None:
     asyncio.get_running_loop().call_later(0.01, event.set)
     await wait_until_set(event, 10.0)
     assert event.is_set()
+
+
+async def test_an_agent_without_stay_leaves_only_when_no_market_that_invites_it_is_open(tmp_path: Path) -> None:
+    """Markets opened while the agent trades, just after its welcome, are all traded to their end
+    before it leaves by itself (it asks the exchange for its markets before leaving)."""
+    settings = ServeSettings.model_validate(
+        {
+            "db": tmp_path / "exchange.db",
+            "market": free_tcp_endpoint(),
+            "feed": free_tcp_endpoint(),
+            "heartbeat_interval": 0.2,
+            "stay": True,
+            "round_pause": 0.05,
+        }
+    )
+    stop = asyncio.Event()
+    context = zmq.asyncio.Context()
+    operator = MarketClient(context, settings.market)
+    lengths = {"short": 2, "m2": 5, "m3": 5, "m4": 5}
+    async with asyncio.timeout(MARKET_TIMEOUT):
+        server = asyncio.create_task(serve(settings, stop=stop))
+        agent = AgentRuntime(StaticAgent({"x": 1.0}, 1.0), "a1", settings.market, settings.feed)
+        running = asyncio.create_task(agent.run())
+        try:
+            await until(lambda: agent.registered)
+            operator.connect()
+            openings = [
+                OpenMarket(market=market, settings={"prompt": f"{market}:", "max_tokens": tokens})
+                for market, tokens in lengths.items()
+            ]
+            replies = await asyncio.gather(*(operator.request(opening, 10) for opening in openings))
+            assert all(isinstance(reply, MarketStatusReply) for reply in replies)
+            report = await running  # it ends by itself
+        finally:
+            operator.close()
+            context.term()
+            stop.set()
+            await server
+    assert {market: r.closed_reason for market, r in report.markets.items()} == dict.fromkeys(lengths, "max_tokens")
+    for market, tokens in lengths.items():
+        statuses = [r.status for r in report.markets[market].rounds.values()]
+        assert statuses.count("accepted") >= 1 and len(report.markets[market].text) == len(market) + 1 + tokens

@@ -14,7 +14,7 @@ from auctioneer.mechanism.auction import (
     check_mechanism,
     run_auction,
 )
-from auctioneer.mechanism.payments import PAYMENTS, total_variation
+from auctioneer.mechanism.payments import PAYMENTS, most_charged, total_variation
 from auctioneer.mechanism.vocabulary import Sparse, SparseDistribution
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "Sparse",
     "SparseDistribution",
     "check_mechanism",
+    "most_charged",
     "run_auction",
     "total_variation",
 ]

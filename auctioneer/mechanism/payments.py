@@ -167,6 +167,16 @@ PAYMENTS: dict[str, PaymentFn] = {
     "critical_bid": critical_bid,
     "none": no_payment,
 }
+# Rules that never charge: a bid under them reserves nothing of its agent's budget.
+FREE_RULES = frozenset({"none"})
+
+
+def most_charged(payment: str, bid: float) -> float:
+    """The most ``payment`` can charge for ``bid``: every rule charges within ``[0, bid]``, and the
+    free rules nothing. What an accepted bid reserves of its agent's budget until its round settles."""
+    return 0.0 if payment in FREE_RULES else bid
+
+
 # Rules that charge for the drawn token need a draw that moves monotonically with each bid.
 MONOTONE_MODES = ("greedy", "stable")
 PAYMENT_MODES: dict[str, tuple[str, ...]] = {"critical_bid": MONOTONE_MODES}

@@ -54,6 +54,20 @@ def market_settings(tmp_path: Path, **values: Any) -> ServeSettings:
     )
 
 
+def exchange_settings(tmp_path: Path, **values: Any) -> ServeSettings:
+    """An exchange that opens no market at start and stays up until stopped."""
+    return ServeSettings.model_validate(
+        {
+            "db": tmp_path / "exchange.db",
+            "market": free_tcp_endpoint(),
+            "feed": free_tcp_endpoint(),
+            "heartbeat_interval": 0.2,
+            "stay": True,
+            **values,
+        }
+    )
+
+
 def runtime(settings: ServeSettings, name: str, agent: Any) -> AgentRuntime:
     return AgentRuntime(agent, name, settings.market, settings.feed)
 
@@ -159,16 +173,9 @@ async def test_a_closed_market_lets_go_of_the_bid_its_open_round_held_and_of_its
     """An operator closes a market while its round holds the agent's bid: that bid has no result
     coming, so it no longer counts in what the agent has reserved (its next decision, in another
     market, sees nothing reserved), and the market's state and feed subscription are let go."""
-    settings = ServeSettings.model_validate(
-        {
-            "db": tmp_path / "exchange.db",
-            "market": free_tcp_endpoint(),
-            "feed": free_tcp_endpoint(),
-            "heartbeat_interval": 0.2,
-            "stay": True,
-            # Two live agents and one that never bids: round 1 waits for it, holding the other's bid.
-            "markets": [{"id": "held", "prompt": "", "min_agents": 2, "round_timeout": 60.0}],
-        }
+    # Two live agents and one that never bids: round 1 waits for it, holding the other's bid.
+    settings = exchange_settings(
+        tmp_path, markets=[{"id": "held", "prompt": "", "min_agents": 2, "round_timeout": 60.0}]
     )
     reserved: dict[str, list[float]] = {}
 
@@ -298,16 +305,7 @@ async def test_waiting_for_an_event_ends_at_the_event_or_the_timeout() -> None:
 async def test_an_agent_without_stay_leaves_only_when_no_market_that_invites_it_is_open(tmp_path: Path) -> None:
     """Markets opened while the agent trades, just after its welcome, are all traded to their end
     before it leaves by itself (it asks the exchange for its markets before leaving)."""
-    settings = ServeSettings.model_validate(
-        {
-            "db": tmp_path / "exchange.db",
-            "market": free_tcp_endpoint(),
-            "feed": free_tcp_endpoint(),
-            "heartbeat_interval": 0.2,
-            "stay": True,
-            "round_pause": 0.05,
-        }
-    )
+    settings = exchange_settings(tmp_path, round_pause=0.05)
     stop = asyncio.Event()
     context = zmq.asyncio.Context()
     operator = MarketClient(context, settings.market)

@@ -15,8 +15,10 @@ It composes the rooms that do the work:
 **When it ends.** Unless ``stay``, the runtime ends once it has joined a market and no market that
 invites it is open: when the last market it trades in closes, it asks the exchange for its markets
 (``list_markets``) and joins any open one that invites it before deciding to leave, so markets
-opened while it traded, or whose notices it missed, are not left behind. With ``stay`` it runs until
-stopped.
+opened while it traded, or whose notices it missed, are not left behind. A market the exchange
+answers ``UNKNOWN_MARKET`` for (it came back on another ledger) is closed as
+:data:`UNKNOWN_TO_THE_EXCHANGE`, and the agent trades on in what the exchange holds now. With
+``stay`` it runs until stopped.
 """
 
 from __future__ import annotations
@@ -37,9 +39,8 @@ from agent_client.registration import GIVE_UP_AFTER, AgentRejected, AuctioneerLo
 from agent_client.report import AgentReport
 from agent_client.traded_market import TradedMarket
 from agent_client.verify import OwnBid
-from protocol.client import FeedEvent, FeedFollower, MarketClient, SocketSetup, list_markets
+from protocol.client import FeedEvent, FeedFollower, MarketClient, MarketUnknown, SocketSetup, list_markets
 from protocol.draw import UnknownDrawMode, draw_function
-from protocol.errors import ProtocolError
 from protocol.messages import (
     BidAccepted,
     Error,
@@ -61,6 +62,7 @@ __all__ = ["GIVE_UP_AFTER", "AgentRejected", "AgentRuntime", "AuctioneerLost"]
 log = logging.getLogger(__name__)
 
 DEADLINE_MARGIN = 0.1  # fraction of the round's timeout kept free for the bid to travel
+UNKNOWN_TO_THE_EXCHANGE = "unknown to the exchange"  # a market's closing reason, once the exchange forgot it
 
 
 class AgentRuntime:
@@ -141,15 +143,12 @@ class AgentRuntime:
         return self.report
 
     async def _follow(self, follower: FeedFollower) -> None:
-        try:
+        if self._finished(follower) and not await self._open_markets_left():
+            return
+        async for event in follower.events():
+            self._apply(event)
             if self._finished(follower) and not await self._open_markets_left():
                 return
-            async for event in follower.events():
-                self._apply(event)
-                if self._finished(follower) and not await self._open_markets_left():
-                    return
-        except ProtocolError as exc:  # a market this agent joined is unknown: another ledger behind the address
-            raise AgentRejected(f"{exc.message} (did the exchange restart on another ledger?)") from None
 
     @property
     def registered(self) -> bool:
@@ -250,6 +249,12 @@ class AgentRuntime:
         if isinstance(event, MarketEnded):
             if event.market in self.markets:
                 self._closed(self.markets[event.market], event.reason, None)
+            return
+        if isinstance(event, MarketUnknown):
+            if event.market in self.markets:
+                log.warning("market %s is unknown to the exchange (it came back on another ledger?): %s",
+                            event.market, event.message)  # fmt: skip
+                self._closed(self.markets[event.market], UNKNOWN_TO_THE_EXCHANGE, None)
             return
         market = self.markets.get(event.market or "")
         if market is None:

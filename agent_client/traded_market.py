@@ -75,7 +75,9 @@ class TradedMarket(MarketState):
         elif name not in result.bids and not acknowledged:
             own = None  # sent but never acknowledged: it may not have arrived, nothing to check
         rules = self.info.rules
-        problems = result_problems(result, commitment, rules, own, rules.effective_reference_weight)
+        # b_0 of this round, as the result states it (SPEC 4.2); before revision 1.7, from the rules.
+        weight = result.reference_weight if result.reference_weight is not None else rules.effective_reference_weight
+        problems = result_problems(result, commitment, rules, own, weight)
         self.apply(result)
         record = self.report.record(result.round)
         record.token = result.token

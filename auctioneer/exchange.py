@@ -34,7 +34,7 @@ from auctioneer.dispatch import Reply, dispatch
 from auctioneer.ledger import LedgerError, Store, StoredMarket
 from auctioneer.market import Market, closed_status, market_info
 from auctioneer.registry import FORGET_AFTER_HEARTBEATS, AgentRecord, AgentRegistry
-from auctioneer.settings import MarketSettings, MarketSpec, ServeSettings
+from auctioneer.settings import MarketSettings, MarketSpec, ServeSettings, participation_problem
 from protocol import ErrorCode, ProtocolError, encode
 from protocol.errors import describe_validation_error
 from protocol.messages import (
@@ -148,6 +148,9 @@ class Exchange:
             settings = self.settings.market_settings(spec)
         except ValidationError as exc:
             raise ProtocolError(ErrorCode.INVALID_SETTINGS, describe_validation_error(exc), "settings") from None
+        problem = participation_problem(settings, spec)
+        if problem is not None:
+            raise ProtocolError(ErrorCode.INVALID_SETTINGS, f"{problem[0]}: {problem[1]}", problem[0])
         if not default and "seed" not in spec.settings and settings.seed is not None:
             # Markets must not share round seeds: derive this one's from the exchange's seed and its id.
             derived = hashlib.sha256(bytes.fromhex(settings.seed) + b"market" + market_id.encode()).hexdigest()

@@ -88,14 +88,17 @@ class Market:
         self.settings = settings
         self.mechanism = settings.mechanism()
         self._reference = settings.reference_distribution()
+        resuming = stored is not None
         stored = stored or StoredMarket(info.id, {}, 0.0, 0, None)
         self.tokens = list(stored.tokens)
         self.text = settings.prompt + "".join(self.tokens)
         self.balances = dict(stored.balances)  # agent -> total paid in this market, for those who paid
         self.last_round = stored.last_round
         self.idle_rounds = 0  # counted afresh after a restart: the first rounds wait for agents to return
-        # A crashed predecessor may have announced one round_open beyond the ledger: skip its seq.
-        self.seq = stored.seq + (1 if stored.seq else 0)
+        self.seq = stored.seq  # the market's latest broadcast seq
+        # A stopped predecessor may have announced a round_open beyond the ledger: the first broadcast
+        # of this run skips that seq and says so (``resumed``), so no client takes it for a loss.
+        self._resuming = resuming
         self.closed = stored.closed
         self.current: OpenRound | None = None
         self.next_open_at = 0.0
@@ -186,6 +189,11 @@ class Market:
             return self.has_participant(live)  # nobody there: wait for someone rather than burn rounds
         return len(self.participants(live)) >= max(self.settings.min_agents, 1)
 
+    def _next_seq(self) -> tuple[int, bool | None]:
+        """The next broadcast's seq, and its ``resumed``: True if it is the first after a restart
+        (it skips one seq), else None (left out)."""
+        return (self.seq + 2, True) if self._resuming else (self.seq + 1, None)
+
     def _round_seed(self, number: int) -> bytes:
         if self.settings.seed is None:
             return secrets.token_bytes(SEED_BYTES)
@@ -197,7 +205,8 @@ class Market:
         number = self.last_round + 1
         seed = self._round_seed(number)
         self.started = True
-        self.seq += 1
+        self.seq, resumed = self._next_seq()
+        self._resuming = False
         announcement = assemble(  # from this market's own numbers: constructed, not validated again
             RoundOpen,
             type="round_open",
@@ -210,6 +219,7 @@ class Market:
             deadline=now + self.settings.round_timeout,
             timeout=self.settings.round_timeout,
             market=self.id,
+            resumed=resumed,
         )
         self.current = OpenRound(number, seed, announcement, now)
         self._waiting_version = -1
@@ -275,6 +285,7 @@ class Market:
             seed_commitment=current.announcement.seed_commitment,
             sponsors=sponsors,
             market=self.id,
+            reference_weight=reference.weight if reference is not None and reference.weight > 0 else None,
         )
         stored = [
             StoredBid(name, b.bid, b.distribution.tokens, b.distribution.probs)
@@ -347,12 +358,15 @@ class Market:
         """The ``market_closed`` that ends the market now (abandoning an open round, never committed),
         and the bids of that round whose reservations must be released. Applied by :meth:`ended`."""
         abandoned = {name: self.reservation(b.bid) for name, b in self.current.bids.items()} if self.current else {}
-        closed = MarketClosed(seq=self.seq + 1, reason=reason, text=self.text, rounds=self.last_round, market=self.id)
+        seq, resumed = self._next_seq()
+        closed = MarketClosed(
+            seq=seq, reason=reason, text=self.text, rounds=self.last_round, market=self.id, resumed=resumed
+        )
         return closed, abandoned
 
     def ended(self, closed: MarketClosed) -> None:
         self.current = None
-        self.seq = closed.seq
+        self.seq, self._resuming = closed.seq, False
         self.closed = closed
         log.info("market %s closed (%s) after %d rounds", self.id, closed.reason, self.last_round)
 

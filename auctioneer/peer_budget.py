@@ -9,9 +9,11 @@ Token buckets, refilled continuously up to a burst:
   decode). A request that arrives while either bucket is empty is dropped before it is decoded and
   gets no reply (the client's timeout and retry apply);
 - **sync replies**: the KiB of ``sync_reply`` a connection is sent, at :data:`SYNC_KIB_RATE` a second
-  after a burst of :data:`SYNC_KIB_BURST`. A ``sync_request`` while it is exhausted is answered
-  ``LIMIT_REACHED`` at once. This bounds what a peer that never reads its replies makes the
-  auctioneer hold, and the ledger reads it makes it do.
+  after a burst of :data:`SYNC_KIB_BURST`, and all connections of one address together at twice
+  that (a new connection brings no fresh allowance to its host). A ``sync_request`` while either is
+  exhausted is answered ``LIMIT_REACHED`` at once. This bounds what a peer that never reads its
+  replies makes the auctioneer hold, and the ledger reads and reply building it makes it do,
+  however many connections it opens.
 
 Buckets that have refilled are forgotten, so connections that went quiet take no memory.
 """
@@ -27,6 +29,7 @@ from typing import NamedTuple
 KIB = 1024
 SYNC_KIB_RATE = 4 * 1024  # 4 MiB of sync replies a second per connection
 SYNC_KIB_BURST = 16 * 1024
+ADDRESS_SYNC_SHARE = 2  # an address's sync allowance, in connections' worth
 REQUEST_BURST_SECONDS = 2.0
 PRUNE_AT = 10_000  # buckets kept before the refilled ones are swept away
 
@@ -95,6 +98,7 @@ class PeerBudgets:
         self.requests = TokenBuckets(request_rate, request_rate * REQUEST_BURST_SECONDS, clock)
         self.addresses = TokenBuckets(address_rate, address_rate * REQUEST_BURST_SECONDS, clock)
         self.sync = TokenBuckets(SYNC_KIB_RATE, SYNC_KIB_BURST, clock)
+        self.address_sync = TokenBuckets(ADDRESS_SYNC_SHARE * SYNC_KIB_RATE, ADDRESS_SYNC_SHARE * SYNC_KIB_BURST, clock)
 
     def admit_request(self, peer: bytes, size: int, address_of: Callable[[], str | None]) -> Admission:
         """Charge a request of ``size`` bytes to its connection and to its address (``address_of``:
@@ -114,11 +118,16 @@ class PeerBudgets:
         connection[0] -= cost
         return Admission(True, address)
 
-    def admit_sync(self, peer: bytes) -> bool:
-        return self.sync.take(peer, 0.0)
+    def admit_sync(self, peer: bytes, address: str | None) -> bool:
+        """Whether a ``sync_request`` may be answered: its connection and its address have sync
+        allowance left (what its reply costs is charged once it is built, :meth:`sync_sent`)."""
+        host = address.encode() if address is not None else None
+        return self.sync.take(peer, 0.0) and (host is None or self.address_sync.take(host, 0.0))
 
-    def sync_sent(self, peer: bytes, size: int) -> None:
+    def sync_sent(self, peer: bytes, address: str | None, size: int) -> None:
         self.sync.spend(peer, size / KIB)
+        if address is not None:
+            self.address_sync.spend(address.encode(), size / KIB)
 
 
 class ThrottledWarnings:

@@ -14,7 +14,8 @@ and their address's budgets (:mod:`auctioneer.peer_budget`) before they are deco
 peer that vanished, or whose queue of unread replies is full, is dropped and counted); the feed
 socket accepts only subscriptions to the exchange's own topics, of at most
 :data:`MAX_SUBSCRIPTION_BYTES`; a connection that does not finish its ZeroMQ handshake within
-:data:`HANDSHAKE_SECONDS` is closed.
+:data:`HANDSHAKE_SECONDS` is closed; what connections may hold beyond that (their number per
+address, the memory of unfinished multipart messages) is :mod:`auctioneer.connection_guard`'s.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import zmq
 import zmq.asyncio
 
 from auctioneer.admission import Admission
+from auctioneer.connection_guard import ConnectionGuard
 from auctioneer.exchange import Exchange
 from auctioneer.metrics import AuctioneerMetrics
 from auctioneer.peer_budget import PeerBudgets, ThrottledWarnings
@@ -36,7 +38,7 @@ from auctioneer.security import CurveServer
 from protocol import ErrorCode, ProtocolError, encode
 from protocol.codec import Limits, decode_request
 from protocol.errors import UserError
-from protocol.messages import AUCTIONEER_REQUESTS, Error, Message, SyncRequest, refusal
+from protocol.messages import AUCTIONEER_REQUESTS, Error, ExchangeNotice, Message, SyncRequest, refusal
 from protocol.sockets import FEED_HIGH_WATER_MARK, make_socket
 from protocol.topics import BROAD_SUBSCRIPTIONS, EXCHANGE_TOPIC, market_topic, subscribed_market, topic_frame
 
@@ -94,6 +96,7 @@ class AuctioneerServer:
             sock.setsockopt(zmq.HANDSHAKE_IVL, int(HANDSHAKE_SECONDS * 1000))
         self._curve: CurveServer | None = None
         self._replies: list[tuple[list[bytes], bytes]] = []  # answered, not yet sent (_send_replies)
+        self._guard: ConnectionGuard | None = None
 
     def configure_curve(self, curve: CurveServer) -> None:
         """Turn on CurveZMQ on both sockets (before :meth:`run` binds them)."""
@@ -110,6 +113,13 @@ class AuctioneerServer:
         try:
             self._bind(self.router, self.settings.market)
             self._bind(self.publisher, self.settings.feed)
+            self._guard = ConnectionGuard(
+                zmq.Context.shadow(self.context.underlying),
+                {"market": self._router_replies, "feed": self._feed},
+                self.settings.max_connections_per_address,
+                self.settings.max_memory_mib,
+            )
+            self._guard.start()
             log.info("market socket on %s, feed on %s", self.settings.market, self.settings.feed)
             self._publish_queued()
             background = [
@@ -129,6 +139,8 @@ class AuctioneerServer:
                 task.cancel()
             await asyncio.gather(clock, stopper, *background, return_exceptions=True)
         finally:
+            if self._guard is not None:
+                self._guard.stop()
             self.router.close(linger=0)
             self.publisher.close(linger=0)
             if self._curve is not None:
@@ -183,14 +195,16 @@ class AuctioneerServer:
         self._take_subscriptions()
 
     def _publish(self, message: Message, payload: bytes) -> None:
-        """Send one broadcast under its topic (PUB never blocks: a slow subscriber loses messages and resyncs)."""
-        market = getattr(message, "market", None)
-        if isinstance(market, str):
-            self._feed.send(topic_frame(market_topic(market), payload), LAST)
-            if market == self.exchange.default_market:
-                self._feed.send(payload, LAST)
-        else:
+        """Send one broadcast under its topic: the exchange's notices under ``x``, a market's broadcasts
+        under ``m.<id>`` (PUB never blocks: a slow subscriber loses messages and resyncs)."""
+        if isinstance(message, ExchangeNotice):
             self._feed.send(topic_frame(EXCHANGE_TOPIC, payload), LAST)
+            return
+        market = getattr(message, "market", None)
+        assert isinstance(market, str)
+        self._feed.send(topic_frame(market_topic(market), payload), LAST)
+        if market == self.exchange.default_market:
+            self._feed.send(payload, LAST)
 
     # --- the feed's subscriptions -----------------------------------------------------------
 
@@ -283,7 +297,7 @@ class AuctioneerServer:
                 request_type = exc.request_type
             else:
                 request_type = request.type
-                if isinstance(request, SyncRequest) and not self._budgets.admit_sync(peer):
+                if isinstance(request, SyncRequest) and not self._budgets.admit_sync(peer, address):
                     reply = Error(code=ErrorCode.LIMIT_REACHED, message=SYNC_LIMITED, re=request.id)
                 else:
                     reply = self._handle(peer, request, identity, address, admitted)
@@ -291,7 +305,7 @@ class AuctioneerServer:
             self.metrics.replied(request_type, reply)
         if isinstance(reply, bytes):
             data = reply
-            self._budgets.sync_sent(peer, len(data))
+            self._budgets.sync_sent(peer, address, len(data))
         else:
             data = encode(reply)
         self._replies.append((envelope, data))

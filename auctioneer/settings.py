@@ -135,6 +135,12 @@ class ExchangeSettings(BaseModel):
     max_agents_per_address: Annotated[int, Field(ge=1)] = Field(
         10_000, description="the most agent names registered at once from one network address"
     )
+    max_connections_per_address: Annotated[int, Field(ge=1)] = Field(
+        1000, description="the most connections one network address may hold to each socket at once"
+    )
+    max_memory_mib: PositiveFloat = Field(
+        1024.0, description="resident memory (MiB) beyond which the connection receiving the most is dropped"
+    )
 
     @model_validator(mode="after")
     def _curve_needs_both_keys(self) -> ExchangeSettings:
@@ -179,6 +185,22 @@ class ServeSettings(MarketSettings, ExchangeSettings):
         return MarketSettings.model_validate({**self.market_defaults(), **spec.settings})
 
 
+def participation_problem(settings: MarketSettings, spec: MarketSpec) -> tuple[str, str] | None:
+    """Why a market of ``settings`` open to ``spec``'s participants could not run as configured:
+    ``(setting, reason)``, or None. A reference weight needs something to weigh (a reference
+    distribution or a reference agent), and a market limited to named agents cannot wait for more of
+    them than it names."""
+    if settings.reference_weight > 0 and settings.reference is None and spec.reference_agent is None:
+        reason = f"{settings.reference_weight:g} weighs nothing: give a reference distribution or a reference agent"
+        return "reference_weight", reason
+    if spec.agents is not None:
+        possible = set(spec.agents) | ({spec.reference_agent} if spec.reference_agent else set())
+        if len(possible) < settings.min_agents:
+            reason = f"the market waits for {settings.min_agents} agents but is limited to {len(possible)}"
+            return "min_agents", reason + f" ({', '.join(sorted(possible)) or 'none'})"
+    return None
+
+
 def load_settings(values: Mapping[str, Any], overrides: Mapping[str, Any]) -> ServeSettings:
     """Settings from ``values`` (a config file's keys) with the non-None ``overrides`` (flags) on top."""
     merged = {**values, **{k: v for k, v in overrides.items() if v is not None}}
@@ -186,9 +208,15 @@ def load_settings(values: Mapping[str, Any], overrides: Mapping[str, Any]) -> Se
         settings = ServeSettings.model_validate(merged)
     except ValidationError as exc:
         raise SettingsError(f"setting {describe_validation_error(exc)}") from None
+    default = settings.default_market()
+    problem = participation_problem(default, MarketSpec()) if default is not None else None
+    if problem is not None:
+        raise SettingsError(f"setting {problem[0]}: {problem[1]}")
     for number, spec in enumerate(settings.markets):  # each market to open at start, before any opens
         try:
-            settings.market_settings(spec)
+            problem = participation_problem(settings.market_settings(spec), spec)
         except ValidationError as exc:
             raise SettingsError(f"setting markets[{number}].{describe_validation_error(exc)}") from None
+        if problem is not None:
+            raise SettingsError(f"setting markets[{number}].{problem[0]}: {problem[1]}")
     return settings

@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol.client import MarketUnknown
 from protocol.market_state import MarketEvent, MarketState
 from protocol.messages import (
     MarketClosed,
@@ -98,7 +99,7 @@ class Board:
             board = self.markets[market_id] = MarketBoard(market_id)
         return board
 
-    def apply(self, message: Message) -> None:
+    def apply(self, message: Message | MarketUnknown) -> None:
         """Fold one feed event (or reply) in; other messages are ignored."""
         if isinstance(message, MarketList):
             before = [m.summary() for m in self.markets.values()]
@@ -110,6 +111,8 @@ class Board:
             self.market(message.market.id).opened(message.market.rules.prompt)
         elif isinstance(message, MarketEnded):
             self.market(message.market).closed = message.reason
+        elif isinstance(message, MarketUnknown):
+            self.market(message.market).closed = "unknown to the exchange"
         elif isinstance(message, SyncReply | RoundOpen | RoundResult | MarketClosed) and message.market is not None:
             if isinstance(message, SyncReply):
                 self.resyncs += 1

@@ -5,7 +5,8 @@ reconnect with the same routing id). :class:`FeedFollower` reads the feed of any
 on one SUB socket (one topic per market, plus the exchange's notices), each market in ``seq``
 order with no gaps: on a gap, a newly followed market or a heartbeat ahead of it, it asks for that
 market's ``sync_reply`` (the ZeroMQ guide's Clone pattern) and replays what was missed; a gap in
-the exchange's notices is filled with a ``market_list``.
+the exchange's notices is filled with a ``market_list``; a market the exchange no longer knows is
+told as :class:`MarketUnknown` and let go.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import itertools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import zmq
@@ -43,9 +45,19 @@ from protocol.topics import EXCHANGE_TOPIC, market_topic, split_frame, subscript
 
 log = logging.getLogger(__name__)
 
+
+@dataclass(frozen=True)
+class MarketUnknown:
+    """A followed market the exchange answers ``UNKNOWN_MARKET`` for (it came back on another ledger,
+    or never held it): it is no longer followed."""
+
+    market: str
+    message: str
+
+
 MarketEvent = SyncReply | RoundOpen | RoundResult | MarketClosed
 ExchangeEvent = MarketOpened | MarketEnded | MarketList
-FeedEvent = MarketEvent | ExchangeEvent
+FeedEvent = MarketEvent | ExchangeEvent | MarketUnknown
 SocketSetup = Callable[[zmq.asyncio.Socket], None]
 Reply = TypeVar("Reply", bound=Message)
 FROM_AUCTIONEER = LIMITS.from_auctioneer
@@ -198,12 +210,17 @@ class FeedFollower:
                 # The market stays stale (``catching_up``) until its resync is done: its last event
                 # is held back until then, so a caller that stops once nothing is catching up has
                 # applied every replayed result first.
-                market, last = self._stale[0], None
+                market = self._stale[0]
+                last: MarketEvent | MarketUnknown | None = None
                 if market in self._last:
-                    async for event in self._resync(market):
-                        if last is not None:
-                            yield last
-                        last = event
+                    try:
+                        async for event in self._resync(market):
+                            if last is not None:
+                                yield last
+                            last = event
+                    except ProtocolError as exc:  # UNKNOWN_MARKET: it came back on another ledger
+                        self.unfollow(market)
+                        last = MarketUnknown(market, exc.message)
                 self._stale.pop(0)
                 if last is not None:
                     yield last
@@ -234,7 +251,9 @@ class FeedFollower:
             return None
         if message.seq <= last:
             return None
-        if message.seq > last + 1:
+        # A market's first broadcast after an auctioneer restart skips one seq, and says so.
+        resumed = isinstance(message, RoundOpen | MarketClosed) and message.resumed and message.seq == last + 2
+        if message.seq > last + 1 and not resumed:
             log.info("feed gap in market %s after seq %d: resyncing", market, last)
             if market not in self._stale:
                 self._stale.append(market)
@@ -322,6 +341,8 @@ async def follow_market(market: str | None, endpoint: str, feed: str, on_event: 
             market = await _default_market(client)
         follower.follow(market)
         async for event in follower.events():
+            if isinstance(event, MarketUnknown):
+                raise ProtocolError(ErrorCode.UNKNOWN_MARKET, event.message, "market")
             on_event(event)
             if isinstance(event, MarketClosed):
                 return

@@ -13,7 +13,16 @@ from typing import Annotated, Any
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer, ValidationInfo, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    ValidationInfo,
+    WithJsonSchema,
+    model_validator,
+)
 
 MAX_TOKEN_BYTES = 256
 DEFAULT_MAX_SUPPORT = 4096
@@ -46,6 +55,19 @@ ProbabilityArray = Annotated[
     NDArray[np.float64],
     BeforeValidator(_as_float_array),
     PlainSerializer(probs_bytes, return_type=bytes),
+    WithJsonSchema(
+        {
+            "description": "probs[k] is the probability of tokens[k]: finite, >= 0, summing to 1 within 1e-6",
+            "oneOf": [
+                {"type": "array", "items": {"type": "number", "minimum": 0}},
+                {
+                    "type": "string",
+                    "contentEncoding": "base64",
+                    "description": "a msgpack bin of little-endian float64 values, 8 bytes a token, as base64",
+                },
+            ],
+        }
+    ),
 ]
 
 
@@ -54,7 +76,13 @@ class Distribution(BaseModel):
 
     model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True, extra="ignore")
 
-    tokens: list[str]
+    tokens: list[Annotated[str, WithJsonSchema({"type": "string", "minLength": 1})]] = Field(
+        json_schema_extra={
+            "minItems": 1,
+            "uniqueItems": True,
+            "description": "distinct tokens, 256 UTF-8 bytes at most",
+        }
+    )
     probs: ProbabilityArray
 
     @model_validator(mode="after")

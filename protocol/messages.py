@@ -116,7 +116,7 @@ class SealedBid(Message):
     type: Literal["sealed_bid"] = "sealed_bid"
     round: RoundNumber
     distribution: Distribution
-    bid: float
+    bid: float = Field(json_schema_extra={"minimum": 0, "description": "a finite number >= 0"})
     market: MarketId | None = None
 
     @field_validator("bid")
@@ -283,6 +283,7 @@ class RoundOpen(Message):
     deadline: float
     timeout: float
     market: MarketId | None = None
+    resumed: bool | None = None  # the market's first broadcast after a restart: it skips one seq
 
 
 class RoundResult(Message):
@@ -299,6 +300,7 @@ class RoundResult(Message):
     seed_commitment: HexDigest
     sponsors: dict[str, float] = {}
     market: MarketId | None = None
+    reference_weight: NonNegativeFloat | None = None  # b_0 this round (absent: 0)
 
 
 class MarketClosed(Message):
@@ -308,6 +310,7 @@ class MarketClosed(Message):
     text: str
     rounds: Count
     market: MarketId | None = None
+    resumed: bool | None = None  # as in round_open
 
 
 class Heartbeat(Message):

@@ -235,6 +235,98 @@ def _still_open(sock: socket.socket) -> bool:
         return False
 
 
+# --- ZMTP 3.0 spoken by hand (RFC 23/ZMTP): a peer libzmq cannot tell from a DEALER ------------------
+
+ZMTP_GREETING = b"\xff" + bytes(8) + b"\x7f" + b"\x03\x00" + b"NULL".ljust(20, b"\x00") + b"\x00" + bytes(31)
+ZMTP_MORE, ZMTP_LONG, ZMTP_COMMAND = 0x01, 0x02, 0x04
+
+
+def zmtp_frame(flags: int, body: bytes) -> bytes:
+    if len(body) > 255:
+        return bytes([flags | ZMTP_LONG]) + len(body).to_bytes(8, "big") + body
+    return bytes([flags, len(body)]) + body
+
+
+def zmtp_connect(endpoint: str, timeout: float = 5.0) -> socket.socket:
+    """A TCP connection from the attacker's host that has done the ZMTP NULL handshake as a DEALER."""
+    address = urlparse(endpoint)
+    sock = socket.create_connection(
+        (address.hostname or "127.0.0.1", address.port or 0), timeout=timeout, source_address=(ATTACKER_HOST, 0)
+    )
+    ready = b"\x05READY" + b"\x0bSocket-Type" + (6).to_bytes(4, "big") + b"DEALER"
+    sock.sendall(ZMTP_GREETING + zmtp_frame(ZMTP_COMMAND, ready))
+    received = b""
+    while len(received) < len(ZMTP_GREETING) + 2:  # the server's greeting and the start of its READY
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("the auctioneer closed the connection during the handshake")
+        received += chunk
+    return sock
+
+
+def idle_zmtp(context: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace) -> dict[str, Any]:
+    """``count`` connections that complete the ZMTP handshake and then send nothing, held for
+    ``seconds``: how many the auctioneer let stay open."""
+    held: list[socket.socket] = []
+    refused = 0
+    for _ in range(args.count):
+        try:
+            held.append(zmtp_connect(args.market))
+        except OSError:
+            refused += 1
+    time.sleep(args.seconds)
+    still_open = sum(_still_open(sock) for sock in held)
+    for sock in held:
+        sock.close()
+    return {"count": args.count, "handshaken": len(held), "refused": refused, "open": still_open}
+
+
+def endless_multipart(context: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace) -> dict[str, Any]:
+    """One message whose parts (1 MiB each, under the size limit) all carry the MORE flag, sent as fast
+    as possible for ``seconds``, up to ``count`` MiB; reconnecting whenever the auctioneer drops it."""
+    part = zmtp_frame(ZMTP_MORE, bytes(1 << 20))
+    sent = connections = 0
+    deadline = time.monotonic() + args.seconds
+    while time.monotonic() < deadline and sent < args.count:
+        try:
+            sock = zmtp_connect(args.market)
+        except OSError:
+            time.sleep(0.05)
+            continue
+        connections += 1
+        try:
+            while time.monotonic() < deadline and sent < args.count:
+                sock.sendall(part)
+                sent += 1
+        except OSError:
+            pass  # dropped: connect again
+        finally:
+            sock.close()
+    return {"sent_mib": sent, "connections": connections}
+
+
+def sync_flood(context: zmq.Context[zmq.Socket[bytes]], args: argparse.Namespace) -> dict[str, Any]:
+    """``count`` connections from one address asking for a market's whole history (``limit`` 1000)
+    as fast as they are answered, for ``seconds``."""
+    sockets = [dealer(context, args.market) for _ in range(args.count)]
+    request = encode(SyncRequest(since_seq=0, limit=1000))
+    sent = answered = limited = 0
+    for sock in sockets:
+        sock.send(request)
+        sent += 1
+    deadline = time.monotonic() + args.seconds
+    while time.monotonic() < deadline:
+        for sock in sockets:
+            while sock.poll(0):
+                reply = msgpack.unpackb(sock.recv())
+                answered += reply.get("type") == "sync_reply"
+                limited += reply.get("code") == "LIMIT_REACHED"
+                sock.send(request)
+                sent += 1
+        time.sleep(0.001)
+    return {"sent": sent, "answered": answered, "limited": limited}
+
+
 ATTACKS: dict[str, Attack] = {
     attack.__name__: attack
     for attack in (
@@ -246,6 +338,9 @@ ATTACKS: dict[str, Attack] = {
         names_on_one_connection,
         feed_input,
         idle_connections,
+        idle_zmtp,
+        endless_multipart,
+        sync_flood,
     )
 }
 

@@ -268,3 +268,81 @@ def run_instance(
         seed,
         reference,
     )
+
+
+# --- the wire, spoken by hand (no client of ours) ---------------------------------------------
+
+
+class WireClient:
+    """A DEALER that sends msgpack maps built by hand and reads replies as plain maps, keeping a
+    transcript of both (``sent``, ``received``)."""
+
+    def __init__(self, endpoint: str) -> None:
+        import zmq
+
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(endpoint)
+        self.sent: list[dict[str, Any]] = []
+        self.received: list[dict[str, Any]] = []
+        self._ids = iter(range(1, 2**62))
+
+    def request(self, kind: str, timeout: float = 10.0, **fields: Any) -> dict[str, Any]:
+        import msgpack
+
+        message = {"v": 1, "type": kind, "id": next(self._ids), **fields}
+        self.sent.append(message)
+        self.socket.send(msgpack.packb(message, use_bin_type=True))
+        while True:
+            if not self.socket.poll(int(timeout * 1000)):
+                raise AssertionError(f"no reply to {kind}")
+            reply = msgpack.unpackb(self.socket.recv(), raw=False)
+            self.received.append(reply)
+            if reply.get("re") == message["id"]:
+                return dict(reply)
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+        self.context.term()
+
+
+TOPIC_MARK = b"\xc1"
+
+
+class WireFeed:
+    """A SUB reading feed frames by hand: ``0xC1 topic 0x0A msgpack``, kept in ``seen``."""
+
+    def __init__(self, endpoint: str, *topics: str) -> None:
+        import zmq
+
+        self.context = zmq.Context()
+        self.socket = self.context.socket(zmq.SUB)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        for topic in topics:
+            self.socket.setsockopt(zmq.SUBSCRIBE, TOPIC_MARK + topic.encode() + b"\n" if topic else b"")
+        self.socket.connect(endpoint)
+        self.seen: list[tuple[str | None, dict[str, Any]]] = []
+
+    def next(self, predicate: Callable[[str | None, dict[str, Any]], bool], timeout: float = 20.0) -> dict[str, Any]:
+        """The next message (topic, map) that ``predicate`` accepts, reading and keeping every one."""
+        import msgpack
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.socket.poll(100):
+                continue
+            frame = self.socket.recv()
+            topic: str | None = None
+            if frame.startswith(TOPIC_MARK):
+                head, _, frame = frame[1:].partition(b"\n")
+                topic = head.decode()
+            message = dict(msgpack.unpackb(frame, raw=False))
+            self.seen.append((topic, message))
+            if predicate(topic, message):
+                return message
+        raise AssertionError("the feed did not bring the message waited for")
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+        self.context.term()

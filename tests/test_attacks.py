@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 import zmq
 
-from auctioneer.ledger import Ledger
+from auctioneer.ledger import Ledger, LedgerError
 from protocol import decode
 from protocol.messages import Hello, RoundResult
 from protocol.sockets import free_tcp_endpoint
@@ -151,6 +151,7 @@ ONE_PEER_ATTACKS = {
         ["--count", "66", "--seconds", "5"],
         {"zero"},
     ),
+    # (as from 5,000 hosts: one host may not hold 5,000 connections)
     "5,000 registered identities that never bid": ("sybils", ["--count", "5000", "--seconds", "5"], set()),
     "100k names from one connection": ("names_on_one_connection", ["--count", "100000"], set()),
     "huge and unknown feed subscriptions, a 64 MiB feed frame": ("feed_input", ["--count", "100000"], set()),
@@ -160,7 +161,7 @@ ONE_PEER_ATTACKS = {
 @pytest.mark.parametrize("attack", list(ONE_PEER_ATTACKS), ids=[name for name, _, _ in ONE_PEER_ATTACKS.values()])
 def test_one_peer_cannot_stop_honest_trade_or_grow_the_auctioneer(market_run: MarketRun, attack: str) -> None:
     name, args, identities = ONE_PEER_ATTACKS[attack]
-    http = start_honest_market(market_run)
+    http = start_honest_market(market_run, *(["--max-connections-per-address", "10000"] if name == "sybils" else []))
     before = round_rate(market_run.db, 3.0)
     counted_before = scrape(http)
     attacker = start_attack(market_run, name, *args, "--metrics", http)
@@ -359,3 +360,94 @@ def test_a_public_endpoint_without_curve_is_refused_unless_insecure(tmp_path: Pa
     refused = run_cli("-m", "auctioneer", "serve", "--market", f"tcp://0.0.0.0:{port}", "--db", str(tmp_path / "x.db"))
     assert refused.returncode == 2 and "--insecure" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
+
+
+def open_descriptors(process: subprocess.Popen[bytes]) -> int:
+    return len(os.listdir(f"/proc/{process.pid}/fd"))
+
+
+def test_idle_handshaken_connections_from_one_address_are_bounded_and_agents_get_in(market_run: MarketRun) -> None:
+    start_honest_market(market_run, "--max-connections-per-address", "200")
+    auctioneer = market_run.processes[0]
+    before = open_descriptors(auctioneer)
+    attacker = start_attack(market_run, "idle_zmtp", "--count", "2000", "--seconds", "6")
+    time.sleep(3.0)  # the attacker has made its connections and holds them
+    held = open_descriptors(auctioneer) - before
+    late = market_run.agent("late", *static_agent("z=1", 0.5))
+    start = committed(market_run.db)
+    wait_until(
+        lambda: any("late" in r["bids"] for r in read_ledger(market_run.db)["rounds"][start:]),
+        timeout=15,
+        what="a new agent trading while the attacker holds its connections",
+    )
+    seen = outcome(attacker)
+    peak = peak_memory(auctioneer)
+    print(f"\nidle ZMTP: {seen['handshaken']} handshaken, {seen['open']} left open, +{held} descriptors, "
+          f"peak {peak / 2**20:.0f} MiB")  # fmt: skip
+    assert seen["open"] <= 200 and held <= 200 + 20, (seen, held)  # the limit, and the agents' own
+    assert peak < MEMORY_BOUND
+    assert late.poll() is None
+    check_after(market_run, {"late"})
+
+
+def test_an_endless_multipart_message_cannot_grow_the_auctioneer(market_run: MarketRun) -> None:
+    start_honest_market(market_run, "--max-memory-mib", "160")
+    before = round_rate(market_run.db, 3.0)
+    attacker = start_attack(market_run, "endless_multipart", "--count", "3072", "--seconds", "10")
+    time.sleep(0.5)
+    during = round_rate(market_run.db, 6.0)
+    seen = outcome(attacker)
+    after = round_rate(market_run.db, 3.0)
+    peak = peak_memory(market_run.processes[0])
+    dropped = (market_run.directory / "auctioneer.log").read_text().count("receiving the most")
+    rates = f"{before:.0f} -> {during:.0f} -> {after:.0f} rounds/s"
+    print(f"\nendless multipart: {seen['sent_mib']} MiB sent on {seen['connections']} connections, "
+          f"{dropped} dropped; {rates}, peak {peak / 2**20:.0f} MiB")  # fmt: skip
+    assert seen["sent_mib"] >= 512 and dropped >= 1 and seen["connections"] >= 2, seen  # the attack reached it
+    assert peak < MEMORY_BOUND, f"peak memory {peak / 2**20:.0f} MiB"
+    assert during >= min(before, after) / 2, (before, during, after)
+    check_after(market_run, set())
+
+
+LONG_PROMPT = "x" * 4000  # every result carries the text: its history makes large sync replies
+
+
+def test_a_sync_flood_on_many_connections_does_not_starve_the_rounds(market_run: MarketRun) -> None:
+    start_honest_market(market_run, "--prompt", LONG_PROMPT)
+    wait_until(lambda: committed(market_run.db) >= 250, timeout=60, what="a history worth syncing")
+    before = round_rate(market_run.db, 3.0)
+    attacker = start_attack(market_run, "sync_flood", "--count", "200", "--seconds", "5")
+    time.sleep(0.5)
+    during = round_rate(market_run.db, 4.0)
+    seen = outcome(attacker)
+    after = round_rate(market_run.db, 3.0)
+    print(f"\nsync flood: {seen}; {before:.0f} -> {during:.0f} -> {after:.0f} rounds/s")  # README
+    assert seen["answered"] > 0 and seen["limited"] > 0, seen  # it was served, then refused
+    assert during >= min(before, after) / 2, (before, during, after)
+    check_after(market_run, set())
+
+
+@pytest.mark.parametrize("lost", [("", "-wal"), ("",)], ids=["database and log", "database only"])
+def test_after_the_ledger_is_lost_agents_trade_again_within_seconds(
+    market_run: MarketRun, lost: tuple[str, ...]
+) -> None:
+    start_honest_market(market_run)
+    for suffix in lost:
+        os.unlink(f"{market_run.db}{suffix}")
+    assert_stopped_in_one_line(market_run, "was deleted or replaced")
+    market_run.serve(*SERVE)  # the same command, on the same path: a new ledger
+    restarted = time.monotonic()
+
+    def both_trading() -> bool:
+        try:
+            return any(set(r["bids"]) == set(HONEST) for r in read_ledger(market_run.db)["rounds"])
+        except LedgerError:  # not created yet, or its market not yet recorded
+            return False
+
+    wait_until(both_trading, timeout=15, what="both honest agents trading in the new ledger")
+    took = time.monotonic() - restarted
+    print(f"\nledger lost ({', '.join(s or 'db' for s in lost)}): trading again {took:.1f} s after the restart")
+    for name in HONEST:  # and each learned that the market it knew is gone
+        log = market_run.directory / f"{name}.log"
+        wait_until(lambda: "unknown to the exchange" in log.read_text(), timeout=10, what=f"{name} letting go")
+    check_after(market_run, set())

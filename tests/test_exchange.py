@@ -232,7 +232,7 @@ def test_a_publishers_agent_is_a_markets_live_reference_and_never_pays(market_ru
     assert run_cli("-m", "auctioneer", "audit", "--db", str(market_run.db)).returncode == 0
 
 
-def test_an_agent_stops_in_one_line_when_the_exchange_comes_back_without_its_market(market_run: MarketRun) -> None:
+def test_an_agent_learns_its_market_is_gone_and_trades_in_what_the_exchange_holds(market_run: MarketRun) -> None:
     market_run.serve("--stay", default_market=False)
     trading = open_market(
         market_run, "--id", "trading", "--prompt", "Q:", "--max-tokens", "1000", "--round-pause", "0.05"
@@ -243,10 +243,15 @@ def test_an_agent_stops_in_one_line_when_the_exchange_comes_back_without_its_mar
     market_run.processes[0].wait()
     market_run.db.unlink()
     market_run.serve("--stay", default_market=False)
-    assert agent.wait(60) == 2
+    fresh = open_market(market_run, "--id", "fresh", "--prompt", "F:", "--max-tokens", "3")
+    wait_until(
+        lambda: markets(market_run)["fresh"]["closed"] == "max_tokens", what="the agent trading in the new market"
+    )
+    assert agent.poll() is None  # --stay: still there, for the markets to come
     log = (market_run.directory / "a.log").read_text()
-    assert f"no market '{trading['market']}' (did the exchange restart on another ledger?)" in log, log[-2000:]
-    assert "Traceback" not in log
+    assert f"market {trading['market']} is unknown to the exchange" in log and "Traceback" not in log, log[-2000:]
+    with Ledger.open_existing(market_run.db) as ledger:
+        assert all(set(r.payments) == {"a"} for r in ledger.rounds(fresh["market"]))
 
 
 def test_a_second_exchange_on_a_served_ledger_is_refused_and_writes_nothing(market_run: MarketRun) -> None:

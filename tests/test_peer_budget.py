@@ -76,3 +76,19 @@ def test_warnings_count_what_failed_and_log_it_once_per_interval(caplog: pytest.
         "requests dropped: 144 in the last 10 s",
         "replies dropped: 2 in the last 10 s",
     ]
+
+
+def test_new_connections_bring_no_fresh_sync_allowance_to_their_address() -> None:
+    clock = FakeClock()
+    budgets = PeerBudgets(request_rate=1000, address_rate=1000, clock=clock)
+    mib = 1024 * KIB
+    answered = 0
+    for k in range(10):  # each connection syncs 16 MiB, its own whole allowance
+        peer = f"peer-{k}".encode()
+        if budgets.admit_sync(peer, "10.0.0.3"):
+            budgets.sync_sent(peer, "10.0.0.3", 16 * mib)
+            answered += 1
+    assert answered == 2  # the address's allowance is two connections' worth, however many it opens
+    assert budgets.admit_sync(b"elsewhere", "10.0.0.4")  # another host is not affected
+    clock.now += 4.0  # 8 MiB a second for the address: 32 MiB back
+    assert budgets.admit_sync(b"peer-9", "10.0.0.3")

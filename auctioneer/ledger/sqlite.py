@@ -52,6 +52,7 @@ class SqliteLedger(Exports):
         self.path = path
         self._wal = path.with_name(path.name + "-wal")
         self.on_commit: Callable[[float], None] | None = None
+        set_aside_orphans(path)
         try:
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -279,6 +280,20 @@ class SqliteLedger(Exports):
     def binding(self, agent: str) -> str | None:
         row = self._db.execute("SELECT secret_hash FROM agents WHERE agent = ?", (agent,)).fetchone()
         return None if row is None else str(row[0])
+
+
+def set_aside_orphans(path: Path) -> None:
+    """A write-ahead log (or its index) left beside a ledger that is gone (deleted under a running
+    exchange) belongs to no database: SQLite would replay its frames into the new, empty file. Such
+    files are renamed aside (``FILE-wal.orphan-<time>``) before the new ledger is created."""
+    if path.exists():
+        return
+    for suffix in ("-wal", "-shm"):
+        orphan = path.with_name(path.name + suffix)
+        if orphan.exists():
+            kept = orphan.with_name(f"{orphan.name}.orphan-{int(time.time())}")
+            orphan.rename(kept)
+            log.warning("%s has no database beside it: set aside as %s", orphan, kept)
 
 
 def _file_identity(path: Path) -> tuple[int, int] | None:

@@ -449,5 +449,5 @@ def test_after_the_ledger_is_lost_agents_trade_again_within_seconds(
     print(f"\nledger lost ({', '.join(s or 'db' for s in lost)}): trading again {took:.1f} s after the restart")
     for name in HONEST:  # and each learned that the market it knew is gone
         log = market_run.directory / f"{name}.log"
-        wait_until(lambda: "unknown to the exchange" in log.read_text(), timeout=10, what=f"{name} letting go")
+        wait_until(lambda log=log: "unknown to the exchange" in log.read_text(), timeout=10, what=f"{name} letting go")
     check_after(market_run, set())

@@ -294,6 +294,7 @@ def test_live_traffic_of_every_message_type_matches_the_schema(exchange: MarketR
 # --- the names the docs use -----------------------------------------------------------------------
 
 DOCUMENTS = [ROOT / "README.md", ROOT / "protocol" / "SPEC.md", *sorted((ROOT / "docs").glob("*.md"))]
+TOPIC_LISTS = re.compile(r"topics?\b[^.`]{0,60}?((?:`[^`]+`[,;]?\s*(?:and\s+|or\s+|for\s+[^`,;)]*[,;]?\s*)?)+)", re.S)
 NOT_CODES = {
     "MUST",
     "SHOULD",
@@ -316,7 +317,7 @@ NOT_CODES = {
 def code_names() -> set[str]:
     """Every identifier, attribute and string constant in the project's Python code."""
     names: set[str] = set()
-    for folder in ("protocol", "auctioneer", "agent_client", "simulation", "dashboard", "cli", "benchmarks"):
+    for folder in ("protocol", "auctioneer", "agent_client", "simulation", "dashboard", "cli", "benchmarks", "tests"):
         for path in (ROOT / folder).rglob("*.py"):
             for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
                 if isinstance(node, ast.Name | ast.arg):
@@ -332,13 +333,23 @@ def code_names() -> set[str]:
 
 def test_every_topic_message_type_and_error_code_the_docs_name_exists() -> None:
     known, codes = code_names(), {str(code) for code in ErrorCode}
+    wire_words = {EXCHANGE_TOPIC.decode(), *MESSAGE_TYPES, *(f for m in MESSAGE_TYPES.values() for f in m.model_fields)}
     for document in DOCUMENTS:
         text = document.read_text(encoding="utf-8")
         quoted = re.findall(r"`([^`\n]+)`", text)
         for word in quoted:
             if re.fullmatch(r"[A-Z][A-Z0-9]*(_[A-Z0-9]+)+|[A-Z]{4,}", word) and word not in NOT_CODES:
-                assert word in codes or hasattr(zmq, word), f"{document.name} names {word!r}: no such error code"
+                assert word in codes or hasattr(zmq, word) or word in known, (
+                    f"{document.name} names {word!r}: no such code"
+                )
             elif re.fullmatch(r"[a-z]+(_[a-z]+)+", word):  # (figure keys, with digits, are built at run time)
-                assert word in known, f"{document.name} names {word!r}, which the code does not know"
-        for topic in re.findall(r"topics? `([^`]+)`", text):
-            assert topic == EXCHANGE_TOPIC.decode() or topic.startswith("m."), f"{document.name}: topic {topic!r}"
+                stem = re.sub(r"_(total|bucket|count|sum|created)$", "", word)  # Prometheus adds these
+                assert word in known or stem in known, f"{document.name} names {word!r}, which the code does not know"
+        for listing in TOPIC_LISTS.finditer(text):  # the backticked names right after "topic(s)"
+            for word in re.findall(r"`([^`]+)`", listing.group(1)):
+                if " " in word or word.endswith((".py", ".md")):
+                    continue
+                if re.match(r"m[./<]", word):
+                    assert word.startswith("m."), f"{document.name} names the topic {word!r}"
+                elif re.fullmatch(r"[a-z_]+", word):
+                    assert word in wire_words, f"{document.name} names {word!r} as a topic or message"

@@ -1,4 +1,5 @@
-"""Auditing an exchange's ledger: replay every stored round through the mechanism, check every budget.
+"""Auditing an exchange's ledger: replay every stored round through the mechanism, check every budget
+(what each agent paid, and what it paid beside what is held or reserved of its budget, never above it).
 
 Per round of every market: round numbers are contiguous, ``sha256(seed)`` equals the commitment,
 the replayed token, aggregate, payments and sponsors equal the stored ones (a live reference's
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from auctioneer.ledger import Ledger, StoredMarket, StoredRound
+from auctioneer.ledger import Store, StoredMarket, StoredRound
 from auctioneer.mechanism import Reference, run_auction
 from auctioneer.settings import MarketSettings
 from protocol.draw import seed_commitment
@@ -106,7 +107,7 @@ def check_round(
     return problems
 
 
-def audit_market(ledger: Ledger, market: StoredMarket) -> Iterator[RoundVerdict]:
+def audit_market(ledger: Store, market: StoredMarket) -> Iterator[RoundVerdict]:
     """A verdict for every stored round of one market, in order, each as its round is replayed."""
     settings = MarketSettings.model_validate(market.definition["settings"])
     balances: dict[str, float] = {}
@@ -114,13 +115,13 @@ def audit_market(ledger: Ledger, market: StoredMarket) -> Iterator[RoundVerdict]
         yield RoundVerdict(market.id, stored.round, check_round(stored, settings, number, balances))
 
 
-def round_verdicts(ledger: Ledger) -> Iterator[RoundVerdict]:
+def round_verdicts(ledger: Store) -> Iterator[RoundVerdict]:
     """A verdict for every round of every market, each as its round is replayed (nothing is kept)."""
     for market in ledger.markets():
         yield from audit_market(ledger, market)
 
 
-def budget_problems(ledger: Ledger) -> list[str]:
+def budget_problems(ledger: Store) -> list[str]:
     """Every agent whose payments across the exchange exceed its budget, or whose account does not
     record what its payments add up to."""
     spent, accounts = ledger.spent(), ledger.accounts()
@@ -129,6 +130,13 @@ def budget_problems(ledger: Ledger) -> list[str]:
         for agent, account in accounts.items()
         if account.budget is not None and spent.get(agent, 0.0) > account.budget * (1 + TOLERANCE)
     ]
+    problems += [
+        f"{agent} spent {account.spent:.12g} and has {account.reserved:.12g} held or reserved: over its budget "
+        f"{account.budget}"
+        for agent, account in accounts.items()
+        if account.budget is not None
+        and account.spent + account.reserved > account.budget * (1 + TOLERANCE) + TOLERANCE
+    ]
     for agent in sorted(set(spent) | set(accounts)):
         paid, recorded = spent.get(agent, 0.0), accounts[agent].spent if agent in accounts else 0.0
         if not _close(paid, recorded):
@@ -136,6 +144,6 @@ def budget_problems(ledger: Ledger) -> list[str]:
     return problems
 
 
-def audit_ledger(ledger: Ledger) -> tuple[list[RoundVerdict], list[str]]:
+def audit_ledger(ledger: Store) -> tuple[list[RoundVerdict], list[str]]:
     """A verdict for every round of every market, and the budget problems of the exchange."""
     return list(round_verdicts(ledger)), budget_problems(ledger)

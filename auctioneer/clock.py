@@ -14,6 +14,7 @@ from __future__ import annotations
 import heapq
 from typing import TYPE_CHECKING
 
+from auctioneer.ledger import FencedOut
 from auctioneer.market import Decision, Market
 from protocol.messages import MarketClosed
 
@@ -69,14 +70,11 @@ class RoundClock:
         registry.forget_silent(now, exchange.accounts.forget)
         due = self._due_markets(now)
         if due:
-            decisions = [market.decide(self._attended(market)) for market in due]
-            touched: set[str] = set()
+            decided = [market.decide(self._attended(market)) for market in due]
+            decisions = self.commit(decided, [d.closing for d in decided if d.closing is not None])
             for decision in decisions:
                 for agent, amount in decision.bids.items():
                     exchange.accounts.release(agent, amount, decision.result.payments.get(agent, 0.0))
-                    touched.add(agent)
-            self.commit(decisions, [d.closing for d in decisions if d.closing is not None], touched)
-            for decision in decisions:
                 market = decision.market
                 market.committed(decision, now)
                 exchange.queue(decision.result, decision.record.payload)
@@ -89,21 +87,43 @@ class RoundClock:
             heapq.heappush(self._deadlines, (announcement.deadline, market.id, announcement.round))
             exchange.queue(announcement)
 
-    def commit(self, decisions: list[Decision], closings: list[MarketClosed], agents: set[str]) -> None:
+    def commit(
+        self, decisions: list[Decision], closings: list[MarketClosed], abandoned: dict[str, float] | None = None
+    ) -> list[Decision]:
         """One transaction for every decided round and ended market (the notices' seq included), with
-        the name bindings of the agents whose bids it settles."""
+        the accounts their settlements leave and the name bindings of the agents whose bids they settle;
+        fenced by the leases of the markets in it. A market another shard has taken is let go and the
+        rest committed without it: the decisions committed are returned. ``abandoned``: the bids of an
+        open round an operator's close abandons (agent -> reservation), released by the caller."""
         exchange = self.exchange
-        unbound = exchange.registry.unbound(agents)
-        exchange.ledger.commit(
-            [d.record for d in decisions],
-            closings,
-            exchange.accounts.snapshot(agents),
-            exchange.exchange_seq + len(closings) if closings else None,
-            exchange.clock(),
-            {agent.name: agent.secret_hash for agent in unbound if agent.secret_hash is not None},
-        )
-        for agent in unbound:
-            agent.bound = True
+        while True:
+            settlements = [
+                (agent, amount, decision.result.payments.get(agent, 0.0))
+                for decision in decisions
+                for agent, amount in decision.bids.items()
+            ] + [(agent, amount, 0.0) for agent, amount in (abandoned or {}).items()]
+            touched = {agent for agent, _, _ in settlements}
+            unbound = exchange.registry.unbound(touched)
+            closings = [c for c in closings if c.market in exchange.markets]
+            markets = {d.market.id for d in decisions} | {c.market or "" for c in closings}
+            try:
+                exchange.ledger.commit(
+                    [d.record for d in decisions],
+                    closings,
+                    exchange.accounts.after(settlements),
+                    exchange.exchange_seq + len(closings) if closings else None,
+                    exchange.clock(),
+                    {agent.name: agent.secret_hash for agent in unbound if agent.secret_hash is not None},
+                    exchange.shard.fence(markets),
+                )
+            except FencedOut as exc:
+                for market_id in exc.markets:
+                    exchange.let_go(market_id)
+                decisions = [d for d in decisions if d.market.id not in exc.markets]
+                continue
+            for agent in unbound:
+                agent.bound = True
+            return decisions
 
     def _attended(self, market: Market) -> bool:
         """Whether a participant of ``market`` was heard from since its open round opened (asked only

@@ -65,7 +65,10 @@ def welcome(exchange: Exchange, request: Request) -> Welcome:
         spent=account.spent,
         heartbeat_interval=exchange.settings.heartbeat_interval,
         exchange_seq=exchange.exchange_seq,
-        markets=[market.info for market in exchange.markets.values() if market.invites(hello.name)],
+        markets=[
+            *(market.info for market in exchange.markets.values() if market.invites(hello.name)),
+            *exchange.directory.invited(hello.name),
+        ],
         re=hello.id,
         **legacy,
     )
@@ -78,7 +81,8 @@ def sync(exchange: Exchange, request: Request) -> bytes:
 
 
 def list_markets(exchange: Exchange, request: Request) -> MarketList:
-    statuses = [market.status() for market in exchange.markets.values()] + list(exchange.recent)
+    statuses = [market.status() for market in exchange.markets.values()]
+    statuses += [*exchange.directory.statuses(), *exchange.recent]
     return MarketList(
         seq=exchange.exchange_seq, markets=statuses, default=exchange.default_market, re=request.message.id
     )

@@ -30,11 +30,13 @@ from auctioneer import admission
 from auctioneer.accounts import Account, Accounts
 from auctioneer.admission import Admission
 from auctioneer.clock import RoundClock
+from auctioneer.directory import MarketDirectory
 from auctioneer.dispatch import Reply, dispatch
 from auctioneer.ledger import LedgerError, Store, StoredMarket
-from auctioneer.market import Market, closed_status, market_info
+from auctioneer.market import Market, market_info, stored_status
 from auctioneer.registry import FORGET_AFTER_HEARTBEATS, AgentRecord, AgentRegistry
 from auctioneer.settings import MarketSettings, MarketSpec, ServeSettings, participation_problem
+from auctioneer.shards import Shard, SoleShard
 from protocol import ErrorCode, ProtocolError, encode
 from protocol.errors import describe_validation_error
 from protocol.messages import (
@@ -61,14 +63,24 @@ Queued = tuple[Broadcast, bytes]  # a broadcast and the bytes it goes out as (en
 class Exchange:
     """One auctioneer's markets, agents and accounts, and the ledger that holds them."""
 
-    def __init__(self, settings: ServeSettings, ledger: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        settings: ServeSettings,
+        ledger: Store,
+        clock: Callable[[], float] = time.time,
+        shard: Shard | None = None,
+    ) -> None:
+        """``shard``: this process's part in an exchange of several (default: the whole exchange)."""
         self.settings = settings
         self.ledger = ledger
         self.clock = clock
+        self.shard = shard or SoleShard(settings.market, settings.feed)
         self.accounts = Accounts(
             settings.budget_of,
             {agent: account.spent for agent, account in ledger.accounts().items() if account.spent},
             ledger.operator_budgets(),
+            self.shard,
+            clock,
         )
         self.registry = AgentRegistry(settings, ledger.binding, clock())
         self.round_clock = RoundClock(self)
@@ -78,11 +90,13 @@ class Exchange:
         self.default_market = ledger.default_market()
         self.opened_at_start = False
         self._outbox: list[Queued] = []
+        self.directory = MarketDirectory(self)
         self._reset_reservations()
-        # Open markets and the last closed ones: start-up does not grow with the exchange's history.
-        for stored in ledger.markets(open_only=True):
-            self._resume(stored)
-        self.recent.extend(closed_status(stored) for stored in ledger.latest_markets(RECENT_MARKETS, ended_only=True))
+        # Open markets (this shard's) and the last closed ones: start-up does not grow with history.
+        open_markets = {stored.id: stored for stored in ledger.markets(open_only=True)}
+        for market_id in self.shard.owned(open_markets):
+            self.resume(open_markets[market_id])
+        self.recent.extend(stored_status(stored) for stored in ledger.latest_markets(RECENT_MARKETS, ended_only=True))
 
     def _reset_reservations(self) -> None:
         """Open rounds are not durable: after a restart no bid reserves anything."""
@@ -128,19 +142,48 @@ class Exchange:
             )
         self.ledger.update_definition(stored.id, {**stored.definition, "settings": settings.model_dump(mode="json")})
         if stored.closed is None:
-            self._resume(self.ledger.market(stored.id) or stored)
+            self.resume(self.ledger.market(stored.id) or stored)
 
-    def _resume(self, stored: StoredMarket) -> Market:
+    def resume(self, stored: StoredMarket) -> Market:
         settings = MarketSettings.model_validate(stored.definition["settings"])
-        return self._add(Market(market_info(stored.id, settings, stored.definition), settings, stored))
+        info = market_info(stored.id, settings, stored.definition, self.directory.here)
+        return self._add(Market(info, settings, stored))
 
     def _add(self, market: Market) -> Market:
         self.markets[market.id] = market
         self.round_clock.schedule_opening(market)
         return market
 
+    def place_market(self, spec: MarketSpec) -> MarketStatus:
+        """An operator's ``open_market``: opened on the shard placement chooses (this one, in an
+        exchange of one process); its status, saying where it is."""
+        location = self.shard.place(spec.shard)
+        if location.shard == self.shard.name:
+            return self.open_market(spec).status()
+        market_id, settings, definition = self._definition(spec, default=False)
+        self.ledger.create_market(market_id, definition, self.clock(), self.exchange_seq, False, location.shard)
+        self.shard.notify("placed", market_id)  # it takes it up, and every shard announces it
+        log.info("market %s opened on shard %s: %r", market_id, location.shard, settings.prompt)
+        info = market_info(market_id, settings, definition, location)
+        return MarketStatus(market=info, round=0, seq=0, text=settings.prompt, revenue=0.0)
+
     def open_market(self, spec: MarketSpec, default: bool = False) -> Market:
-        """Open a market durably and queue its announcement (``INVALID_SETTINGS`` if it cannot run)."""
+        """Open a market on this shard, durably, and queue its announcement (``INVALID_SETTINGS`` if
+        it cannot run)."""
+        market_id, settings, definition = self._definition(spec, default)
+        self.ledger.create_market(market_id, definition, self.clock(), self.exchange_seq + 1, default)
+        self.shard.adopt(market_id)
+        self.exchange_seq += 1
+        if default:
+            self.default_market = market_id
+        market = self._add(Market(market_info(market_id, settings, definition, self.directory.here), settings))
+        self.queue(MarketOpened(seq=self.exchange_seq, market=market.info))
+        self.shard.notify("opened", market_id)
+        log.info("market %s opened: %r", market_id, settings.prompt)
+        return market
+
+    def _definition(self, spec: MarketSpec, default: bool) -> tuple[str, MarketSettings, dict[str, Any]]:
+        """A new market's id, settings and stored definition, or the refusal (``INVALID_SETTINGS``)."""
         market_id = spec.id or uuid.uuid4().hex[:12]
         if self.knows_market(market_id):
             raise ProtocolError(ErrorCode.INVALID_SETTINGS, f"a market {market_id!r} already exists", "market")
@@ -160,22 +203,17 @@ class Exchange:
             "agents": spec.agents,
             "reference_agent": spec.reference_agent,
         }
-        self.ledger.create_market(market_id, definition, self.clock(), self.exchange_seq + 1, default)
-        self.exchange_seq += 1
-        if default:
-            self.default_market = market_id
-        market = self._add(Market(market_info(market_id, settings, definition), settings))
-        self.queue(MarketOpened(seq=self.exchange_seq, market=market.info))
-        log.info("market %s opened: %r", market_id, settings.prompt)
-        return market
+        return market_id, settings, definition
 
     def close_market(self, market_id: str, reason: str = "operator") -> MarketStatus:
         """End a market now: an open round is abandoned (its bids released), never half-committed."""
         market = self.open_market_named(market_id)
         closed, abandoned = market.closing(reason)
+        self.round_clock.commit([], [closed], abandoned)
+        if market.id not in self.markets:  # another shard took it meanwhile
+            raise ProtocolError(ErrorCode.MARKET_CLOSED, f"market {market.id} moved to another shard: close it there")
         for agent, amount in abandoned.items():
             self.accounts.release(agent, amount)
-        self.round_clock.commit([], [closed], set(abandoned))
         market.ended(closed)
         self.retire(market)
         return market.status()
@@ -184,9 +222,18 @@ class Exchange:
         """An operator's new budget for ``agent`` across the exchange (None: unlimited), durable before
         it applies; ``INVALID_SETTINGS`` if below what the agent has spent and reserved."""
         self.accounts.check_budget(agent, budget)
-        self.ledger.set_budget(agent, self.accounts.state(agent)._replace(budget=budget), self.clock())
+        try:
+            self.ledger.set_budget(agent, self.accounts.state(agent)._replace(budget=budget), self.clock())
+        except LedgerError as exc:
+            raise ProtocolError(ErrorCode.INVALID_SETTINGS, str(exc), "budget") from None
+        self.shard.notify("budget", agent)
         log.info("budget of %s set to %s", agent, "unlimited" if budget is None else budget)
         return self.accounts.set_budget(agent, budget)
+
+    @property
+    def finished(self) -> bool:
+        """Started with markets, all of them ended, and not asked to stay."""
+        return self.opened_at_start and not self.markets and not self.settings.stay
 
     def knows_market(self, market_id: str) -> bool:
         """Whether this exchange ever opened a market ``market_id`` (open or ended)."""
@@ -200,13 +247,34 @@ class Exchange:
         market = self.markets.get(wanted)
         if market is not None:
             return market
+        elsewhere = self.directory.remote.get(wanted)
+        if elsewhere is not None:
+            info = elsewhere.market
+            raise ProtocolError(
+                ErrorCode.WRONG_SHARD,
+                f"market {wanted} is served by shard {info.shard} at {info.market_endpoint}"
+                f" (feed {info.feed_endpoint})",
+                "market",
+            )
         if self.ledger.has_market(wanted):
             raise ProtocolError(ErrorCode.MARKET_CLOSED, f"market {wanted} has ended")
         raise ProtocolError(ErrorCode.UNKNOWN_MARKET, f"no market {wanted!r}", "market")
 
+    def let_go(self, market_id: str) -> None:
+        """Another shard serves ``market_id`` now: its open round (if any) is abandoned here, unannounced
+        (the new owner opens it again), and its bids released."""
+        market = self.markets.pop(market_id, None)
+        if market is None:
+            return
+        for agent, amount in market.closing("moved")[1].items():
+            self.accounts.release(agent, amount)
+        self.round_clock.forget(market)
+        log.warning("market %s is served by another shard now", market_id)
+
     def retire(self, market: Market) -> None:
         """``market`` ended: it leaves the open markets, and its end is announced."""
         assert market.closed is not None
+        self.shard.notify("ended", market.id)
         del self.markets[market.id]
         self.round_clock.forget(market)
         self.recent.append(market.status())
@@ -215,11 +283,6 @@ class Exchange:
         self.queue(
             MarketEnded(seq=self.exchange_seq, market=market.id, reason=market.closed.reason, rounds=market.last_round)
         )
-
-    @property
-    def finished(self) -> bool:
-        """Started with markets, all of them ended, and not asked to stay."""
-        return self.opened_at_start and not self.markets and not self.settings.stay
 
     # --- requests -------------------------------------------------------------------------
 
@@ -244,8 +307,12 @@ class Exchange:
     # --- the clock and the feed -----------------------------------------------------------
 
     def tick(self) -> None:
-        """Close and commit every due round, then open every round that is ready; queue the broadcasts."""
-        self.round_clock.tick(self.clock())
+        """Renew this shard's leases when due, close and commit every due round, then open every round
+        that is ready; queue the broadcasts."""
+        now = self.clock()
+        if self.shard.due(now):
+            self.directory.pass_leases(now)
+        self.round_clock.tick(now)
 
     def has_due(self) -> bool:
         return self.round_clock.has_due()

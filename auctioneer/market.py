@@ -36,6 +36,7 @@ from auctioneer.ledger import RoundRecord, StoredBid, StoredMarket
 from auctioneer.mechanism import Reference, most_charged, run_auction
 from auctioneer.open_round import OpenRound
 from auctioneer.settings import MarketSettings
+from auctioneer.shards import Location
 from protocol import ErrorCode, ProtocolError, encode
 from protocol.draw import SEED_BYTES, seed_commitment
 from protocol.market_rules import MarketRules
@@ -395,25 +396,30 @@ class Market:
         )
 
 
-def market_info(market_id: str, settings: MarketSettings, definition: dict[str, Any]) -> MarketInfo:
-    """A market as agents learn it, from its settings and stored definition."""
+def market_info(
+    market_id: str, settings: MarketSettings, definition: dict[str, Any], location: Location | None = None
+) -> MarketInfo:
+    """A market as agents learn it, from its settings and stored definition (and, in an exchange of
+    several shards, the shard that serves it)."""
     return MarketInfo(
         id=market_id,
         rules=MarketRules.model_validate(settings.model_dump(exclude={"seed"})),
         agents=definition.get("agents"),
         reference_agent=definition.get("reference_agent"),
+        shard=location.shard if location else None,
+        market_endpoint=location.market_endpoint if location else None,
+        feed_endpoint=location.feed_endpoint if location else None,
     )
 
 
-def closed_status(stored: StoredMarket) -> MarketStatus:
-    """An ended market's status, from the ledger."""
+def stored_status(stored: StoredMarket, location: Location | None = None) -> MarketStatus:
+    """A market's status as the ledger holds it (an ended market's, or one another shard serves)."""
     settings = MarketSettings.model_validate(stored.definition["settings"])
-    assert stored.closed is not None
     return MarketStatus(
-        market=market_info(stored.id, settings, stored.definition),
+        market=market_info(stored.id, settings, stored.definition, location),
         round=stored.last_round,
         seq=stored.seq,
         text=stored.text,
         revenue=stored.revenue,
-        closed=stored.closed.reason,
+        closed=stored.closed.reason if stored.closed else None,
     )

@@ -30,9 +30,13 @@ def authorise_operator(settings: ExchangeSettings, identity: str | None, address
 
 def open_market(exchange: Exchange, request: OpenMarket) -> MarketStatusReply:
     spec = MarketSpec(
-        settings=request.settings, id=request.market, agents=request.agents, reference_agent=request.reference_agent
+        settings=request.settings,
+        id=request.market,
+        agents=request.agents,
+        reference_agent=request.reference_agent,
+        shard=request.shard,
     )
-    return MarketStatusReply(status=exchange.open_market(spec).status(), re=request.id)
+    return MarketStatusReply(status=exchange.place_market(spec), re=request.id)
 
 
 def close_market(exchange: Exchange, request: CloseMarket) -> MarketStatusReply:

@@ -15,11 +15,12 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from auctioneer.exchange import Exchange
-from auctioneer.ledger import Ledger, serving
+from auctioneer.ledger import PostgresLedger, holding, open_ledger
 from auctioneer.metrics import AuctioneerMetrics
 from auctioneer.security import CurveServer
 from auctioneer.server import AuctioneerServer, EndpointError, Observer
 from auctioneer.settings import ServeSettings
+from auctioneer.shards import PostgresShard
 from protocol.sockets import is_loopback_endpoint
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,16 @@ async def serve(
             log.warning("%s is reachable from other hosts and CurveZMQ is off (--insecure)", endpoint)
     raise_descriptor_limit()
     curve = CurveServer(settings) if settings.curve_secret is not None else None
-    with serving(settings.db), Ledger(settings.db) as ledger:
-        exchange = Exchange(settings, ledger)
+    with (
+        holding(settings.db),
+        open_ledger(settings.db, shard=settings.shard_name(), lease_seconds=settings.lease_seconds) as ledger,
+    ):
+        shard = (
+            PostgresShard(ledger, *settings.advertised(), settings.lease_seconds)
+            if isinstance(ledger, PostgresLedger)
+            else None
+        )
+        exchange = Exchange(settings, ledger, shard=shard)
         exchange.start()
         keep_collector_off_the_round_path()
         metrics = AuctioneerMetrics(exchange)
@@ -73,6 +82,7 @@ async def serve(
             for helper in helpers:
                 helper.cancel()
             await asyncio.gather(*helpers, return_exceptions=True)
+            exchange.shard.stop()  # another shard takes its markets at once
         return exchange
 
 

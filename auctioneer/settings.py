@@ -17,11 +17,12 @@ defines a market (:meth:`MarketSettings.definition`) is stored with it and may n
 from __future__ import annotations
 
 import ipaddress
+import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 from auctioneer.mechanism import MechanismConfigError, Reference, SparseDistribution, check_mechanism
 from protocol.codec import LIMITS
@@ -31,7 +32,8 @@ from protocol.market_rules import MarketRules, MechanismSettings
 from protocol.sockets import DEFAULT_FEED_ENDPOINT, DEFAULT_MARKET_ENDPOINT
 
 SETTINGS_MODEL = ConfigDict(extra="forbid", strict=False, frozen=True)
-DEFAULT_DB = Path("market.db")
+DEFAULT_DB = "market.db"
+LedgerAddress = Annotated[str, BeforeValidator(str)]  # an SQLite file's path, or a postgresql:// URL
 
 
 class SettingsError(UserError, ValueError):
@@ -83,13 +85,14 @@ class MarketSpec(BaseModel):
     id: MarketId | None = None
     agents: list[AgentName] | None = None
     reference_agent: AgentName | None = None
+    shard: str | None = None
 
     @model_validator(mode="before")
     @classmethod
     def _flat(cls, data: Any) -> Any:
         """A config file's ``[[markets]]`` table is flat: settings beside ``id``, ``agents``, ``reference_agent``."""
         if isinstance(data, dict) and "settings" not in data:
-            own = {key: data[key] for key in ("id", "agents", "reference_agent") if key in data}
+            own = {key: data[key] for key in ("id", "agents", "reference_agent", "shard") if key in data}
             return {**own, "settings": {k: v for k, v in data.items() if k not in own}}
         return data
 
@@ -101,7 +104,10 @@ class ExchangeSettings(BaseModel):
 
     market: str = Field(DEFAULT_MARKET_ENDPOINT, description="ROUTER endpoint to bind (requests)")
     feed: str = Field(DEFAULT_FEED_ENDPOINT, description="PUB endpoint to bind (broadcasts)")
-    db: Path = Field(DEFAULT_DB, description="SQLite ledger; reusing it resumes the market")
+    db: LedgerAddress = Field(
+        DEFAULT_DB,
+        description="the ledger: an SQLite file, or a postgresql://user@host:port/db URL; reusing it resumes",
+    )
     heartbeat_interval: PositiveFloat = Field(
         1.0, description="seconds between heartbeats", json_schema_extra={"flag": "--heartbeat"}
     )
@@ -135,6 +141,16 @@ class ExchangeSettings(BaseModel):
     max_agents_per_address: Annotated[int, Field(ge=1)] = Field(
         10_000, description="the most agent names registered at once from one network address"
     )
+    shard: str | None = Field(
+        None, description="this process's name among the shards of an exchange on PostgreSQL (default: host:port)"
+    )
+    lease_seconds: PositiveFloat = Field(
+        2.0, description="how long a shard owns its markets without renewing (on PostgreSQL): the failover time"
+    )
+    advertise_market: str | None = Field(
+        None, description="the market endpoint other hosts reach this shard at (default: the one bound)"
+    )
+    advertise_feed: str | None = Field(None, description="the feed endpoint other hosts reach this shard at")
     max_connections_per_address: Annotated[int, Field(ge=1)] = Field(
         1000, description="the most connections one network address may hold to each socket at once"
     )
@@ -152,6 +168,19 @@ class ExchangeSettings(BaseModel):
 
     def budget_of(self, agent: str) -> float | None:
         return self.budgets.get(agent, self.budget)
+
+    def shard_name(self) -> str:
+        """This process's name as a shard: the ``shard`` setting, else its host and market port."""
+        if self.shard is not None:
+            return self.shard
+        return f"{socket.gethostname()}:{self.market.rpartition(':')[2]}"
+
+    def advertised(self) -> tuple[str, str]:
+        """The market and feed endpoints other hosts reach this process at."""
+        return (
+            self.advertise_market or reachable(self.market),
+            self.advertise_feed or reachable(self.feed),
+        )
 
     def is_operator_address(self, address: str) -> bool:
         """Whether a peer at ``address`` may operate (without CurveZMQ)."""
@@ -183,6 +212,13 @@ class ServeSettings(MarketSettings, ExchangeSettings):
     def market_settings(self, spec: MarketSpec) -> MarketSettings:
         """A market's settings: the exchange's defaults with the spec's on top (``ValidationError``)."""
         return MarketSettings.model_validate({**self.market_defaults(), **spec.settings})
+
+
+def reachable(endpoint: str) -> str:
+    """A bound endpoint as another host reaches it: ``*`` or ``0.0.0.0`` become this host's name."""
+    scheme, _, rest = endpoint.partition("://")
+    host, _, port = rest.rpartition(":")
+    return f"{scheme}://{socket.gethostname()}:{port}" if host in ("*", "0.0.0.0") else endpoint
 
 
 def participation_problem(settings: MarketSettings, spec: MarketSpec) -> tuple[str, str] | None:

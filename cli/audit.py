@@ -12,7 +12,7 @@ import argparse
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from auctioneer.audit import RoundVerdict, budget_problems, round_verdicts
-from auctioneer.ledger import Ledger
+from auctioneer.ledger import open_ledger
 from cli.console import add_db_flag, stderr, stdout
 
 
@@ -24,7 +24,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def run(args: argparse.Namespace) -> int:
-    with Ledger.open_existing(args.db) as ledger:
+    with open_ledger(args.db, existing=True) as ledger:
         markets = len(ledger.market_ids())
         several = markets > 1
 

@@ -108,7 +108,9 @@ def add_verbose_flag(parser: argparse.ArgumentParser) -> None:
 
 def add_db_flag(parser: argparse.ArgumentParser, help: str = "the exchange's ledger") -> None:
     """``--db``: the exchange's ledger, by default the one ``auctioneer serve`` writes."""
-    parser.add_argument("--db", type=Path, default=DEFAULT_DB, help=f"{help} (default: {DEFAULT_DB})")
+    parser.add_argument(
+        "--db", default=DEFAULT_DB, help=f"{help}: an SQLite file or a postgresql:// URL (default: {DEFAULT_DB})"
+    )
 
 
 def check_writable(path: Path, flag: str) -> None:

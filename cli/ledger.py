@@ -15,7 +15,7 @@ from typing import Any
 
 from rich.table import Table
 
-from auctioneer.ledger import Ledger
+from auctioneer.ledger import open_ledger
 from cli.console import add_db_flag, non_negative_int, stdout
 
 TABLE_MARKETS = 50  # markets an exchange's overview lists as a table unless --last says otherwise
@@ -78,7 +78,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 def run(args: argparse.Namespace) -> int:
     last = args.last if args.last is not None else (None if args.json else TABLE_MARKETS)
-    with Ledger.open_existing(args.db) as ledger:
+    with open_ledger(args.db, existing=True) as ledger:
         several = args.market is None and ledger.market_count() > 1
         document = ledger.overview(last or None) if several else ledger.document(args.market)
     if args.json:

@@ -38,6 +38,7 @@ class ErrorCode(StrEnum):
     LIMIT_REACHED = (
         "LIMIT_REACHED"  # a per-connection or per-address limit (one name per connection, names per address)
     )
+    WRONG_SHARD = "WRONG_SHARD"  # the market is served by another shard of the exchange (the message says where)
     INTERNAL = "INTERNAL"  # the auctioneer failed to handle a valid request (a bug; it keeps serving)
 
 

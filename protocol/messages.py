@@ -82,6 +82,9 @@ class MarketInfo(BaseModel):
     rules: MarketRules
     agents: list[AgentName] | None = None  # None: every registered agent is invited
     reference_agent: AgentName | None = None  # a registered agent whose bids are the reference p_0
+    shard: str | None = None  # in an exchange of several shards: the one serving the market
+    market_endpoint: str | None = None  # that shard's market socket, as clients reach it
+    feed_endpoint: str | None = None  # and its feed
 
 
 class MarketStatus(BaseModel):
@@ -177,6 +180,7 @@ class OpenMarket(Message):
     market: MarketId | None = None  # the id to give it (default: generated)
     agents: list[AgentName] | None = None
     reference_agent: AgentName | None = None
+    shard: str | None = None  # the shard to serve it (default: the least loaded live one)
 
 
 class CloseMarket(Message):

@@ -20,7 +20,7 @@ class LocalMarket:
     processes: list[subprocess.Popen[bytes]] = field(default_factory=list)
     verbosity: int = 0
 
-    def start_auctioneer(self, db: Path, serve_args: Sequence[str], log: Path | None = None) -> None:
+    def start_auctioneer(self, db: Path | str, serve_args: Sequence[str], log: Path | None = None) -> None:
         command = [
             sys.executable,
             "-m",

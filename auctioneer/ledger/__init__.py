@@ -8,6 +8,8 @@
 | ``export`` | the JSON documents of a record (``auctioneer ledger``), built from the interface's reads |
 | ``sqlite`` | the embedded default: one SQLite file (:class:`SqliteLedger`) |
 | ``sqlite_schema`` | that file's layout, its upgrades and the migration of 0.1's files |
+| ``postgres`` | a PostgreSQL database shared by the shards of an exchange (:class:`PostgresLedger`) |
+| ``postgres_schema`` | its layout (``postgres_schema.sql``) and append-only triggers |
 | ``lock`` | one exchange per SQLite file |
 
 :func:`open_ledger` opens the store a ``--db`` names.
@@ -15,11 +17,14 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 from auctioneer.ledger.lock import lock_file, served_elsewhere, serving
+from auctioneer.ledger.postgres import DEFAULT_SHARD, PostgresLedger, is_postgres_url
 from auctioneer.ledger.records import (
     AccountState,
+    FencedOut,
     LedgerError,
     RoundRecord,
     StoredBid,
@@ -34,10 +39,13 @@ from auctioneer.ledger.store import Store
 Ledger = SqliteLedger  # the embedded default store
 
 __all__ = [
+    "DEFAULT_SHARD",
     "SCHEMA_VERSION",
     "AccountState",
+    "FencedOut",
     "Ledger",
     "LedgerError",
+    "PostgresLedger",
     "RoundRecord",
     "SqliteLedger",
     "Store",
@@ -45,6 +53,7 @@ __all__ = [
     "StoredMarket",
     "StoredRound",
     "account_row",
+    "holding",
     "lock_file",
     "open_ledger",
     "served_elsewhere",
@@ -53,8 +62,25 @@ __all__ = [
 ]
 
 
-def open_ledger(db: Path | str, existing: bool = False, durable: bool = True) -> Store:
-    """The store ``db`` names: a path is an SQLite file. ``existing``: it must already hold a
-    market (a reader never creates one)."""
+def open_ledger(
+    db: Path | str, existing: bool = False, durable: bool = True, shard: str = DEFAULT_SHARD, lease_seconds: float = 2.0
+) -> Store:
+    """The store ``db`` names: a ``postgresql://`` URL is a PostgreSQL database (this process being
+    ``shard`` of its exchange), anything else an SQLite file's path. ``existing``: it must already
+    hold a market (a reader never creates one)."""
+    if isinstance(db, str) and is_postgres_url(db):
+        ledger = PostgresLedger(db, shard, lease_seconds)
+        if existing and not ledger.market_count():
+            ledger.close()
+            raise LedgerError(f"{ledger.location} holds no market")
+        return ledger
     path = Path(db)
     return SqliteLedger.open_existing(path) if existing else SqliteLedger(path, durable)
+
+
+def holding(db: Path | str) -> AbstractContextManager[None]:
+    """What an exchange serving ``db`` holds while it serves: an SQLite file's lock (one exchange per
+    file); nothing for PostgreSQL, where shards share the database and leases decide who owns what."""
+    if isinstance(db, str) and is_postgres_url(db):
+        return nullcontext()
+    return serving(Path(db))

@@ -17,6 +17,15 @@ class LedgerError(UserError):
     """The store cannot be used as this exchange's ledger (the message says why, in one line)."""
 
 
+class FencedOut(Exception):
+    """A commit named markets this shard no longer owns (another shard took their leases): nothing
+    was written; the markets must be let go, and the commit retried without them."""
+
+    def __init__(self, markets: set[str]) -> None:
+        super().__init__(f"markets no longer this shard's: {', '.join(sorted(markets))}")
+        self.markets = markets
+
+
 class AccountState(NamedTuple):
     """An agent's budget account as a commit leaves it: budget (None: unlimited), what its bids in
     open rounds reserve, what it has paid."""

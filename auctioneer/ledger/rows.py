@@ -29,6 +29,7 @@ ROUND_ROW_COLUMNS = (
 )  # fmt: skip
 
 Row = tuple[Any, ...]
+APPEND_ONLY = ("rounds", "bids", "payments", "sponsors")  # tables no row of which may change
 
 
 def round_inserts(placeholder: str) -> tuple[str, ...]:

@@ -114,7 +114,13 @@ class SqliteLedger(Exports):
     # --- markets --------------------------------------------------------------------------
 
     def create_market(
-        self, market: str, definition: dict[str, Any], opened_at: float, exchange_seq: int, default: bool = False
+        self,
+        market: str,
+        definition: dict[str, Any],
+        opened_at: float,
+        exchange_seq: int,
+        default: bool = False,
+        owner: str | None = None,
     ) -> None:
         try:
             with write_transaction(self._db, self.path) as db:
@@ -177,6 +183,7 @@ class SqliteLedger(Exports):
         exchange_seq: int | None = None,
         committed_at: float = 0.0,
         bindings: Mapping[str, str] | None = None,
+        fence: Mapping[str, int] | None = None,
     ) -> None:
         started = time.perf_counter()
         self.check_files()

@@ -42,13 +42,13 @@ from pydantic import ValidationError
 
 from auctioneer.ledger.lock import served_elsewhere
 from auctioneer.ledger.records import LedgerError
+from auctioneer.ledger.rows import APPEND_ONLY
 from auctioneer.settings import MarketSettings
 from protocol.errors import describe_validation_error
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "5"
-APPEND_ONLY = ("rounds", "bids", "payments", "sponsors")
 
 
 def round_tables(suffix: str = "") -> str:

@@ -34,6 +34,10 @@ class Store(Protocol):
 
     def close(self) -> None: ...
 
+    def __enter__(self) -> Store: ...
+
+    def __exit__(self, *exc_info: object) -> None: ...
+
     # --- the exchange ---------------------------------------------------------------------
 
     def exchange_seq(self) -> int:
@@ -49,10 +53,16 @@ class Store(Protocol):
     # --- markets --------------------------------------------------------------------------
 
     def create_market(
-        self, market: str, definition: dict[str, Any], opened_at: float, exchange_seq: int, default: bool = False
+        self,
+        market: str,
+        definition: dict[str, Any],
+        opened_at: float,
+        exchange_seq: int,
+        default: bool = False,
+        owner: str | None = None,
     ) -> None:
         """Record a new market (and the exchange seq of its announcement) durably; ``LedgerError`` if
-        the id is taken."""
+        the id is taken. ``owner``: the shard that serves it (a store of one owner ignores it)."""
         ...
 
     def update_definition(self, market: str, definition: dict[str, Any]) -> None: ...
@@ -83,9 +93,13 @@ class Store(Protocol):
         exchange_seq: int | None = None,
         committed_at: float = 0.0,
         bindings: Mapping[str, str] | None = None,
+        fence: Mapping[str, int] | None = None,
     ) -> None:
         """Write ``rounds``, the markets' ``closings``, the ``accounts`` they leave, name
-        ``bindings`` (agent -> secret hash) and the exchange's notice seq in one transaction."""
+        ``bindings`` (agent -> secret hash) and the exchange's notice seq in one transaction.
+        ``fence``: market -> the lease epoch the committing shard holds; a store shared by shards
+        writes nothing and raises :class:`~auctioneer.ledger.records.FencedOut` if another shard took
+        one of them (a store of one owner has no leases, and ignores it)."""
         ...
 
     def results_since(self, market: str, seq: int, limit: int, max_bytes: int) -> tuple[list[bytes], bool]:

@@ -1,0 +1,428 @@
+"""The PostgreSQL store: an exchange's ledger in a database server, shared by every shard of it.
+
+The same record as the SQLite store (the same tables, rows and guarantees: append-only rounds, bids,
+payments and sponsors by trigger, a tick's rounds with their accounts in one transaction, committed
+before anything is broadcast), through psycopg 3's connection pool. What a store shared by several
+auctioneer processes adds:
+
+- **fencing**: a commit names the markets it writes with the lease epoch its shard holds for each
+  (``fence``); in the same transaction the leases are locked and checked, and if another shard has
+  taken one, nothing is written and :class:`~auctioneer.ledger.records.FencedOut` names the markets
+  lost. A shard paused past its lease can therefore never write again once another took over;
+- **accounts by deltas**: a commit adds its rounds' payments to each agent's ``spent`` and takes
+  them from what the shard holds of the budget (its slice, ``auctioneer.shards``), so shards never
+  overwrite each other's figures, and ``spent + leased <= budget`` is a constraint of the table;
+- **notice seqs per shard**: each shard's feed numbers its own notices (the ``shards`` table).
+
+Every psycopg failure is a :class:`LedgerError` with one line saying why.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from auctioneer.ledger.export import Exports
+from auctioneer.ledger.postgres_schema import prepare
+from auctioneer.ledger.records import AccountState, FencedOut, LedgerError, RoundRecord, StoredMarket, StoredRound
+from auctioneer.ledger.rows import page_of_results, round_inserts, round_rows, stored_bid, stored_market, stored_result
+from protocol import encode
+from protocol.messages import MarketClosed
+
+log = logging.getLogger(__name__)
+
+INSERTS = round_inserts("%s")
+MARKET_COLUMNS = "SELECT market, definition, opened_at, seq, closed FROM markets"
+CONNECT_TIMEOUT = 5.0
+DEFAULT_SHARD = "main"
+
+
+def is_postgres_url(db: str) -> bool:
+    return db.startswith(("postgresql://", "postgres://"))
+
+
+def without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", "@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class PostgresLedger(Exports):
+    """An exchange's ledger in PostgreSQL, as one shard (``shard``) of it sees it."""
+
+    def __init__(self, url: str, shard: str = DEFAULT_SHARD, lease_seconds: float = 2.0, pool_size: int = 4) -> None:
+        self.url = url
+        self.shard = shard
+        self.lease_seconds = lease_seconds
+        self.on_commit: Callable[[float], None] | None = None
+        try:
+            self._pool = ConnectionPool(
+                url,
+                min_size=1,
+                max_size=pool_size,
+                kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
+                timeout=CONNECT_TIMEOUT,
+                open=False,
+                name=f"ledger-{shard}",
+            )
+            self._pool.open(wait=True, timeout=CONNECT_TIMEOUT)
+        except (psycopg.Error, PoolTimeout) as exc:
+            raise LedgerError(f"cannot reach the ledger {self.location}: {first_line(exc)}") from None
+        with self._failing("prepare"), self._pool.connection() as conn:
+            prepare(conn)
+            conn.execute(
+                "INSERT INTO shards(shard, market_endpoint, feed_endpoint, alive_until) VALUES (%s, '', '', 0)"
+                " ON CONFLICT (shard) DO NOTHING",
+                (shard,),
+            )
+
+    @classmethod
+    def open_existing(cls, url: str) -> PostgresLedger:
+        ledger = cls(url)
+        if not ledger.market_count():
+            ledger.close()
+            raise LedgerError(f"{ledger.location} holds no market")
+        return ledger
+
+    @property
+    def location(self) -> str:
+        return without_password(self.url)
+
+    def close(self) -> None:
+        self._pool.close()
+
+    def __enter__(self) -> PostgresLedger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    @contextmanager
+    def _failing(self, doing: str) -> Iterator[None]:
+        """psycopg's failures as one :class:`LedgerError` line (a fence is not a failure)."""
+        try:
+            yield
+        except FencedOut:
+            raise
+        except psycopg.Error as exc:
+            raise LedgerError(f"cannot {doing} the ledger {self.location}: {first_line(exc)}") from None
+        except PoolTimeout as exc:
+            raise LedgerError(f"cannot reach the ledger {self.location}: {first_line(exc)}") from None
+
+    def _rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        with self._failing("read"), self._pool.connection() as conn:
+            return conn.execute(query, params).fetchall()
+
+    def _value(self, query: str, params: Sequence[Any] = ()) -> Any:
+        rows = self._rows(query, params)
+        return rows[0][0] if rows else None
+
+    # --- the exchange ---------------------------------------------------------------------
+
+    def exchange_seq(self) -> int:
+        return int(self._value("SELECT exchange_seq FROM shards WHERE shard = %s", (self.shard,)) or 0)
+
+    def commits(self) -> int:
+        return int(self._value("SELECT value FROM meta WHERE key = 'commits'") or 0)
+
+    def default_market(self) -> str | None:
+        value = self._value("SELECT value FROM meta WHERE key = 'default_market'")
+        return None if value is None else str(value)
+
+    # --- markets --------------------------------------------------------------------------
+
+    def create_market(
+        self,
+        market: str,
+        definition: dict[str, Any],
+        opened_at: float,
+        exchange_seq: int,
+        default: bool = False,
+        owner: str | None = None,
+    ) -> None:
+        """Record a new market, owned by ``owner`` (this shard by default) from now on."""
+        try:
+            with self._failing("write"), self._pool.connection() as conn, conn.transaction():
+                conn.execute(
+                    "INSERT INTO markets(market, definition, opened_at) VALUES (%s, %s, %s)",
+                    (market, json.dumps(definition, sort_keys=True), opened_at),
+                )
+                conn.execute(
+                    "INSERT INTO leases(market, owner, epoch, expires_at) VALUES (%s, %s, 1, "
+                    "extract(epoch from clock_timestamp()) + %s)",
+                    (market, owner or self.shard, self.lease_seconds),
+                )
+                conn.execute("UPDATE shards SET exchange_seq = %s WHERE shard = %s", (exchange_seq, self.shard))
+                if default:
+                    set_meta(conn, "default_market", market)
+        except LedgerError as exc:
+            if "duplicate key" in str(exc):
+                raise LedgerError(f"a market {market!r} already exists in {self.location}") from None
+            raise
+
+    def update_definition(self, market: str, definition: dict[str, Any]) -> None:
+        with self._failing("write"), self._pool.connection() as conn:
+            conn.execute(
+                "UPDATE markets SET definition = %s WHERE market = %s", (json.dumps(definition, sort_keys=True), market)
+            )
+
+    def market_ids(self) -> list[str]:
+        return [row[0] for row in self._rows("SELECT market FROM markets ORDER BY opened_at, market")]
+
+    def market_count(self) -> int:
+        return int(self._value("SELECT COUNT(*) FROM markets") or 0)
+
+    def has_market(self, market: str) -> bool:
+        return self._value("SELECT 1 FROM markets WHERE market = %s", (market,)) is not None
+
+    def market(self, market: str) -> StoredMarket | None:
+        markets = self._stored_markets(MARKET_COLUMNS + " WHERE market = %s", (market,))
+        return markets[0] if markets else None
+
+    def markets(self, open_only: bool = False) -> list[StoredMarket]:
+        query = MARKET_COLUMNS + (" WHERE closed IS NULL" if open_only else "") + " ORDER BY opened_at, market"
+        return self._stored_markets(query)
+
+    def latest_markets(self, limit: int, ended_only: bool = False) -> list[StoredMarket]:
+        query = (
+            MARKET_COLUMNS
+            + (" WHERE closed IS NOT NULL" if ended_only else "")
+            + " ORDER BY opened_at DESC, market DESC LIMIT %s"
+        )
+        return list(reversed(self._stored_markets(query, (limit,))))
+
+    def _stored_markets(self, query: str, params: Sequence[Any] = ()) -> list[StoredMarket]:
+        with self._failing("read"), self._pool.connection() as conn:
+            rows = conn.execute(query, params).fetchall()
+            markets = []
+            for row in rows:
+                rounds = conn.execute(
+                    "SELECT round, token, result_seq FROM rounds WHERE market = %s ORDER BY round", (row[0],)
+                ).fetchall()
+                markets.append(stored_market(row, rounds, self._balances(conn, row[0])))
+            return markets
+
+    # --- rounds ---------------------------------------------------------------------------
+
+    def commit(
+        self,
+        rounds: Sequence[RoundRecord],
+        closings: Sequence[MarketClosed] = (),
+        accounts: Mapping[str, AccountState] | None = None,
+        exchange_seq: int | None = None,
+        committed_at: float = 0.0,
+        bindings: Mapping[str, str] | None = None,
+        fence: Mapping[str, int] | None = None,
+    ) -> None:
+        """As the SQLite store's, fenced by ``fence`` (market -> the epoch this shard holds). Accounts
+        are kept by deltas: each round's payments are added to ``spent`` and taken from this shard's
+        slices; of ``accounts`` only what the agents' open bids reserve here is written."""
+        started = time.perf_counter()
+        with self._failing("write"), self._pool.connection() as conn, conn.transaction():
+            if fence:
+                self._check_fence(conn, fence)
+            if rounds:
+                ids = conn.execute("SELECT nextval('round_ids') FROM generate_series(1, %s)", (len(rounds),)).fetchall()
+                tables = round_rows(rounds, committed_at, 0)
+                numbered = renumber(tables, [row[0] for row in ids])
+                with conn.cursor() as cursor:
+                    for statement, rows in zip(INSERTS, numbered, strict=True):
+                        if rows:
+                            cursor.executemany(statement, rows)
+                self._settle_payments(conn, rounds)
+                conn.execute(
+                    "INSERT INTO meta(key, value) VALUES ('commits', '1') ON CONFLICT (key)"
+                    " DO UPDATE SET value = (meta.value::bigint + 1)::text"
+                )
+            if bindings:
+                with conn.cursor() as cursor:
+                    cursor.executemany(
+                        "INSERT INTO agents(agent, secret_hash, bound_at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
+                        [(agent, secret_hash, committed_at) for agent, secret_hash in bindings.items()],
+                    )
+            for closing in closings:
+                conn.execute(
+                    "UPDATE markets SET closed = %s, seq = GREATEST(seq, %s) WHERE market = %s",
+                    (encode(closing), closing.seq, closing.market),
+                )
+                conn.execute("DELETE FROM leases WHERE market = %s", (closing.market,))
+            if accounts:
+                with conn.cursor() as cursor:
+                    cursor.executemany(
+                        "INSERT INTO accounts(agent, budget) VALUES (%s, %s) ON CONFLICT (agent) DO NOTHING",
+                        [(agent, state.budget) for agent, state in accounts.items()],
+                    )
+            if exchange_seq is not None:
+                conn.execute("UPDATE shards SET exchange_seq = %s WHERE shard = %s", (exchange_seq, self.shard))
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - started)
+
+    def _check_fence(self, conn: psycopg.Connection[Any], fence: Mapping[str, int]) -> None:
+        markets = sorted(fence)
+        held = conn.execute(
+            "SELECT market, owner, epoch FROM leases WHERE market = ANY(%s) ORDER BY market FOR UPDATE", (markets,)
+        ).fetchall()
+        owned = {market for market, owner, epoch in held if owner == self.shard and epoch == fence[market]}
+        lost = set(markets) - owned
+        if lost:
+            raise FencedOut(lost)
+
+    def _settle_payments(self, conn: psycopg.Connection[Any], rounds: Sequence[RoundRecord]) -> None:
+        """Each agent's payments: added to what it spent, and taken from what this shard holds of its
+        budget (its slice), so ``spent + leased`` does not move."""
+        paid: dict[str, float] = defaultdict(float)
+        for record in rounds:
+            for agent, amount in record.result.payments.items():
+                paid[agent] += amount
+        charged = sorted((agent, amount) for agent, amount in paid.items() if amount > 0)
+        if not charged:
+            return
+        agents = [agent for agent, _ in charged]
+        held = dict(
+            conn.execute(
+                "SELECT agent, amount FROM slices WHERE shard = %s AND agent = ANY(%s) FOR UPDATE", (self.shard, agents)
+            ).fetchall()
+        )
+        taken = [(agent, amount, min(amount, float(held.get(agent, 0.0)))) for agent, amount in charged]
+        with conn.cursor() as cursor:
+            cursor.executemany(
+                "INSERT INTO accounts(agent, spent) VALUES (%s, %s) ON CONFLICT (agent)"
+                " DO UPDATE SET spent = accounts.spent + excluded.spent, leased = accounts.leased - %s",
+                [(agent, amount, out_of_slice) for agent, amount, out_of_slice in taken],
+            )
+            cursor.executemany(
+                "UPDATE slices SET amount = amount - %s WHERE agent = %s AND shard = %s",
+                [(out_of_slice, agent, self.shard) for agent, _, out_of_slice in taken if out_of_slice > 0],
+            )
+
+    def results_since(self, market: str, seq: int, limit: int, max_bytes: int) -> tuple[list[bytes], bool]:
+        rows = self._rows(
+            "SELECT result FROM rounds WHERE market = %s AND result_seq > %s ORDER BY result_seq LIMIT %s",
+            (market, seq, limit + 1),
+        )
+        return page_of_results((data for (data,) in rows), limit, max_bytes)
+
+    def rounds(self, market: str) -> Iterator[StoredRound]:
+        # A server-side cursor: rounds stream, whatever their number.
+        with self._failing("read"), self._pool.connection() as conn, conn.transaction():
+            cursor = conn.cursor(name=f"rounds-{market}")
+            cursor.execute(
+                "SELECT id, round, token, seed, seed_commitment, result, opened_at, committed_at FROM rounds"
+                " WHERE market = %s ORDER BY round",
+                (market,),
+            )
+            for key, number, token, seed, commitment, result, opened_at, committed_at in cursor:
+                bids = conn.execute(
+                    "SELECT agent, bid, tokens, probs, reference FROM bids WHERE round_id = %s ORDER BY agent", (key,)
+                ).fetchall()
+                yield StoredRound(
+                    market,
+                    number,
+                    token,
+                    bytes(seed),
+                    commitment,
+                    [stored_bid(*row) for row in bids],
+                    pairs(conn, "SELECT agent, amount FROM payments WHERE round_id = %s ORDER BY agent", key),
+                    pairs(conn, "SELECT sponsor, share FROM sponsors WHERE round_id = %s ORDER BY sponsor", key),
+                    stored_result(result),
+                    opened_at,
+                    committed_at,
+                )
+
+    def round_count(self) -> int:
+        return int(self._value("SELECT COUNT(*) FROM rounds") or 0)
+
+    def commit_rate(self) -> float:
+        count, first, last = self._rows("SELECT COUNT(*), MIN(committed_at), MAX(committed_at) FROM rounds")[0]
+        return count / (last - first) if count and last > first else float("nan")
+
+    def balances(self, market: str) -> dict[str, float]:
+        with self._failing("read"), self._pool.connection() as conn:
+            return self._balances(conn, market)
+
+    @staticmethod
+    def _balances(conn: psycopg.Connection[Any], market: str) -> dict[str, float]:
+        rows = conn.execute(
+            "SELECT agent, SUM(amount) FROM rounds JOIN payments ON round_id = id WHERE market = %s"
+            " GROUP BY agent HAVING SUM(amount) > 0 ORDER BY agent",
+            (market,),
+        )
+        return {agent: float(total) for agent, total in rows}
+
+    # --- agents and their accounts --------------------------------------------------------
+
+    def accounts(self) -> dict[str, AccountState]:
+        rows = self._rows(
+            "SELECT a.agent, a.budget, COALESCE(SUM(s.amount), 0), a.spent FROM accounts AS a"
+            " LEFT JOIN slices AS s USING (agent) GROUP BY a.agent, a.budget, a.spent ORDER BY a.agent"
+        )
+        # What a shard holds of an agent's budget is what its open bids may use: shown as reserved.
+        return {agent: AccountState(budget, float(held), float(spent)) for agent, budget, held, spent in rows}
+
+    def spent(self) -> dict[str, float]:
+        rows = self._rows("SELECT agent, SUM(amount) FROM payments GROUP BY agent ORDER BY agent")
+        return {agent: float(total) for agent, total in rows}
+
+    def set_budget(self, agent: str, account: AccountState, set_at: float) -> None:
+        """The operator's budget, refused (``LedgerError``) if below what the agent spent and what
+        shards hold of its budget now."""
+        with self._failing("write"), self._pool.connection() as conn, conn.transaction():
+            conn.execute("INSERT INTO accounts(agent) VALUES (%s) ON CONFLICT (agent) DO NOTHING", (agent,))
+            changed = conn.execute(
+                "UPDATE accounts SET budget = %s WHERE agent = %s AND (%s::double precision IS NULL OR spent + leased"
+                " <= %s) RETURNING agent",
+                (account.budget, agent, account.budget, account.budget),
+            ).fetchone()
+            if changed is None:
+                raise LedgerError(f"the budget of {agent} cannot fall below what it spent and what shards hold of it")
+            conn.execute(
+                "INSERT INTO budgets(agent, budget, set_at) VALUES (%s, %s, %s) ON CONFLICT (agent)"
+                " DO UPDATE SET budget = excluded.budget, set_at = excluded.set_at",
+                (agent, account.budget, set_at),
+            )
+
+    def operator_budgets(self) -> dict[str, float | None]:
+        return {str(agent): budget for agent, budget in self._rows("SELECT agent, budget FROM budgets ORDER BY agent")}
+
+    def binding(self, agent: str) -> str | None:
+        value = self._value("SELECT secret_hash FROM agents WHERE agent = %s", (agent,))
+        return None if value is None else str(value)
+
+    # --- for the shards (auctioneer.shards) ---------------------------------------------------
+
+    @contextmanager
+    def connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A connection of the pool, its failures as :class:`LedgerError`."""
+        with self._failing("use"), self._pool.connection() as conn:
+            yield conn
+
+
+def renumber(tables: tuple[list[tuple[Any, ...]], ...], ids: list[int]) -> tuple[list[tuple[Any, ...]], ...]:
+    """The rows of :func:`round_rows` (rounds numbered from 0) with each round's id from the sequence."""
+    return tuple([(ids[row[0]], *row[1:]) for row in rows] for rows in tables)
+
+
+def pairs(conn: psycopg.Connection[Any], query: str, round_id: int) -> dict[str, float]:
+    return {name: float(value) for name, value in conn.execute(query, (round_id,))}
+
+
+def set_meta(conn: psycopg.Connection[Any], key: str, value: str) -> None:
+    conn.execute(
+        "INSERT INTO meta(key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+def first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

@@ -52,7 +52,7 @@ class PostgresServer:
 
     @property
     def url(self) -> str:
-        return f"postgresql://postgres@{self.host}:{self.port}/{DATABASE}"
+        return self.database_url(DATABASE)
 
     def _run(self, *command: str) -> subprocess.CompletedProcess[str]:
         prefix = ["runuser", "-u", "postgres", "--"] if self.as_postgres else []
@@ -70,7 +70,8 @@ class PostgresServer:
 
     def start(self) -> None:
         settings = f"-p {self.port} -k {self.directory} -c listen_addresses={self.host} {self.options}"
-        self._checked(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", settings, "-w", "start")
+        pg_ctl = str(self.bin / "pg_ctl")
+        self._checked(pg_ctl, "-D", str(self.data), "-l", str(self.log), "-o", settings, "-w", "start")
 
     def stop(self, mode: str = "fast") -> None:
         self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop")
@@ -79,20 +80,24 @@ class PostgresServer:
         self.stop()
         self.start()
 
-    def create_database(self, name: str = DATABASE) -> None:
-        self._checked(str(self.bin / "createdb"), "-h", self.host, "-p", str(self.port), "-U", "postgres", name)
+    def database_url(self, name: str) -> str:
+        return f"postgresql://postgres@{self.host}:{self.port}/{name}"
+
+    def create_database(self, name: str = DATABASE, timeout: float = 30.0) -> str:
+        """Create the database ``name`` (retrying while the server starts); its URL."""
+        deadline = time.monotonic() + timeout
+        while True:
+            done = self._run(str(self.bin / "createdb"), "-h", self.host, "-p", str(self.port), "-U", "postgres", name)
+            if done.returncode == 0:
+                return self.database_url(name)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"createdb failed: {done.stderr.strip()}")
+            time.sleep(0.2)
 
     def __enter__(self) -> PostgresServer:
         self.create()
         self.start()
-        deadline = time.monotonic() + 30
-        while True:
-            done = self._run(str(self.bin / "createdb"), "-h", self.host, "-p", str(self.port), "-U", "postgres", DATABASE)
-            if done.returncode == 0:
-                break
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"createdb failed: {done.stderr.strip()}")
-            time.sleep(0.2)
+        self.create_database()
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -44,13 +44,16 @@ class Registration:
         request_timeout: float,
         give_up_after: float = GIVE_UP_AFTER,
         resume_file: Path | None = None,
+        secret: str | None = None,
     ) -> None:
+        """``secret``: the resume secret to return with (another shard's welcome gave it), else the
+        one ``resume_file`` keeps."""
         self.client = client
         self.name = name
         self.request_timeout = request_timeout
         self.give_up_after = give_up_after
         self.resume_file = resume_file
-        self._resume = read_resume_secret(resume_file)
+        self._resume = secret or read_resume_secret(resume_file)
         self._last_contact = time.monotonic()
 
     async def register(self) -> Welcome:
@@ -98,6 +101,11 @@ class Registration:
             return reply
         log.debug("unexpected reply to ping: %s", reply.type)
         return None
+
+    @property
+    def secret(self) -> str | None:
+        """The resume secret in effect for the name."""
+        return self._resume
 
     def _check_not_lost(self) -> None:
         silent = time.monotonic() - self._last_contact

@@ -27,7 +27,9 @@ import asyncio
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import zmq
 import zmq.asyncio
@@ -35,11 +37,12 @@ import zmq.asyncio
 from agent_client.agent import Agent, RoundContext
 from agent_client.deciding import ask_agent
 from agent_client.open_bids import OpenBids
-from agent_client.registration import GIVE_UP_AFTER, AgentRejected, AuctioneerLost, Registration
+from agent_client.registration import GIVE_UP_AFTER, AgentRejected, AuctioneerLost
 from agent_client.report import AgentReport
+from agent_client.shard_link import Endpoints, ShardLink, ShardLinks
 from agent_client.traded_market import TradedMarket
 from agent_client.verify import OwnBid
-from protocol.client import FeedEvent, FeedFollower, MarketClient, MarketUnknown, SocketSetup, list_markets
+from protocol.client import FeedEvent, MarketUnknown, SocketSetup, list_markets
 from protocol.draw import UnknownDrawMode, draw_function
 from protocol.messages import (
     BidAccepted,
@@ -100,103 +103,128 @@ class AgentRuntime:
         self._open_bids = OpenBids()
         self._decisions = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._follower: FeedFollower | None = None
+        self._zmq = context or zmq.asyncio.Context()
+        self.links = ShardLinks(self._zmq, setup, name, request_timeout, give_up_after, resume_file, (market, feed))
+        self._shards: set[Endpoints] = set()  # every shard of the exchange, as welcomes told them
+        self._waiting: dict[Endpoints, dict[str, int]] = {}  # markets to follow once their link opens
         self._stopping = False
 
     async def run(self) -> AgentReport:
         """Register, follow the markets, bid in their rounds; return this agent's report."""
-        context = self._shared_context or zmq.asyncio.Context()
-        self.client = MarketClient(context, self.market_endpoint, self.setup)
-        self.client.connect()
-        self.registration = Registration(
-            self.client, self.name, self.request_timeout, self.give_up_after, self.resume_file
-        )
-        heartbeat: asyncio.Task[None] | None = None
+        self._done = asyncio.get_running_loop().create_future()
         try:
-            welcome = await self.registration.register()
-            self._follower = FeedFollower(
-                context, self.feed_endpoint, self.client, self.setup, self.request_timeout, welcome.exchange_seq
-            )
-            self._welcomed(welcome)
-            heartbeat = asyncio.create_task(self._heartbeat())
-            following = asyncio.create_task(self._follow(self._follower))
-            await asyncio.wait({following, heartbeat}, return_when=asyncio.FIRST_COMPLETED)
-            if heartbeat.done():  # the heartbeat only ends by giving up (or being refused)
-                following.cancel()
-                heartbeat.result()
-            await following
+            link, _ = self.links.link(self.links.entry)
+            await self._open(link)
+            await self._done
             await asyncio.gather(*self._tasks, return_exceptions=True)
         finally:
             # Stop the background tasks and let them finish *before* closing their sockets: closing
             # first fails a pending request, and asyncio.wait_for (3.11) can then raise that error
             # instead of the cancellation, leaving a heartbeat running on closed sockets.
             self._stopping = True
-            background = [*self._tasks, *([heartbeat] if heartbeat else [])]
+            background = [*self._tasks, *(task for link in self.links.links.values() for task in link.tasks)]
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            if self._follower is not None:
-                self._follower.close()
-            self.client.close()
+            self.links.close()
             if self._shared_context is None:
-                context.term()
+                self._zmq.term()
         return self.report
 
-    async def _follow(self, follower: FeedFollower) -> None:
-        if self._finished(follower) and not await self._open_markets_left():
+    async def _open(self, link: ShardLink) -> None:
+        """Register at a link's shard and start following it (the entry link's failure ends the run)."""
+        welcome = await link.open(self.links.context, self.setup, self.request_timeout)
+        assert link.follower is not None
+        for market_id, since in self._waiting.pop(link.endpoints, {}).items():
+            if market_id in self.markets and self.markets[market_id].link == link.endpoints:
+                link.follower.follow(market_id, since)
+        self._welcomed(link, welcome)
+        link.tasks += [
+            asyncio.create_task(self._watch(self._follow(link))),
+            asyncio.create_task(self._watch(self._heartbeat(link))),
+        ]
+
+    async def _watch(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run one link's work; the run ends when a link gives the reason to (its end, or a refusal)."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:
+            if not self._done.done():
+                self._done.set_exception(exc)
             return
-        async for event in follower.events():
-            self._apply(event)
-            if self._finished(follower) and not await self._open_markets_left():
+        if self._finished() and not self._done.done():
+            self._done.set_result(None)
+
+    async def _follow(self, link: ShardLink) -> None:
+        assert link.follower is not None
+        if self._finished() and not await self._open_markets_left():
+            return
+        async for event in link.follower.events():
+            self._apply(event, link)
+            if self._finished() and not await self._open_markets_left():
                 return
 
     @property
     def registered(self) -> bool:
         """Whether the exchange has welcomed this agent (and its feed is being followed)."""
-        return self._follower is not None
+        return any(True for _ in self.links.live())
 
     @property
     def followed(self) -> frozenset[str]:
         """The markets whose broadcasts this runtime follows now (none before it registers)."""
-        return self._follower.followed if self._follower is not None else frozenset()
+        return frozenset().union(*(link.follower.followed for link in self.links.live() if link.follower))
 
-    def _finished(self, follower: FeedFollower) -> bool:
+    def _finished(self) -> bool:
         """Every joined market closed, and no resync left to replay what the feed lost before the end."""
-        return not self.stay and bool(self.report.markets) and not self.markets and not follower.catching_up
+        return not self.stay and bool(self.report.markets) and not self.markets and not self.links.catching_up
 
     async def _open_markets_left(self) -> bool:
         """Before leaving: join every open market that invites this agent (the exchange's own list, so
         a notice the feed lost cannot make it leave early); whether it joined any."""
-        try:
-            listing = await list_markets(self.client, self.request_timeout)
-        except (TimeoutError, ConnectionError) as exc:
-            log.info("the exchange did not list its markets (%s): leaving", exc or type(exc).__name__)
-            return False
-        self._apply(listing)
-        return bool(self.markets)
+        for link in self.links.live():
+            try:
+                listing = await list_markets(link.client, self.request_timeout)
+            except (TimeoutError, ConnectionError) as exc:
+                log.info("the exchange did not list its markets (%s)", exc or type(exc).__name__)
+                continue
+            self._apply(listing, link)
+            return bool(self.markets)
+        return False
 
     # --- registration and liveness ------------------------------------------------------------
 
-    def _welcomed(self, welcome: Welcome) -> None:
+    def _welcomed(self, link: ShardLink, welcome: Welcome) -> None:
         self.budget = welcome.budget
         self.report.spent = welcome.spent
         self.heartbeat_interval = welcome.heartbeat_interval
+        self._shards.update((shard.market_endpoint, shard.feed_endpoint) for shard in welcome.shards or ())
         for info in welcome.markets:
-            self._join(info)
+            self._join(info, link)
         listed = {info.id for info in welcome.markets}
-        assert self._follower is not None
-        for market_id in self.markets:
-            if market_id not in listed:
+        assert link.follower is not None
+        link.follower.notices_from(welcome.exchange_seq)
+        for market_id, market in self.markets.items():
+            if market.link == link.endpoints and market_id not in listed:
                 # Not open any more (it ended while this agent was away, or this exchange never held
                 # it): its resync replays the end, or says it is unknown.
-                self._follower.resync(market_id)
+                link.follower.resync(market_id)
         log.info("registered as %s with %d open market(s) to join", self.name, len(welcome.markets))
 
-    def _join(self, info: MarketInfo) -> None:
-        """Take part in a market: follow its feed (a sync brings its state first). A market that
-        closed is not joined again."""
+    def _join(self, info: MarketInfo, via: ShardLink) -> None:
+        """Take part in a market, on the shard that serves it: follow its feed (a sync brings its
+        state first). A market already followed elsewhere has moved: it is followed at its new shard
+        from where it was. A market that closed is not joined again."""
+        where = (info.market_endpoint, info.feed_endpoint) if info.market_endpoint and info.feed_endpoint else None
+        endpoints = where or via.endpoints
+        traded = self.markets.get(info.id)
+        if traded is not None:
+            if traded.link != endpoints:
+                self._move(traded, info, endpoints)
+            return
         known = self.report.markets.get(info.id)
-        if info.id in self.markets or (known is not None and known.closed_reason is not None):
+        if known is not None and known.closed_reason is not None:
             return
         if info.agents is not None and self.name not in info.agents and info.reference_agent != self.name:
             return
@@ -208,41 +236,85 @@ class AgentRuntime:
             self.report.verification_failures += 1
             log.error("not trading in market %s: %s", info.id, exc)
             return
-        self.markets[info.id] = TradedMarket(info.id, info=info, report=report, recent=deque(maxlen=self.history))
-        assert self._follower is not None
-        self._follower.follow(info.id)
+        market = TradedMarket(info.id, info=info, report=report, recent=deque(maxlen=self.history), link=endpoints)
+        self.markets[info.id] = market
+        self._follow_at(market, 0)
 
-    async def _heartbeat(self) -> None:
-        """Ping every interval; reconnect and re-register when the auctioneer goes silent or forgets us."""
+    def _follow_at(self, market: TradedMarket, since_seq: int) -> None:
+        """Follow ``market`` on its shard's link (opening the link first if it is new)."""
+        link, new = self.links.link(market.link)
+        if link.follower is not None:
+            link.follower.follow(market.id, since_seq)
+            return
+        if new:
+            task = asyncio.create_task(self._watch(self._open(link)))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        self._waiting.setdefault(market.link, {})[market.id] = since_seq
+
+    def _move(self, market: TradedMarket, info: MarketInfo, endpoints: Endpoints) -> None:
+        old = self.links.links.get(market.link)
+        since = old.follower.position(market.id) if old is not None and old.follower is not None else 0
+        if old is not None and old.follower is not None:
+            old.follower.unfollow(market.id)
+        log.info("market %s moved to shard %s: following it there", market.id, info.shard)
+        market.info, market.link = info, endpoints
+        self._follow_at(market, since)
+
+    async def _heartbeat(self, link: ShardLink) -> None:
+        """Ping every interval; reconnect and re-register when the shard goes silent or forgets us. A
+        shard silent for longer than ``give_up_after``: its markets are looked for at the others."""
         while not self._stopping:
             await asyncio.sleep(self.heartbeat_interval)
             try:
-                reply = await self.registration.check_in(self.heartbeat_interval, self._reconnect_feed)
-            except (AgentRejected, AuctioneerLost):
+                reply = await link.registration.check_in(self.heartbeat_interval, self._reconnect(link))
+            except AuctioneerLost:
+                link.lost = True
+                if not self._relocate(link) and not any(True for _ in self.links.live()):
+                    raise
+                log.warning("shard at %s lost: its markets are looked for at the others", link.endpoints[0])
+                return
+            except AgentRejected:
                 raise
             except Exception:
                 log.exception("heartbeat failed; trying again")
                 continue
             if isinstance(reply, Welcome):
-                self._welcomed(reply)
+                self._welcomed(link, reply)
             elif isinstance(reply, Pong):
                 self.report.spent = reply.spent
                 self.budget = reply.budget  # an operator may have changed it
 
-    def _reconnect_feed(self) -> None:
-        if self._follower is not None:
-            self._follower.reconnect()  # what was broadcast meanwhile comes back through a resync
+    def _reconnect(self, link: ShardLink) -> Callable[[], None]:
+        def reconnected() -> None:
+            if link.follower is not None:
+                link.follower.reconnect()  # what was broadcast meanwhile comes back through a resync
+            self._relocate(link)
+
+        return reconnected
+
+    def _relocate(self, silent: ShardLink) -> bool:
+        """A shard went silent: link to the other shards this agent knows of, whose welcomes say where
+        its markets are now; whether there is any to link to."""
+        others = [endpoints for endpoints in self._shards if endpoints != silent.endpoints]
+        for endpoints in others:
+            link, new = self.links.link(endpoints)
+            if new:
+                task = asyncio.create_task(self._watch(self._open(link)))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
+        return bool(others)
 
     # --- the feed -------------------------------------------------------------------------------
 
-    def _apply(self, event: FeedEvent) -> None:
+    def _apply(self, event: FeedEvent, link: ShardLink) -> None:
         if isinstance(event, MarketOpened):
-            self._join(event.market)
+            self._join(event.market, link)
             return
         if isinstance(event, MarketList):
             for status in event.markets:
                 if status.closed is None:
-                    self._join(status.market)
+                    self._join(status.market, link)
                 elif status.market.id in self.markets:
                     self._closed(self.markets[status.market.id], status.closed, status.text)
             return
@@ -257,8 +329,8 @@ class AgentRuntime:
                 self._closed(self.markets[event.market], UNKNOWN_TO_THE_EXCHANGE, None)
             return
         market = self.markets.get(event.market or "")
-        if market is None:
-            return
+        if market is None or market.link != link.endpoints:
+            return  # (a market that moved: its new shard's feed tells it now)
         if isinstance(event, SyncReply):
             self.report.resyncs += 1
             market.apply(event)
@@ -280,8 +352,9 @@ class AgentRuntime:
         if self.markets.get(market.id) is market:
             del self.markets[market.id]
             self._open_bids.drop_market(market.id)
-            assert self._follower is not None
-            self._follower.unfollow(market.id)
+            link = self.links.links.get(market.link)
+            if link is not None and link.follower is not None:
+                link.follower.unfollow(market.id)
 
     def _round_opened(self, market: TradedMarket, announcement: RoundOpen) -> None:
         market.apply(announcement)
@@ -348,7 +421,7 @@ class AgentRuntime:
         self._open_bids.add(info.id, announcement.round, OwnBid(self.name, dict(bid.distribution), float(bid.amount)))
         left = max(remaining - (time.monotonic() - started), 0.05) + DEADLINE_MARGIN * announcement.timeout
         try:
-            reply = await self.client.request(message, left)
+            reply = await self.links.links[market.link].client.request(message, left)
         except (TimeoutError, ConnectionResetError):
             record.status = "no answer"
             return

@@ -31,6 +31,7 @@ class TradedMarket(MarketState):
     info: MarketInfo
     report: MarketReport
     recent: deque[RoundResult]
+    link: tuple[str, str]  # the market and feed endpoints of the shard serving it
     decided_round: int = 0
     commitments: dict[int, str] = field(default_factory=dict)
     announced: dict[int, int] = field(default_factory=dict)  # round -> seq of its latest round_open

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from auctioneer.market import stored_status
 from auctioneer.shards import Location, PostgresShard
-from protocol.messages import MarketEnded, MarketInfo, MarketOpened, MarketStatus
+from protocol.messages import MarketEnded, MarketInfo, MarketOpened, MarketStatus, ShardInfo
 
 if TYPE_CHECKING:
     from auctioneer.exchange import Exchange
@@ -34,6 +34,7 @@ class MarketDirectory:
         # Where this shard's markets are, as clients reach them (said only in an exchange of several).
         self.here: Location | None = shard.location if isinstance(shard, PostgresShard) else None
         self.remote: dict[str, MarketStatus] = {}
+        self.shards: list[ShardInfo] = []  # every live shard, as the last pass found them
 
     def statuses(self) -> list[MarketStatus]:
         return list(self.remote.values())
@@ -68,6 +69,8 @@ class MarketDirectory:
                 exchange.accounts.refresh(notice.subject)
         if self.here is not None:
             announced = self._refresh() or announced
+            self.shards = [ShardInfo(shard=s.shard, market_endpoint=s.market_endpoint, feed_endpoint=s.feed_endpoint)
+                           for s in exchange.shard.shards()]  # fmt: skip
         if announced:
             exchange.ledger.commit([], exchange_seq=exchange.exchange_seq, committed_at=now)
 

@@ -70,6 +70,7 @@ def welcome(exchange: Exchange, request: Request) -> Welcome:
             *exchange.directory.invited(hello.name),
         ],
         re=hello.id,
+        shards=exchange.directory.shards or None,
         **legacy,
     )
 

@@ -100,6 +100,8 @@ class Shard(Protocol):
 
     def locations(self) -> dict[str, Location]: ...
 
+    def shards(self) -> list[Location]: ...
+
     def lease_budget(self, agent: str, amount: float, budget: float | None) -> tuple[float, float | None]: ...
 
     def give_back(self, agent: str, amount: float) -> None: ...
@@ -138,6 +140,9 @@ class SoleShard:
 
     def locations(self) -> dict[str, Location]:
         return {}
+
+    def shards(self) -> list[Location]:
+        return []
 
     def lease_budget(self, agent: str, amount: float, budget: float | None) -> tuple[float, float | None]:
         return math.inf, budget  # the whole budget is here
@@ -311,6 +316,16 @@ class PostgresShard:
                 " JOIN shards AS s ON s.shard = l.owner"
             ).fetchall()
         return {market: Location(shard, m, f) for market, shard, m, f in rows}
+
+    def shards(self) -> list[Location]:
+        """Every live shard (this one included), and where it serves."""
+        with self._connection() as conn:
+            rows = conn.execute(
+                f"SELECT shard, market_endpoint, feed_endpoint FROM shards WHERE alive_until > {NOW} OR shard = %s"
+                " ORDER BY shard",
+                (self.name,),
+            ).fetchall()
+        return [Location(shard, market, feed) for shard, market, feed in rows]
 
     # --- budgets --------------------------------------------------------------------------
 

@@ -171,11 +171,12 @@ class FeedFollower:
         self.socket.connect(endpoint)
         self._broadcasts = QueuedFirst(self.socket)
 
-    def follow(self, market: str) -> None:
-        """Follow a market from its beginning (its snapshot and history come first, by a sync)."""
+    def follow(self, market: str, since_seq: int = 0) -> None:
+        """Follow a market from its beginning (its snapshot and history come first, by a sync), or
+        after ``since_seq`` (it was followed elsewhere up to there: a market that moved shards)."""
         if market in self._last:
             return
-        self._last[market] = 0
+        self._last[market] = since_seq
         self.socket.setsockopt(zmq.SUBSCRIBE, subscription(market_topic(market)))
         self._stale.append(market)
 
@@ -188,6 +189,16 @@ class FeedFollower:
     def followed(self) -> frozenset[str]:
         """The markets followed now."""
         return frozenset(self._last)
+
+    def notices_from(self, seq: int) -> None:
+        """Take the exchange's notices from ``seq`` on (a new ``welcome`` says where they stand: after
+        a restart on another ledger they count from 0 again; what came before, the welcome lists)."""
+        if self._notices_seq is not None:
+            self._notices_seq = seq
+
+    def position(self, market: str) -> int:
+        """The last seq of ``market`` applied (0 if it is not followed)."""
+        return self._last.get(market, 0)
 
     def unfollow(self, market: str) -> None:
         """Stop following a market: its broadcasts are no longer subscribed to."""

@@ -87,6 +87,16 @@ class MarketInfo(BaseModel):
     feed_endpoint: str | None = None  # and its feed
 
 
+class ShardInfo(BaseModel):
+    """A shard of an exchange that has several: its name, and where clients reach it."""
+
+    model_config = WIRE_MODEL
+
+    shard: str
+    market_endpoint: str
+    feed_endpoint: str
+
+
 class MarketStatus(BaseModel):
     """Where a market stands: the latest round, feed seq, text and revenue, and why it closed."""
 
@@ -221,6 +231,7 @@ class Welcome(Message):
     max_support: int | None = None
     reference_weight: float = 0.0
     resume: HexDigest | None = None  # without CurveZMQ: the secret that takes this name back
+    shards: list[ShardInfo] | None = None  # in an exchange of several shards: every live one
 
 
 class BidAccepted(Message):

@@ -47,9 +47,9 @@ INSERTS = round_inserts("?")
 class SqliteLedger(Exports):
     """An exchange's ledger in one SQLite file (a :class:`~auctioneer.ledger.store.Store`)."""
 
-    def __init__(self, path: Path, durable: bool = True) -> None:
+    def __init__(self, path: Path | str, durable: bool = True) -> None:
         """``durable=False`` skips fsync (for simulations, where a crash just means running again)."""
-        self.path = path
+        path = self.path = Path(path)
         self._wal = path.with_name(path.name + "-wal")
         self.on_commit: Callable[[float], None] | None = None
         set_aside_orphans(path)
@@ -64,8 +64,9 @@ class SqliteLedger(Exports):
         self._files = {file: _file_identity(file) for file in (path, self._wal)}
 
     @classmethod
-    def open_existing(cls, path: Path) -> SqliteLedger:
+    def open_existing(cls, path: Path | str) -> SqliteLedger:
         """Open a ledger that must already hold a market (reading never creates one)."""
+        path = Path(path)
         if not path.is_file():
             raise LedgerError(f"no ledger at {path} (pass --db PATH of an exchange's database)")
         ledger = cls(path)

@@ -51,6 +51,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     opening.add_argument(
         "--reference-agent", type=agent_name, help="a registered agent whose bids are the market's reference p_0"
     )
+    opening.add_argument("--shard", help="the shard to serve it (an exchange of several; default: the least loaded)")
     add_settings_flags(opening, MarketSettings, title="market settings (the exchange's defaults otherwise)")
     opening.set_defaults(run=run_open)
     closing = actions.add_parser("close", help="end a market now", description=__doc__)
@@ -110,6 +111,9 @@ def status_json(status: MarketStatus) -> dict[str, object]:
         "closed": status.closed,
         "agents": status.market.agents,
         "reference_agent": status.market.reference_agent,
+        "shard": status.market.shard,
+        "market_endpoint": status.market.market_endpoint,
+        "feed_endpoint": status.market.feed_endpoint,
         "settings": status.market.rules.model_dump(mode="json"),
     }
 
@@ -122,7 +126,11 @@ def print_json(document: object) -> None:
 def run_open(args: argparse.Namespace) -> int:
     try:
         message = OpenMarket(
-            settings=settings_values(args), market=args.id, agents=args.agents, reference_agent=args.reference_agent
+            settings=settings_values(args),
+            market=args.id,
+            agents=args.agents,
+            reference_agent=args.reference_agent,
+            shard=args.shard,
         )
     except ValidationError as exc:  # names given with --id, --agents or --reference-agent
         raise UsageError(f"cannot open that market: {describe_validation_error(exc)}") from None
@@ -131,7 +139,8 @@ def run_open(args: argparse.Namespace) -> int:
     if args.json:
         print_json(status_json(reply.status))
     else:
-        stdout.print(reply.status.market.id, highlight=False)
+        where = f" (on shard {reply.status.market.shard} at {reply.status.market.market_endpoint})"
+        stdout.print(reply.status.market.id + (where if reply.status.market.shard else ""), highlight=False)
     return 0
 
 
@@ -168,11 +177,13 @@ def run_list(args: argparse.Namespace) -> int:
         print_json({"default": reply.default, "markets": [status_json(status) for status in reply.markets]})
         return 0
     table = Table(title=f"markets of {args.exchange}")
-    for column in ("market", "state", "round", "text", "revenue"):
+    sharded = any(status.market.shard for status in reply.markets)
+    for column in ("market", *(["shard"] if sharded else []), "state", "round", "text", "revenue"):
         table.add_column(column, justify="right" if column in ("round", "revenue") else "left")
     for status in reply.markets:
         state = "open" if status.closed is None else f"closed ({status.closed})"
         text = status.text if len(status.text) <= 60 else "..." + status.text[-57:]
-        table.add_row(status.market.id, state, str(status.round), repr(text), f"{status.revenue:.4g}")
+        where = [status.market.shard or "-"] if sharded else []
+        table.add_row(status.market.id, *where, state, str(status.round), repr(text), f"{status.revenue:.4g}")
     stdout.print(table)
     return 0

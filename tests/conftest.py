@@ -1,10 +1,12 @@
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from simulation.postgres_server import PostgresServer
 from tests.helpers import MarketRun
 
 
@@ -16,3 +18,16 @@ def market_run(tmp_path: Path) -> Iterator[MarketRun]:
         yield run
     finally:
         run.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server for this test session (a test that needs one fails without it)."""
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A new, empty database of the session's server, for this test alone."""
+    return postgres_server.create_database(f"test_{uuid.uuid4().hex[:12]}")

@@ -54,6 +54,7 @@ __all__ = [
     "StoredRound",
     "account_row",
     "holding",
+    "is_postgres_url",
     "lock_file",
     "open_ledger",
     "served_elsewhere",

@@ -43,6 +43,7 @@ log = logging.getLogger(__name__)
 INSERTS = round_inserts("%s")
 MARKET_COLUMNS = "SELECT market, definition, opened_at, seq, closed FROM markets"
 CONNECT_TIMEOUT = 5.0
+RECONNECT_SECONDS = 60.0  # how long a commit waits for an unreachable server before the shard stops
 DEFAULT_SHARD = "main"
 
 
@@ -119,6 +120,16 @@ class PostgresLedger(Exports):
             raise LedgerError(f"cannot {doing} the ledger {self.location}: {first_line(exc)}") from None
         except PoolTimeout as exc:
             raise LedgerError(f"cannot reach the ledger {self.location}: {first_line(exc)}") from None
+
+    @contextmanager
+    def _failing_but_reachability(self) -> Iterator[None]:
+        """As :meth:`_failing`, except that losing the server is let through (the caller retries)."""
+        try:
+            yield
+        except (FencedOut, psycopg.OperationalError, PoolTimeout):
+            raise
+        except psycopg.Error as exc:
+            raise LedgerError(f"cannot write the ledger {self.location}: {first_line(exc)}") from None
 
     def _rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._failing("read"), self._pool.connection() as conn:
@@ -229,7 +240,45 @@ class PostgresLedger(Exports):
         are kept by deltas: each round's payments are added to ``spent`` and taken from this shard's
         slices; of ``accounts`` only what the agents' open bids reserve here is written."""
         started = time.perf_counter()
-        with self._failing("write"), self._pool.connection() as conn, conn.transaction():
+        give_up = time.monotonic() + RECONNECT_SECONDS
+        delay = 0.1
+        while True:
+            try:
+                self._commit(rounds, closings, accounts, exchange_seq, committed_at, bindings, fence)
+                break
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                # The server is unreachable or restarting: wait for it (nothing is broadcast meanwhile).
+                # A commit whose connection broke as it committed may have committed: it is not done twice.
+                if rounds and self._already_committed(rounds[0]):
+                    break
+                if time.monotonic() > give_up:
+                    raise LedgerError(f"cannot write the ledger {self.location}: {first_line(exc)}") from None
+                log.warning("the ledger %s is unreachable (%s): retrying the commit", self.location, first_line(exc))
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        if self.on_commit is not None:
+            self.on_commit(time.perf_counter() - started)
+
+    def _already_committed(self, record: RoundRecord) -> bool:
+        try:
+            return self.has_round(record.market, record.result.round)
+        except LedgerError:
+            return False
+
+    def has_round(self, market: str, number: int) -> bool:
+        return self._value("SELECT 1 FROM rounds WHERE market = %s AND round = %s", (market, number)) is not None
+
+    def _commit(
+        self,
+        rounds: Sequence[RoundRecord],
+        closings: Sequence[MarketClosed],
+        accounts: Mapping[str, AccountState] | None,
+        exchange_seq: int | None,
+        committed_at: float,
+        bindings: Mapping[str, str] | None,
+        fence: Mapping[str, int] | None,
+    ) -> None:
+        with self._failing_but_reachability(), self._pool.connection() as conn, conn.transaction():
             if fence:
                 self._check_fence(conn, fence)
             if rounds:
@@ -265,8 +314,6 @@ class PostgresLedger(Exports):
                     )
             if exchange_seq is not None:
                 conn.execute("UPDATE shards SET exchange_seq = %s WHERE shard = %s", (exchange_seq, self.shard))
-        if self.on_commit is not None:
-            self.on_commit(time.perf_counter() - started)
 
     def _check_fence(self, conn: psycopg.Connection[Any], fence: Mapping[str, int]) -> None:
         markets = sorted(fence)

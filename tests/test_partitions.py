@@ -17,8 +17,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
+from auctioneer.audit import audit_ledger
+from auctioneer.ledger import PostgresLedger
+from simulation.postgres_server import PostgresServer
 from tests.helpers import committed_rounds, read_ledger, wait_until
 
 pytestmark = pytest.mark.netns
@@ -30,13 +34,13 @@ def ip(*args: str, namespace: str | None = None) -> None:
 
 
 class Hosts:
-    """Three hosts (``auc``, ``ag1``, ``ag2``) on a bridge, all in namespaces made here."""
+    """Hosts (by default ``auc``, ``ag1``, ``ag2``) on a bridge, all in namespaces made here."""
 
-    def __init__(self, subnet: int) -> None:
+    def __init__(self, subnet: int, hosts: tuple[str, ...] = ("auc", "ag1", "ag2")) -> None:
         self.tag = f"ta{os.getpid() % 100000}"
         self.subnet = subnet
         self.bridge = f"{self.tag}br"
-        self.names = {host: f"{self.tag}{host}" for host in ("auc", "ag1", "ag2")}
+        self.names = {host: f"{self.tag}{host}" for host in hosts}
         self.address = {host: f"10.77.{subnet}.{i}" for i, host in enumerate(self.names, start=1)}
 
     def build(self) -> None:
@@ -65,7 +69,17 @@ class Hosts:
             ip("addr", "add", f"{self.address[host]}/24", "dev", "eth0", namespace=namespace)
             ip("link", "set", "eth0", "up", namespace=namespace)
 
+    def join_root(self) -> None:
+        """Put this test's own process on the bridge too (at .254), so that it reaches the hosts."""
+        root = f"{self.tag}r"
+        ip("link", "add", root, "type", "veth", "peer", "name", "p-root", "netns", self.bridge)
+        ip("link", "set", "p-root", "master", "br0", namespace=self.bridge)
+        ip("link", "set", "p-root", "up", namespace=self.bridge)
+        ip("addr", "add", f"10.77.{self.subnet}.254/24", "dev", root)
+        ip("link", "set", root, "up")
+
     def destroy(self) -> None:
+        subprocess.run(["ip", "link", "del", f"{self.tag}r"], capture_output=True, timeout=10)
         for namespace in [*self.names.values(), self.bridge]:
             subprocess.run(["ip", "netns", "del", namespace], capture_output=True, timeout=10)
 
@@ -77,11 +91,11 @@ class Hosts:
         ip("link", "set", "eth0", state, namespace=self.names[host])
 
 
-@pytest.fixture
-def hosts() -> Iterator[Hosts]:
+def made_hosts(*names: str) -> Iterator[Hosts]:
+    """Hosts of these names, torn down afterwards; the test skips where namespaces cannot be made."""
     if shutil.which("ip") is None:
         pytest.skip("iproute2 (ip) is not installed")
-    made = Hosts(subnet=os.getpid() % 200 + 1)
+    made = Hosts(os.getpid() % 200 + 1, names) if names else Hosts(os.getpid() % 200 + 1)
     try:
         made.build()
     except (subprocess.CalledProcessError, PermissionError) as exc:
@@ -91,6 +105,11 @@ def hosts() -> Iterator[Hosts]:
         yield made
     finally:
         made.destroy()
+
+
+@pytest.fixture
+def hosts() -> Iterator[Hosts]:
+    yield from made_hosts()
 
 
 def test_partitioned_agent_misses_rounds_resyncs_and_bids_again(hosts: Hosts, tmp_path: Path) -> None:
@@ -171,3 +190,70 @@ def test_partitioned_agent_misses_rounds_resyncs_and_bids_again(hosts: Hosts, tm
     assert all(seen.get(r["round"]) == r["token"] for r in rounds), "bob recovered every result"
     assert market["text"] == ledger["text"] and report["resyncs"] >= 2
     assert report["verification_failures"] == 0
+
+
+@pytest.fixture
+def shard_hosts() -> Iterator[Hosts]:
+    yield from made_hosts("db", "s1", "s2")
+
+
+def test_a_shard_cut_off_from_the_database_loses_its_markets_and_commits_nothing_after(
+    shard_hosts: Hosts, tmp_path: Path
+) -> None:
+    """Three hosts: PostgreSQL, shard s1 (with the agents) and shard s2. s2's link goes down: s1 takes
+    its markets once their leases expire, the agents find them there, and when s2's link comes back
+    the rounds it had decided meanwhile are fenced off, never committed."""
+    hosts = shard_hosts
+    hosts.join_root()
+    server = PostgresServer(host=hosts.address["db"], namespace=hosts.names["db"])
+    server.__enter__()
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        url = server.url
+        endpoints = {shard: [f"tcp://{hosts.address[shard]}:{port}" for port in (5555, 5556)] for shard in ("s1", "s2")}
+        settings = ["--insecure", "--stay", "--heartbeat", "0.2", "--lease-seconds", "1.0", "--quiet"]
+        settings += ["--operator-networks", "10.77.0.0/16"]
+
+        def serve(shard: str) -> None:
+            market, feed = endpoints[shard]
+            args = ["-m", "auctioneer", "-v", "serve", "--db", url, "--shard", shard, "--market", market]
+            processes.append(hosts.run(shard, [*args, "--feed", feed, *settings], tmp_path / f"{shard}.log"))
+
+        serve("s1")
+        serve("s2")
+        market = ["--max-tokens", "60", "--round-pause", "0.05", "--round-timeout", "1.0", "--shard", "s2"]
+        opening = ["ip", "netns", "exec", hosts.names["s1"], sys.executable, "-m", "auctioneer", "market", "open"]
+        opening += ["--exchange", endpoints["s1"][0], "--json", "--id", "cut", *market]
+
+        def opened() -> bool:
+            return subprocess.run(opening, capture_output=True, timeout=30).returncode == 0
+
+        wait_until(opened, what="the market opened on s2")
+        agent = ["-m", "agent_client", "--market", endpoints["s1"][0], "--feed", endpoints["s1"][1]]
+        for name in ("a", "b"):
+            command = [*agent, "--name", name, "--distribution", f"{name}=1", "--bid", "1"]
+            processes.append(hosts.run("s1", command, tmp_path / f"{name}.log"))
+
+        def committed() -> int:
+            with psycopg.connect(url) as conn:
+                return int(conn.execute("SELECT COUNT(*) FROM rounds WHERE market = 'cut'").fetchone()[0])
+
+        wait_until(lambda: committed() >= 5, what="rounds on s2")
+        hosts.link("s2", "down")  # s2 cut off from the database and from the agents
+        wait_until(lambda: committed() >= 15, timeout=60, what="the market trading again, on s1")
+        hosts.link("s2", "up")
+        assert [p.wait(120) for p in processes[2:]] == [0, 0], (tmp_path / "s1.log").read_text()[-3000:]
+        wait_until(lambda: "served by another shard now" in (tmp_path / "s2.log").read_text(), timeout=30,
+                   what="s2 letting the market go")  # fmt: skip
+        with psycopg.connect(url) as conn:
+            numbers = [row[0] for row in conn.execute("SELECT round FROM rounds WHERE market = 'cut' ORDER BY round")]
+            owner = conn.execute("SELECT owner FROM leases WHERE market = 'cut'").fetchone()
+        assert numbers == list(range(1, 61)) and owner is None  # every round once; the market ended (on s1)
+        with PostgresLedger(url) as ledger:
+            verdicts, budgets = audit_ledger(ledger)
+        assert all(v.ok for v in verdicts) and not budgets
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(10)
+        server.__exit__(None, None, None)

@@ -10,13 +10,14 @@ from __future__ import annotations
 import shlex
 import subprocess
 import sys
+import time
 import tomllib
 import urllib.request
 from pathlib import Path
 
 import yaml
 
-from auctioneer.ledger import Ledger
+from auctioneer.ledger import Ledger, PostgresLedger
 from cli.agent import build_parser as agent_parser
 from cli.main import auctioneer_parser
 from protocol.sockets import free_tcp_endpoint
@@ -32,14 +33,16 @@ def services(profile: str | None = None) -> dict[str, list[str]]:
     return {
         name: shlex.split(spec["command"])
         for name, spec in compose["services"].items()
-        if (profile in spec.get("profiles", [])) or (profile is None and "profiles" not in spec)
+        if "command" in spec  # (not the database: an image of its own)
+        and ((profile in spec.get("profiles", [])) or (profile is None and "profiles" not in spec))
     }
 
 
 def test_every_service_command_is_accepted_by_our_parsers() -> None:
     assert set(services()) == {"auctioneer", "agent1", "agent2", "agent3"}
     assert set(services("exchange")) == {"exchange", "operator", "alpha", "beta"}
-    for argv in [*services().values(), *services("exchange").values()]:
+    assert set(services("scale-out")) == {"shard1", "shard2", "shard3", "queries", "gamma", "delta"}
+    for argv in [*services().values(), *services("exchange").values(), *services("scale-out").values()]:
         args = PARSERS[argv[0]]().parse_args(argv[1:])
         assert callable(args.run)
 
@@ -113,3 +116,31 @@ def test_the_image_holds_every_package_the_commands_import() -> None:
     packaged = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
     copied = {line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("COPY ")}
     assert {name.rstrip("*") for name in packaged} <= copied
+
+
+def test_compose_scale_out_profile_runs_as_local_processes(tmp_path: Path, postgres_url: str) -> None:
+    swaps = {
+        "postgresql://postgres@postgres:5432/token_auction": postgres_url,
+        "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16": "127.0.0.0/8",
+    }
+    for shard in ("shard1", "shard2", "shard3"):
+        market, feed = free_tcp_endpoint(), free_tcp_endpoint()
+        swaps |= {f"tcp://{shard}:7555": market, f"tcp://{shard}:7556": feed}
+    commands = services("scale-out")
+    for shard in ("shard1", "shard2", "shard3"):  # each its own binds, as its own host would have
+        binds = {"tcp://0.0.0.0:7555": swaps[f"tcp://{shard}:7555"], "tcp://0.0.0.0:7556": swaps[f"tcp://{shard}:7556"]}
+        commands[shard] = [binds.get(argument, argument) for argument in commands[shard]]
+    shards = start_services({name: commands[name] for name in ("shard1", "shard2", "shard3")}, swaps, tmp_path)
+    try:
+        time.sleep(2.0)  # the three shards up and known to each other
+        rest = start_services({name: commands[name] for name in ("queries", "gamma", "delta")}, swaps, tmp_path)
+        codes = [rest[name].wait(90) for name in ("queries", "gamma", "delta")]
+    finally:
+        for p in shards.values():
+            p.terminate()
+            p.wait(30)
+    logs = "\n".join(f.read_text() for f in tmp_path.glob("*.log"))
+    assert codes == [0, 0, 0], logs
+    with PostgresLedger(postgres_url) as ledger:
+        document = ledger.document("tokyo")
+    assert document["closed"] == "max_tokens" and sorted(document["rounds"][0]["bids"]) == ["delta", "gamma"]

@@ -11,7 +11,10 @@ open; when liveness changes, every market is looked at once.
 
 from __future__ import annotations
 
+import functools
 import heapq
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from auctioneer.ledger import FencedOut
@@ -20,6 +23,28 @@ from protocol.messages import MarketClosed
 
 if TYPE_CHECKING:
     from auctioneer.exchange import Exchange
+    from auctioneer.registry import AgentRecord
+
+
+Background = Callable[[Callable[[], None]], Awaitable[None]]  # runs a blocking call off the event loop
+
+
+def closings_of(decisions: list[Decision]) -> list[MarketClosed]:
+    return [d.closing for d in decisions if d.closing is not None]
+
+
+@dataclass(frozen=True)
+class LedgerWrite:
+    """One commit, ready to run (in any thread: it reads nothing of the exchange)."""
+
+    run: Callable[[], None]
+    unbound: list[AgentRecord]  # whose name binding it writes
+
+    def done(self, decisions: list[Decision]) -> list[Decision]:
+        """It ran: the agents' names are bound now; the decisions it committed."""
+        for agent in self.unbound:
+            agent.bound = True
+        return decisions
 
 
 class RoundClock:
@@ -65,27 +90,54 @@ class RoundClock:
 
     def tick(self, now: float) -> None:
         """Close and commit every due round, then open every round that is ready; queue the broadcasts."""
+        decided = self._decide_due(now)
+        if decided:
+            self._settle(self.commit(decided, closings_of(decided)), now)
+        self._open_ready(now)
+
+    async def tick_concurrently(self, background: Background) -> None:
+        """:meth:`tick`, its ledger write run by ``background`` (another thread): requests are answered
+        meanwhile. The rounds being committed take no more bids (``OpenRound.decided``)."""
+        decided = self._decide_due(self.exchange.clock())
+        if decided:
+            decisions = decided
+            while True:
+                write = self._write(decisions, closings_of(decisions))
+                try:
+                    await background(write.run)
+                except FencedOut as exc:
+                    decisions = self._fenced_out(exc, decisions)
+                    continue
+                break
+            self._settle(write.done(decisions), self.exchange.clock())
+        self._open_ready(self.exchange.clock())
+
+    def _decide_due(self, now: float) -> list[Decision]:
+        """Run the mechanism on every round that is due (after refreshing who is live)."""
         exchange, registry = self.exchange, self.exchange.registry
         registry.refresh_liveness(now)
         registry.forget_silent(now, exchange.accounts.forget)
-        due = self._due_markets(now)
-        if due:
-            decided = [market.decide(self._attended(market)) for market in due]
-            decisions = self.commit(decided, [d.closing for d in decided if d.closing is not None])
-            for decision in decisions:
-                for agent, amount in decision.bids.items():
-                    exchange.accounts.release(agent, amount, decision.result.payments.get(agent, 0.0))
-                market = decision.market
-                market.committed(decision, now)
-                exchange.queue(decision.result, decision.record.payload)
-                if market.closed is not None:
-                    exchange.retire(market)
-                else:
-                    self.schedule_opening(market, market.next_open_at)
+        return [market.decide(self._attended(market)) for market in self._due_markets(now)]
+
+    def _settle(self, decisions: list[Decision], now: float) -> None:
+        """The decisions are durable: settle their bids, move their markets on, queue their results."""
+        exchange = self.exchange
+        for decision in decisions:
+            for agent, amount in decision.bids.items():
+                exchange.accounts.release(agent, amount, decision.result.payments.get(agent, 0.0))
+            market = decision.market
+            market.committed(decision, now)
+            exchange.queue(decision.result, decision.record.payload)
+            if market.closed is not None:
+                exchange.retire(market)
+            else:
+                self.schedule_opening(market, market.next_open_at)
+
+    def _open_ready(self, now: float) -> None:
         for market in self._ready_to_open(now):
             announcement = market.open_round(now)
             heapq.heappush(self._deadlines, (announcement.deadline, market.id, announcement.round))
-            exchange.queue(announcement)
+            self.exchange.queue(announcement)
 
     def commit(
         self, decisions: list[Decision], closings: list[MarketClosed], abandoned: dict[str, float] | None = None
@@ -95,35 +147,45 @@ class RoundClock:
         fenced by the leases of the markets in it. A market another shard has taken is let go and the
         rest committed without it: the decisions committed are returned. ``abandoned``: the bids of an
         open round an operator's close abandons (agent -> reservation), released by the caller."""
-        exchange = self.exchange
         while True:
-            settlements = [
-                (agent, amount, decision.result.payments.get(agent, 0.0))
-                for decision in decisions
-                for agent, amount in decision.bids.items()
-            ] + [(agent, amount, 0.0) for agent, amount in (abandoned or {}).items()]
-            touched = {agent for agent, _, _ in settlements}
-            unbound = exchange.registry.unbound(touched)
-            closings = [c for c in closings if c.market in exchange.markets]
-            markets = {d.market.id for d in decisions} | {c.market or "" for c in closings}
+            write = self._write(decisions, closings, abandoned)
             try:
-                exchange.ledger.commit(
-                    [d.record for d in decisions],
-                    closings,
-                    exchange.accounts.after(settlements),
-                    exchange.exchange_seq + len(closings) if closings else None,
-                    exchange.clock(),
-                    {agent.name: agent.secret_hash for agent in unbound if agent.secret_hash is not None},
-                    exchange.shard.fence(markets),
-                )
+                write.run()
             except FencedOut as exc:
-                for market_id in exc.markets:
-                    exchange.let_go(market_id)
-                decisions = [d for d in decisions if d.market.id not in exc.markets]
+                decisions = self._fenced_out(exc, decisions)
                 continue
-            for agent in unbound:
-                agent.bound = True
-            return decisions
+            return write.done(decisions)
+
+    def _write(
+        self, decisions: list[Decision], closings: list[MarketClosed], abandoned: dict[str, float] | None = None
+    ) -> LedgerWrite:
+        """What committing ``decisions`` and ``closings`` writes, as the exchange stands now."""
+        exchange = self.exchange
+        settlements = [
+            (agent, amount, decision.result.payments.get(agent, 0.0))
+            for decision in decisions
+            for agent, amount in decision.bids.items()
+        ] + [(agent, amount, 0.0) for agent, amount in (abandoned or {}).items()]
+        unbound = exchange.registry.unbound({agent for agent, _, _ in settlements})
+        closings = [c for c in closings if c.market in exchange.markets]
+        markets = {d.market.id for d in decisions} | {c.market or "" for c in closings}
+        write = functools.partial(
+            exchange.ledger.commit,
+            [d.record for d in decisions],
+            closings,
+            exchange.accounts.after(settlements),
+            exchange.exchange_seq + len(closings) if closings else None,
+            exchange.clock(),
+            {agent.name: agent.secret_hash for agent in unbound if agent.secret_hash is not None},
+            exchange.shard.fence(markets),
+        )
+        return LedgerWrite(write, unbound)
+
+    def _fenced_out(self, exc: FencedOut, decisions: list[Decision]) -> list[Decision]:
+        """Another shard took ``exc.markets``: they are let go, and the other decisions kept."""
+        for market_id in exc.markets:
+            self.exchange.let_go(market_id)
+        return [d for d in decisions if d.market.id not in exc.markets]
 
     def _attended(self, market: Market) -> bool:
         """Whether a participant of ``market`` was heard from since its open round opened (asked only

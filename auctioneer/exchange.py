@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from auctioneer import admission
 from auctioneer.accounts import Account, Accounts
 from auctioneer.admission import Admission
-from auctioneer.clock import RoundClock
+from auctioneer.clock import Background, RoundClock
 from auctioneer.directory import MarketDirectory
 from auctioneer.dispatch import Reply, dispatch
 from auctioneer.ledger import LedgerError, Store, StoredMarket
@@ -274,7 +274,6 @@ class Exchange:
     def retire(self, market: Market) -> None:
         """``market`` ended: it leaves the open markets, and its end is announced."""
         assert market.closed is not None
-        self.shard.notify("ended", market.id)
         del self.markets[market.id]
         self.round_clock.forget(market)
         self.recent.append(market.status())
@@ -308,17 +307,29 @@ class Exchange:
 
     def tick(self) -> None:
         """Renew this shard's leases when due, close and commit every due round, then open every round
-        that is ready; queue the broadcasts."""
+        that is ready; queue the broadcasts and tell the other shards what changed."""
         now = self.clock()
+        self._pass_leases_if_due(now)
+        self.round_clock.tick(now)
+        self.shard.flush()
+
+    async def tick_concurrently(self, background: Background) -> None:
+        """:meth:`tick` with its commit run by ``background``, while requests are answered; for a store
+        whose commits may run in another thread (``Store.concurrent_commits``)."""
+        self._pass_leases_if_due(self.clock())
+        await self.round_clock.tick_concurrently(background)
+        self.shard.flush()
+
+    def _pass_leases_if_due(self, now: float) -> None:
         if self.shard.due(now):
             self.directory.pass_leases(now)
-        self.round_clock.tick(now)
 
     def has_due(self) -> bool:
         return self.round_clock.has_due()
 
     def next_wake(self) -> float:
-        return self.round_clock.next_wake(self.clock())
+        """When :meth:`tick` next has something to do: a round's, or this shard's lease pass."""
+        return min(self.round_clock.next_wake(self.clock()), self.shard.next_due())
 
     def queue(self, message: Broadcast, payload: bytes | None = None) -> None:
         """Queue a broadcast (``payload``: its bytes, if already encoded)."""

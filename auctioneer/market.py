@@ -146,7 +146,7 @@ class Market:
         if not self.invites(agent):
             raise ProtocolError(ErrorCode.NOT_INVITED, f"market {self.id} is limited to other agents", "market")
         current = self.current
-        if current is None or number != current.number:
+        if current is None or number != current.number or current.decided:
             if number <= (current.number if current else self.last_round):
                 self._bid_late(agent, number, amount)
                 raise ProtocolError(ErrorCode.ROUND_CLOSED, f"round {number} is closed", "round")
@@ -175,6 +175,9 @@ class Market:
     def _bid_late(self, agent: str, number: int, amount: float) -> None:
         """``agent`` bid for a round after it closed: if it meant to pay, it takes part, only slowly."""
         if amount > 0 or agent == self.info.reference_agent:
+            current = self.current
+            if current is not None and current.decided and current.number == number:
+                current.paying.add(agent)  # its commit is under way
             for closed in self._recent:
                 if closed.number == number:
                     closed.paying.add(agent)
@@ -230,7 +233,7 @@ class Market:
         """Whether the open round should close now: its deadline passed, or it has bids and every engaged
         live participant has answered (who is still awaited is refreshed when liveness changed)."""
         current = self.current
-        if current is None:
+        if current is None or current.decided:
             return False
         if now >= current.announcement.deadline:
             return True
@@ -246,6 +249,7 @@ class Market:
         ``attended``: a participant was heard from while the round was open."""
         current = self.current
         assert current is not None
+        current.decided = True
         reference = self._round_reference(current)
         names = sorted(name for name, b in current.bids.items() if b.bid > 0)
         if not names and (reference is None or reference.weight == 0):

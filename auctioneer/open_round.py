@@ -66,6 +66,7 @@ class OpenRound:
     free_tokens: TokenTally = field(default_factory=TokenTally)  # of zero bids
     answered: set[str] = field(default_factory=set)  # who bid while it was open
     paying: set[str] = field(default_factory=set)  # who bid a positive amount (or is the reference), even late
+    decided: bool = False  # the mechanism ran on it: it takes no more bids while its commit is under way
 
     def _vocabulary(self, bid: SealedBid, reference: bool) -> TokenTally:
         return self.priced_tokens if reference or bid.bid > 0 else self.free_tokens

@@ -25,12 +25,15 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import zmq
 import zmq.asyncio
 
 from auctioneer.admission import Admission
 from auctioneer.connection_guard import ConnectionGuard
+from auctioneer.dispatch import OPERATORS
 from auctioneer.exchange import Exchange
 from auctioneer.metrics import AuctioneerMetrics
 from auctioneer.peer_budget import PeerBudgets, ThrottledWarnings
@@ -55,6 +58,15 @@ Observer = Callable[[Message], None]
 MORE = int(zmq.SNDMORE | zmq.NOBLOCK)
 LAST = int(zmq.NOBLOCK)
 OVER_BUDGET = "requests over their connection's or address's budget dropped"
+
+
+class Answering(NamedTuple):
+    """Who sent a decoded request, as answering it needs."""
+
+    peer: bytes
+    identity: str | None
+    address: str | None
+    admitted: Admission | None
 
 
 class EndpointError(UserError):
@@ -96,6 +108,15 @@ class AuctioneerServer:
             sock.setsockopt(zmq.HANDSHAKE_IVL, int(HANDSHAKE_SECONDS * 1000))
         self._curve: CurveServer | None = None
         self._replies: list[tuple[list[bytes], bytes]] = []  # answered, not yet sent (_send_replies)
+        # Commits off the event loop, when the store allows them; operators' requests that arrive during
+        # one are held (with what answering them needs) until it is done.
+        self._committer = (
+            ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
+            if exchange.ledger.concurrent_commits
+            else None
+        )
+        self._committing = False
+        self._held: list[tuple[list[bytes], Message, Answering]] = []
         self._guard: ConnectionGuard | None = None
 
     def configure_curve(self, curve: CurveServer) -> None:
@@ -139,6 +160,8 @@ class AuctioneerServer:
                 task.cancel()
             await asyncio.gather(clock, stopper, *background, return_exceptions=True)
         finally:
+            if self._committer is not None:
+                self._committer.shutdown(wait=True)  # a commit under way ends before the ledger closes
             if self._guard is not None:
                 self._guard.stop()
             self.router.close(linger=0)
@@ -157,10 +180,20 @@ class AuctioneerServer:
     # --- the clock ------------------------------------------------------------------------
 
     async def _run_clock(self) -> None:
-        """Tick the exchange at its next deadline, or as soon as a round became complete."""
+        """Tick the exchange at its next deadline, or as soon as a round became complete. On a store
+        whose commits may run in another thread, requests are answered while the ledger is written,
+        but for the operators' (they change what the commit writes), held until it is done."""
         while True:
             self._wake.clear()
-            self.exchange.tick()
+            if self._committer is None:
+                self.exchange.tick()
+            else:
+                self._committing = True
+                try:
+                    await self.exchange.tick_concurrently(self._in_background)
+                finally:
+                    self._committing = False
+                self._answer_held()
             self._publish_queued()
             if self.exchange.finished:
                 return
@@ -169,6 +202,16 @@ class AuctioneerServer:
                 await wait_until_set(self._wake, delay)
             else:
                 await asyncio.sleep(0)  # let queued requests in between ticks
+
+    async def _in_background(self, call: Callable[[], None]) -> None:
+        assert self._committer is not None
+        await asyncio.wrap_future(self._committer.submit(call))
+
+    def _answer_held(self) -> None:
+        held, self._held = self._held, []
+        for envelope, request, answering in held:
+            self._respond(envelope, request, answering)
+        self._send_replies()
 
     async def _heartbeats(self) -> None:
         while True:
@@ -300,7 +343,21 @@ class AuctioneerServer:
                 if isinstance(request, SyncRequest) and not self._budgets.admit_sync(peer, address):
                     reply = Error(code=ErrorCode.LIMIT_REACHED, message=SYNC_LIMITED, re=request.id)
                 else:
-                    reply = self._handle(peer, request, identity, address, admitted)
+                    answering = Answering(peer, identity, address, admitted)
+                    if self._committing and request.type in OPERATORS:
+                        self._held.append((envelope, request, answering))
+                        return
+                    self._respond(envelope, request, answering)
+                    return
+        self._reply(envelope, request_type, reply, peer, address)
+
+    def _respond(self, envelope: list[bytes], request: Message, answering: Answering) -> None:
+        reply = self._handle(answering.peer, request, answering.identity, answering.address, answering.admitted)
+        self._reply(envelope, request.type, reply, answering.peer, answering.address)
+
+    def _reply(
+        self, envelope: list[bytes], request_type: str | None, reply: Message | bytes, peer: bytes, address: str | None
+    ) -> None:
         if self.metrics is not None:
             self.metrics.replied(request_type, reply)
         if isinstance(reply, bytes):

@@ -86,7 +86,13 @@ class Shard(Protocol):
         """Of the exchange's open markets, those this process serves at start."""
         ...
 
-    def due(self, now: float) -> bool: ...
+    def due(self, now: float) -> bool:
+        """Whether a lease pass is due at ``now``."""
+        ...
+
+    def next_due(self) -> float:
+        """When a lease pass may next be due (the exchange wakes by then, even when idle)."""
+        ...
 
     def lease_pass(self, now: float, serving: Iterable[str]) -> LeasePass: ...
 
@@ -106,7 +112,13 @@ class Shard(Protocol):
 
     def give_back(self, agent: str, amount: float) -> None: ...
 
-    def notify(self, kind: str, subject: str) -> None: ...
+    def notify(self, kind: str, subject: str) -> None:
+        """Tell the other shards ``kind`` about ``subject`` (sent by the next :meth:`flush`)."""
+        ...
+
+    def flush(self) -> None:
+        """Send what :meth:`notify` queued."""
+        ...
 
     def stop(self) -> None: ...
 
@@ -123,6 +135,9 @@ class SoleShard:
 
     def due(self, now: float) -> bool:
         return False
+
+    def next_due(self) -> float:
+        return math.inf
 
     def lease_pass(self, now: float, serving: Iterable[str]) -> LeasePass:
         return LeasePass()
@@ -153,6 +168,9 @@ class SoleShard:
     def notify(self, kind: str, subject: str) -> None:
         pass
 
+    def flush(self) -> None:
+        pass
+
     def stop(self) -> None:
         pass
 
@@ -168,6 +186,7 @@ class PostgresShard:
         self.epochs: dict[str, int] = {}  # market -> the epoch of its lease this shard holds
         self._next_pass = self._next_look = 0.0
         self._listener: psycopg.Connection[Any] | None = None
+        self._untold: list[str] = []  # notices for the other shards, sent by flush()
         self._announce()
         self._give_back_every_slice()  # a restarted shard holds nothing: its open rounds went with it
 
@@ -220,6 +239,9 @@ class PostgresShard:
             self._next_look = now + NOTICE_LOOK_SECONDS
             return self.told()
         return False
+
+    def next_due(self) -> float:
+        return min(self._next_pass, self._next_look)
 
     def lease_pass(self, now: float, serving: Iterable[str]) -> LeasePass:
         """Renew this shard's leases and its life, claim what is free, read the other shards' notices."""
@@ -274,7 +296,7 @@ class PostgresShard:
         """Give back the budget slices of shards that died and own no lease any more."""
         rows = conn.execute(
             f"DELETE FROM slices WHERE shard IN (SELECT shard FROM shards WHERE alive_until < {NOW}"
-            " AND shard NOT IN (SELECT owner FROM leases)) RETURNING agent, amount"
+            " AND NOT EXISTS (SELECT 1 FROM leases WHERE owner = shards.shard)) RETURNING agent, amount"
         ).fetchall()
         if rows:
             with conn.cursor() as cursor:
@@ -356,6 +378,7 @@ class PostgresShard:
         if amount <= 0:
             return
         with self._connection() as conn, conn.transaction():
+            conn.execute("SELECT 1 FROM accounts WHERE agent = %s FOR UPDATE", (agent,))  # accounts before slices
             held = conn.execute(
                 "SELECT amount FROM slices WHERE agent = %s AND shard = %s FOR UPDATE", (agent, self.name)
             ).fetchone()
@@ -368,12 +391,18 @@ class PostgresShard:
     # --- notices --------------------------------------------------------------------------
 
     def notify(self, kind: str, subject: str) -> None:
+        self._untold.append(json.dumps({"kind": kind, "subject": subject, "shard": self.name}))
+
+    def flush(self) -> None:
+        """Every queued notice in one statement (a tick that ends many markets tells them at once)."""
+        if not self._untold:
+            return
+        untold, self._untold = self._untold, []
         try:
             with self._connection() as conn:
-                payload = json.dumps({"kind": kind, "subject": subject, "shard": self.name})
-                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, payload))
+                conn.execute("SELECT pg_notify(%s, notice) FROM unnest(%s::text[]) AS notice", (CHANNEL, untold))
         except LedgerError as exc:
-            log.warning("could not tell the other shards %s %s: %s", kind, subject, exc)
+            log.warning("could not tell the other shards %d notice(s): %s", len(untold), exc)
 
     def _notices(self) -> list[ShardNotice]:
         if self._listener is None or self._listener.closed:
@@ -409,6 +438,7 @@ class PostgresShard:
     def stop(self) -> None:
         """Stop as a shard: every budget slice given back, its leases expiring now (the live shards
         claim them at once), and no longer counted alive."""
+        self.flush()
         try:
             self._give_back_every_slice()
             with self._connection() as conn, conn.transaction():

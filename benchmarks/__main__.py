@@ -12,7 +12,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import agent_runtime, codec, exchange, llm, market, mechanism
+from benchmarks import agent_runtime, codec, exchange, llm, market, mechanism, scale_out
 from benchmarks.timing import Figure
 
 # Sections that need optional packages, and the install that brings them.
@@ -24,6 +24,7 @@ SECTIONS = {
     "market": market.run,
     "exchange": exchange.run,
     "agents": agent_runtime.run,
+    "scale-out": scale_out.run,
     "llm": llm.run,
 }
 

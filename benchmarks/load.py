@@ -235,6 +235,7 @@ class ExchangeLoad:
     lost_acks: int = 0
     lost_results: int = 0
     peak_rss: int = 0
+    machine_cpu_seconds: float = 0.0  # every process's CPU time while the rounds ran (what bounds a shared machine)
 
     @property
     def lost_messages(self) -> int:
@@ -244,14 +245,28 @@ class ExchangeLoad:
         return float(np.percentile(self.latencies, q)) if self.latencies else float("nan")
 
 
+def busy_cpu_seconds() -> float:
+    """CPU time the whole machine has spent so far, every core and process together."""
+    times = psutil.cpu_times()
+    return float(times.user + times.system)
+
+
 def drive_exchange(
-    market: str, feed: str, agents: int, support: int, rounds: int, timeout: float = 120.0, pid: int | None = None
+    market: str,
+    feed: str,
+    agents: int,
+    support: int,
+    rounds: int,
+    timeout: float = 120.0,
+    pid: int | None = None,
+    names: str = "load",
 ) -> ExchangeLoad:
     """``agents`` agents bid in every round of every market as it opens, until ``rounds`` results arrived.
 
     One process, one SUB for every market's topic, one DEALER per agent. Latency is from a round's
     last acknowledgement to its result; a round whose acknowledgements or result never come is lost.
-    ``pid``: the auctioneer's process, whose peak resident memory is sampled.
+    ``pid``: the auctioneer's process, whose peak resident memory is sampled. ``names``: the prefix
+    of the agents' names (drivers of one exchange's shards need their own).
     """
     context = zmq.Context()
     watched = psutil.Process(pid) if pid is not None else None
@@ -268,7 +283,7 @@ def drive_exchange(
             dealer.connect(market)
             dealers.append(dealer)
         for i, dealer in enumerate(dealers):
-            dealer.send(msgpack.packb({"v": 1, "type": "hello", "name": f"load{i}", "id": 0}))
+            dealer.send(msgpack.packb({"v": 1, "type": "hello", "name": f"{names}{i}", "id": 0}))
             if not dealer.poll(int(timeout * 1000)):
                 raise RuntimeError(f"the exchange at {market} did not welcome agent {i}")
             dealer.recv()
@@ -293,6 +308,7 @@ def _trade(
     acked_at: dict[tuple[str, int], float] = {}
     sent = acknowledged = 0
     started: float | None = None
+    machine_cpu = 0.0
     last_activity = time.monotonic()
     while result.rounds < rounds and time.monotonic() - last_activity < timeout:
         events = dict(poller.poll(1000))
@@ -313,7 +329,8 @@ def _trade(
             message = feed_message(subscriber.recv())
             key = (str(message.get("market")), int(message.get("round", 0)))  # type: ignore[call-overload]
             if message["type"] == "round_open":
-                started = started or time.perf_counter()
+                if started is None:
+                    started, machine_cpu = time.perf_counter(), busy_cpu_seconds()
                 waiting[key] = len(dealers)
                 for dealer, payload in zip(dealers, payloads, strict=True):
                     dealer.send(msgpack.packb({**payload, "round": key[1], "market": key[0]}))
@@ -326,7 +343,9 @@ def _trade(
                     result.latencies.append(time.perf_counter() - opened)
         if watched is not None and result.rounds % 200 == 0:
             result.peak_rss = max(result.peak_rss, watched.memory_info().rss)
-    result.seconds = time.perf_counter() - started if started is not None else 0.0
+    if started is not None:
+        result.seconds = time.perf_counter() - started
+        result.machine_cpu_seconds = busy_cpu_seconds() - machine_cpu
     for dealer in dealers:  # acknowledgements still on their way
         while dealer.poll(100):
             acknowledged += msgpack.unpackb(dealer.recv()).get("type") == "bid_accepted"

@@ -34,13 +34,67 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from auctioneer.ledger.export import Exports
 from auctioneer.ledger.postgres_schema import prepare
 from auctioneer.ledger.records import AccountState, FencedOut, LedgerError, RoundRecord, StoredMarket, StoredRound
-from auctioneer.ledger.rows import page_of_results, round_inserts, round_rows, stored_bid, stored_market, stored_result
+from auctioneer.ledger.rows import (
+    ROUND_ROW_COLUMNS,
+    page_of_results,
+    round_rows,
+    stored_bid,
+    stored_market,
+    stored_result,
+)
 from protocol import encode
 from protocol.messages import MarketClosed
 
 log = logging.getLogger(__name__)
 
-INSERTS = round_inserts("%s")
+COLUMN_TYPES = {
+    "rounds": ("bigint", "text", "bigint", "text", "bytea", "text", "bigint", "float8", "float8", "bytea"),
+    "bids": ("bigint", "text", "float8", "bytea", "bytea", "integer"),
+    "payments": ("bigint", "text", "float8"),
+    "sponsors": ("bigint", "text", "float8"),
+}
+# Each table's rows of a commit in one statement, a column array per column (set-based: far less
+# work for the server than a statement per row).
+INSERTS = tuple(
+    f"INSERT INTO {table}({', '.join(columns)}) SELECT * FROM unnest("
+    + ", ".join(f"%b::{kind}[]" for kind in COLUMN_TYPES[table])
+    + ")"
+    for table, columns in ROUND_ROW_COLUMNS
+)
+FENCE = "SELECT market, owner, epoch FROM leases WHERE market = ANY(%s) ORDER BY market FOR UPDATE"
+ROUND_IDS = "SELECT nextval('round_ids') FROM generate_series(1, %s)"
+COUNT_COMMIT = (
+    "INSERT INTO meta(key, value) VALUES ('commits', '1') ON CONFLICT (key)"
+    " DO UPDATE SET value = (meta.value::bigint + 1)::text"
+)
+BIND_AGENTS = (
+    "INSERT INTO agents(agent, secret_hash, bound_at) SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[])"
+    " ON CONFLICT DO NOTHING"
+)
+CLOSE_MARKETS = (
+    "UPDATE markets SET closed = ended.closed, seq = GREATEST(markets.seq, ended.seq)"
+    " FROM unnest(%b::text[], %b::bytea[], %b::bigint[]) AS ended(market, closed, seq)"
+    " WHERE markets.market = ended.market"
+)
+OPEN_ACCOUNTS = (
+    "INSERT INTO accounts(agent, budget) SELECT * FROM unnest(%b::text[], %b::float8[]) ON CONFLICT (agent) DO NOTHING"
+)
+# A commit's payments, per agent: added to what it spent, and taken out of this shard's slice of its
+# budget as far as the slice goes (so spent + leased moves by what was paid beyond the slice, if any).
+SETTLE = """
+WITH paid(agent, amount) AS (SELECT * FROM unnest(%(agents)s::text[], %(amounts)s::float8[])),
+held AS (
+    SELECT s.agent, LEAST(s.amount, paid.amount) AS taken FROM slices s JOIN paid USING (agent)
+    WHERE s.shard = %(shard)s FOR UPDATE OF s
+),
+sliced AS (
+    UPDATE slices s SET amount = s.amount - held.taken FROM held
+    WHERE s.agent = held.agent AND s.shard = %(shard)s AND held.taken > 0
+)
+INSERT INTO accounts(agent, spent) SELECT agent, amount FROM paid ON CONFLICT (agent) DO UPDATE
+SET spent = accounts.spent + excluded.spent,
+    leased = accounts.leased - COALESCE((SELECT taken FROM held WHERE held.agent = excluded.agent), 0)
+"""
 MARKET_COLUMNS = "SELECT market, definition, opened_at, seq, closed FROM markets"
 CONNECT_TIMEOUT = 5.0
 RECONNECT_SECONDS = 60.0  # how long a commit waits for an unreachable server before the shard stops
@@ -62,17 +116,23 @@ def without_password(url: str) -> str:
 class PostgresLedger(Exports):
     """An exchange's ledger in PostgreSQL, as one shard (``shard``) of it sees it."""
 
+    concurrent_commits = True  # a pool of connections: a commit waits on the server, not on the exchange
+
     def __init__(self, url: str, shard: str = DEFAULT_SHARD, lease_seconds: float = 2.0, pool_size: int = 4) -> None:
         self.url = url
         self.shard = shard
         self.lease_seconds = lease_seconds
         self.on_commit: Callable[[float], None] | None = None
+        # A shard stopped inside a transaction (SIGSTOP, a pause) would hold its row locks, and with
+        # them its leases, for ever: the server ends such a session once the lease has run out.
+        idle_ms = max(1000, int(lease_seconds * 1000))
+        options = f"-c idle_in_transaction_session_timeout={idle_ms}"
         try:
             self._pool = ConnectionPool(
                 url,
                 min_size=1,
                 max_size=pool_size,
-                kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT},
+                kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT, "options": options},
                 timeout=CONNECT_TIMEOUT,
                 open=False,
                 name=f"ledger-{shard}",
@@ -278,50 +338,35 @@ class PostgresLedger(Exports):
         bindings: Mapping[str, str] | None,
         fence: Mapping[str, int] | None,
     ) -> None:
-        with self._failing_but_reachability(), self._pool.connection() as conn, conn.transaction():
-            if fence:
-                self._check_fence(conn, fence)
-            if rounds:
-                ids = conn.execute("SELECT nextval('round_ids') FROM generate_series(1, %s)", (len(rounds),)).fetchall()
-                tables = round_rows(rounds, committed_at, 0)
-                numbered = renumber(tables, [row[0] for row in ids])
-                with conn.cursor() as cursor:
-                    for statement, rows in zip(INSERTS, numbered, strict=True):
-                        if rows:
-                            cursor.executemany(statement, rows)
+        # One pipelined transaction: the server is waited for twice, for the fence and the round ids,
+        # then for the commit, whatever the number of rounds and markets in it.
+        with self._failing_but_reachability(), self._pool.connection() as conn, conn.transaction(), conn.pipeline():
+            held = conn.execute(FENCE, (sorted(fence),)) if fence else None
+            ids = conn.execute(ROUND_IDS, (len(rounds),)) if rounds else None
+            if held is not None and fence is not None:
+                self._check_fence(held.fetchall(), fence)
+            if ids is not None:
+                numbered = renumber(round_rows(rounds, committed_at, 0), [row[0] for row in ids.fetchall()])
+                for statement, rows in zip(INSERTS, numbered, strict=True):
+                    if rows:
+                        conn.execute(statement, columns_of(rows))
                 self._settle_payments(conn, rounds)
-                conn.execute(
-                    "INSERT INTO meta(key, value) VALUES ('commits', '1') ON CONFLICT (key)"
-                    " DO UPDATE SET value = (meta.value::bigint + 1)::text"
-                )
+                conn.execute(COUNT_COMMIT)
             if bindings:
-                with conn.cursor() as cursor:
-                    cursor.executemany(
-                        "INSERT INTO agents(agent, secret_hash, bound_at) VALUES (%s, %s, %s) ON CONFLICT DO NOTHING",
-                        [(agent, secret_hash, committed_at) for agent, secret_hash in bindings.items()],
-                    )
-            for closing in closings:
-                conn.execute(
-                    "UPDATE markets SET closed = %s, seq = GREATEST(seq, %s) WHERE market = %s",
-                    (encode(closing), closing.seq, closing.market),
-                )
-                conn.execute("DELETE FROM leases WHERE market = %s", (closing.market,))
+                bound = [(agent, secret_hash, committed_at) for agent, secret_hash in bindings.items()]
+                conn.execute(BIND_AGENTS, columns_of(bound))
+            if closings:
+                ended = [(closing.market, encode(closing), closing.seq) for closing in closings]
+                conn.execute(CLOSE_MARKETS, columns_of(ended))
+                conn.execute("DELETE FROM leases WHERE market = ANY(%s)", ([closing.market for closing in closings],))
             if accounts:
-                with conn.cursor() as cursor:
-                    cursor.executemany(
-                        "INSERT INTO accounts(agent, budget) VALUES (%s, %s) ON CONFLICT (agent) DO NOTHING",
-                        [(agent, state.budget) for agent, state in accounts.items()],
-                    )
+                conn.execute(OPEN_ACCOUNTS, columns_of([(agent, state.budget) for agent, state in accounts.items()]))
             if exchange_seq is not None:
                 conn.execute("UPDATE shards SET exchange_seq = %s WHERE shard = %s", (exchange_seq, self.shard))
 
-    def _check_fence(self, conn: psycopg.Connection[Any], fence: Mapping[str, int]) -> None:
-        markets = sorted(fence)
-        held = conn.execute(
-            "SELECT market, owner, epoch FROM leases WHERE market = ANY(%s) ORDER BY market FOR UPDATE", (markets,)
-        ).fetchall()
+    def _check_fence(self, held: Sequence[tuple[Any, ...]], fence: Mapping[str, int]) -> None:
         owned = {market for market, owner, epoch in held if owner == self.shard and epoch == fence[market]}
-        lost = set(markets) - owned
+        lost = set(fence) - owned
         if lost:
             raise FencedOut(lost)
 
@@ -333,25 +378,11 @@ class PostgresLedger(Exports):
             for agent, amount in record.result.payments.items():
                 paid[agent] += amount
         charged = sorted((agent, amount) for agent, amount in paid.items() if amount > 0)
-        if not charged:
-            return
-        agents = [agent for agent, _ in charged]
-        held = dict(
-            conn.execute(
-                "SELECT agent, amount FROM slices WHERE shard = %s AND agent = ANY(%s) FOR UPDATE", (self.shard, agents)
-            ).fetchall()
-        )
-        taken = [(agent, amount, min(amount, float(held.get(agent, 0.0)))) for agent, amount in charged]
-        with conn.cursor() as cursor:
-            cursor.executemany(
-                "INSERT INTO accounts(agent, spent) VALUES (%s, %s) ON CONFLICT (agent)"
-                " DO UPDATE SET spent = accounts.spent + excluded.spent, leased = accounts.leased - %s",
-                [(agent, amount, out_of_slice) for agent, amount, out_of_slice in taken],
-            )
-            cursor.executemany(
-                "UPDATE slices SET amount = amount - %s WHERE agent = %s AND shard = %s",
-                [(out_of_slice, agent, self.shard) for agent, _, out_of_slice in taken if out_of_slice > 0],
-            )
+        if charged:
+            agents, amounts = columns_of(charged)
+            # Accounts are locked before slices, as every writer of both does (no deadlock between them).
+            conn.execute("SELECT 1 FROM accounts WHERE agent = ANY(%b::text[]) ORDER BY agent FOR UPDATE", (agents,))
+            conn.execute(SETTLE, {"agents": list(agents), "amounts": list(amounts), "shard": self.shard})
 
     def results_since(self, market: str, seq: int, limit: int, max_bytes: int) -> tuple[list[bytes], bool]:
         rows = self._rows(
@@ -458,6 +489,11 @@ class PostgresLedger(Exports):
 def renumber(tables: tuple[list[tuple[Any, ...]], ...], ids: list[int]) -> tuple[list[tuple[Any, ...]], ...]:
     """The rows of :func:`round_rows` (rounds numbered from 0) with each round's id from the sequence."""
     return tuple([(ids[row[0]], *row[1:]) for row in rows] for rows in tables)
+
+
+def columns_of(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
+    """``rows`` as one list per column (the arrays a set-based statement unnests)."""
+    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def pairs(conn: psycopg.Connection[Any], query: str, round_id: int) -> dict[str, float]:

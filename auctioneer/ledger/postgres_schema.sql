@@ -89,6 +89,7 @@ CREATE TABLE IF NOT EXISTS leases (
     epoch BIGINT NOT NULL,
     expires_at DOUBLE PRECISION NOT NULL
 );
+CREATE INDEX IF NOT EXISTS leases_by_owner ON leases (owner);
 -- What each shard holds of each agent's budget (the sum, per agent, is accounts.leased).
 CREATE TABLE IF NOT EXISTS slices (
     agent TEXT NOT NULL,

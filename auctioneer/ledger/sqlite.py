@@ -47,6 +47,8 @@ INSERTS = round_inserts("?")
 class SqliteLedger(Exports):
     """An exchange's ledger in one SQLite file (a :class:`~auctioneer.ledger.store.Store`)."""
 
+    concurrent_commits = False  # one connection; and a local commit is short
+
     def __init__(self, path: Path | str, durable: bool = True) -> None:
         """``durable=False`` skips fsync (for simulations, where a crash just means running again)."""
         path = self.path = Path(path)

@@ -26,6 +26,9 @@ class Store(Protocol):
 
     #: Told each commit's duration, in seconds (the metrics' commit histogram).
     on_commit: Callable[[float], None] | None
+    #: Whether :meth:`commit` may run in another thread while the exchange reads and writes the store
+    #: (the exchange then answers requests during its commits).
+    concurrent_commits: bool
 
     @property
     def location(self) -> str:

@@ -105,8 +105,6 @@ class AgentRuntime:
         self._tasks: set[asyncio.Task[None]] = set()
         self._zmq = context or zmq.asyncio.Context()
         self.links = ShardLinks(self._zmq, setup, name, request_timeout, give_up_after, resume_file, (market, feed))
-        self._shards: set[Endpoints] = set()  # every shard of the exchange, as welcomes told them
-        self._waiting: dict[Endpoints, dict[str, int]] = {}  # markets to follow once their link opens
         self._stopping = False
 
     async def run(self) -> AgentReport:
@@ -135,7 +133,7 @@ class AgentRuntime:
         """Register at a link's shard and start following it (the entry link's failure ends the run)."""
         welcome = await link.open(self.links.context, self.setup, self.request_timeout)
         assert link.follower is not None
-        for market_id, since in self._waiting.pop(link.endpoints, {}).items():
+        for market_id, since in self.links.waiting.pop(link.endpoints, {}).items():
             if market_id in self.markets and self.markets[market_id].link == link.endpoints:
                 link.follower.follow(market_id, since)
         self._welcomed(link, welcome)
@@ -143,6 +141,12 @@ class AgentRuntime:
             asyncio.create_task(self._watch(self._follow(link))),
             asyncio.create_task(self._watch(self._heartbeat(link))),
         ]
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` as a task of this run (awaited, or cancelled, when the run ends)."""
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _watch(self, work: Coroutine[Any, Any, None]) -> None:
         """Run one link's work; the run ends when a link gives the reason to (its end, or a refusal)."""
@@ -199,7 +203,7 @@ class AgentRuntime:
         self.budget = welcome.budget
         self.report.spent = welcome.spent
         self.heartbeat_interval = welcome.heartbeat_interval
-        self._shards.update((shard.market_endpoint, shard.feed_endpoint) for shard in welcome.shards or ())
+        self.links.known.update((shard.market_endpoint, shard.feed_endpoint) for shard in welcome.shards or ())
         for info in welcome.markets:
             self._join(info, link)
         listed = {info.id for info in welcome.markets}
@@ -247,10 +251,8 @@ class AgentRuntime:
             link.follower.follow(market.id, since_seq)
             return
         if new:
-            task = asyncio.create_task(self._watch(self._open(link)))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-        self._waiting.setdefault(market.link, {})[market.id] = since_seq
+            self._spawn(self._watch(self._open(link)))
+        self.links.waiting.setdefault(market.link, {})[market.id] = since_seq
 
     def _move(self, market: TradedMarket, info: MarketInfo, endpoints: Endpoints) -> None:
         old = self.links.links.get(market.link)
@@ -296,13 +298,11 @@ class AgentRuntime:
     def _relocate(self, silent: ShardLink) -> bool:
         """A shard went silent: link to the other shards this agent knows of, whose welcomes say where
         its markets are now; whether there is any to link to."""
-        others = [endpoints for endpoints in self._shards if endpoints != silent.endpoints]
+        others = [endpoints for endpoints in self.links.known if endpoints != silent.endpoints]
         for endpoints in others:
             link, new = self.links.link(endpoints)
             if new:
-                task = asyncio.create_task(self._watch(self._open(link)))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._spawn(self._watch(self._open(link)))
         return bool(others)
 
     # --- the feed -------------------------------------------------------------------------------
@@ -362,9 +362,7 @@ class AgentRuntime:
         if reopened:
             self._open_bids.take(market.id, announcement.round)
         if decide:
-            task = asyncio.create_task(self._decide_and_bid(market, announcement))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._spawn(self._decide_and_bid(market, announcement))
 
     def _apply_result(self, market: TradedMarket, result: RoundResult) -> None:
         problems, own = market.checked(result, self._open_bids.take(market.id, result.round), self.name)

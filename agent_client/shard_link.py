@@ -50,7 +50,8 @@ class ShardLink:
 
 @dataclass
 class ShardLinks:
-    """Every link of one agent, the entry link (the endpoints it was given) first."""
+    """Every link of one agent, the entry link (the endpoints it was given) first; the shards it
+    knows of, and the markets to follow on links still opening."""
 
     context: zmq.asyncio.Context
     setup: SocketSetup | None
@@ -60,6 +61,8 @@ class ShardLinks:
     resume_file: Path | None
     entry: Endpoints
     links: dict[Endpoints, ShardLink] = field(default_factory=dict)
+    known: set[Endpoints] = field(default_factory=set)  # every shard of the exchange, as welcomes told them
+    waiting: dict[Endpoints, dict[str, int]] = field(default_factory=dict)  # market -> seq, until its link opens
 
     def link(self, endpoints: Endpoints) -> tuple[ShardLink, bool]:
         """The link to ``endpoints``, and whether it is new (then it must be opened)."""

@@ -16,14 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import psycopg
 import pytest
 
 from auctioneer.audit import audit_ledger
 from auctioneer.ledger import PostgresLedger, SqliteLedger
+from protocol.schema import json_value, protocol_schema
 from protocol.sockets import free_tcp_endpoint
 from simulation.postgres_server import PostgresServer
-from tests.helpers import MarketRun, run_cli, static_agent, wait_until
+from tests.helpers import MarketRun, WireClient, WireFeed, run_cli, static_agent, wait_until
 
 LEASE = "1.0"  # seconds: short, so that failover happens within the tests' patience
 FAST = ["--heartbeat", "0.2", "--round-timeout", "1.0", "--lease-seconds", LEASE]
@@ -200,6 +202,44 @@ def test_two_shards_are_one_exchange_and_agents_of_one_trade_on_both(exchange: E
         market: [1, 2, 3, 4] for market in ("q1", "q2", "q3", "q4", "q5")
     }
     audited(exchange.url)
+
+
+def test_an_exchange_of_shards_speaks_spec_3_6_on_the_wire(exchange: Exchange) -> None:
+    """Raw sockets at shard s1 only, for a market served by s2: where it lives is in the welcome, the
+    open's reply and the notices; its bids at s1 are WRONG_SHARD; when s2 dies, s1 announces it again."""
+    for name in ("s1", "s2"):
+        exchange.shard(name)
+    wait_until(lambda: exchange.markets("s1") == {} and exchange.markets("s2") == {}, what="both shards up")
+    s1, s2 = exchange.shards["s1"], exchange.shards["s2"]
+    feed, client = WireFeed(s1[1], "x"), WireClient(s1[0])
+    try:
+        time.sleep(0.3)  # the subscription reaches the shard
+        status = client.request("open_market", market="w", shard="s2", settings={"prompt": "W:", "min_agents": 5})
+        assert status["type"] == "market_status", status
+        where = status["status"]["market"]
+        assert (where["shard"], where["market_endpoint"]) == ("s2", s2[0])
+        opened = feed.next(lambda topic, m: m["type"] == "market_opened" and m["market"]["id"] == "w")
+        assert (opened["market"]["shard"], opened["market"]["feed_endpoint"]) == ("s2", s2[1])
+        welcome = client.request("hello", name="trader")
+        assert {(s["shard"], s["market_endpoint"], s["feed_endpoint"]) for s in welcome["shards"]} == {
+            ("s1", *s1),
+            ("s2", *s2),
+        }
+        assert [(m["id"], m["shard"]) for m in welcome["markets"]] == [("w", "s2")]
+        refused = client.request("sealed_bid", market="w", round=1, bid=1.0,
+                                 distribution={"tokens": ["a"], "probs": [1.0]})  # fmt: skip
+        assert refused["code"] == "WRONG_SHARD" and s2[0] in refused["message"], refused
+        synced = client.request("sync_request", market="w")  # any shard answers from the shared record
+        assert synced["type"] == "sync_reply" and synced["market"] == "w" and synced.get("open_round") is None
+        exchange.processes["s2"].kill()  # s2 dies: s1 claims the market once its lease expires
+        moved = feed.next(lambda topic, m: m["type"] == "market_opened" and m["market"]["shard"] == "s1")
+        assert moved["market"]["id"] == "w" and moved["seq"] > opened["seq"]
+    finally:
+        feed.close()
+        client.close()
+    root = jsonschema.Draft202012Validator(protocol_schema())
+    for message in [*client.sent, *client.received, *(m for _, m in feed.seen)]:
+        root.validate(json_value(message))
 
 
 def test_a_killed_shards_markets_resume_on_another_and_nobody_is_charged_twice(exchange: Exchange) -> None:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from auctioneer.ledger import Store, StoredMarket, StoredRound
-from auctioneer.mechanism import Reference, run_auction
+from auctioneer.ledger import Store, StoredBid, StoredMarket, StoredRound
+from auctioneer.mechanism import AuctionOutcome, Reference, run_auction
 from auctioneer.settings import MarketSettings
 from protocol.draw import seed_commitment
 
@@ -43,6 +43,24 @@ def _same_shares(a: dict[str, float], b: dict[str, float]) -> bool:
     return set(a) == set(b) and all(_close(a[k], b[k]) for k in a)
 
 
+def bidders(stored: StoredRound) -> list[StoredBid]:
+    """A stored round's sealed bids, its reference agent's left out."""
+    return [b for b in stored.bids if not b.reference]
+
+
+def rerun(stored: StoredRound, settings: MarketSettings, reference_weight: float | None = None) -> AuctionOutcome:
+    """A stored round's sealed bids through the mechanism of ``settings``, with the round's own seed.
+    The reference is the reference agent's recorded distribution if it bid (weighed as recorded, or
+    by ``reference_weight``), else the market's fixed one."""
+    bids = bidders(stored)
+    live_reference = next((b for b in stored.bids if b.reference), None)
+    reference = settings.reference_distribution()
+    if live_reference is not None:
+        weight = live_reference.bid if reference_weight is None else reference_weight
+        reference = Reference(live_reference, weight)
+    return run_auction(bids, [b.bid for b in bids], settings, stored.seed, reference)
+
+
 def check_round(
     stored: StoredRound, settings: MarketSettings, expected_number: int, balances: dict[str, float]
 ) -> list[str]:
@@ -55,19 +73,9 @@ def check_round(
         problems.append("sha256(seed) does not match the seed commitment")
     if result.seed != stored.seed.hex() or result.seed_commitment != stored.seed_commitment:
         problems.append("the broadcast seed differs from the stored one")
-    bids = [b for b in stored.bids if not b.reference]
-    live_reference = next((b for b in stored.bids if b.reference), None)
-    reference = settings.reference_distribution()
-    if live_reference is not None:
-        reference = Reference(live_reference, live_reference.bid)
+    bids = bidders(stored)
     if bids or stored.token is not None:  # a round whose zero bids were left out: the reference alone decided
-        outcome = run_auction(
-            bids,
-            [b.bid for b in bids],
-            settings,
-            stored.seed,
-            reference,
-        )
+        outcome = rerun(stored, settings)
         if outcome.token != stored.token:
             problems.append(f"token {stored.token!r} but the mechanism chooses {outcome.token!r}")
         if (

@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 
-from cli import agent, audit, dashboard, demo, evaluate, keygen, ledger, market, migrate, serve, simulate, watch
+from cli import agent, audit, dashboard, demo, evaluate, keygen, ledger, market, migrate, replay, serve, simulate, watch
 from cli.console import add_verbose_flag, run_command
 
-AUCTIONEER_COMMANDS = (demo, serve, market, evaluate, ledger, watch, dashboard, audit, migrate, keygen, simulate)
+AUCTIONEER_COMMANDS = (
+    demo, serve, market, evaluate, replay, ledger, watch, dashboard, audit, migrate, keygen, simulate
+)  # fmt: skip
 
 
 def auctioneer_parser() -> argparse.ArgumentParser:

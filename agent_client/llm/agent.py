@@ -50,15 +50,18 @@ def shape_distribution(
 class LLMAgent(Agent):
     """Bids ``bid`` for its model's next-token distribution, optionally steered by an instruction.
 
-    ``instruction`` is prepended to the shared text before asking the model (an advertiser's brief,
-    a persona); only the model's distribution is submitted, never the instruction.
+    ``instruction`` (an advertiser's brief, a persona) frames the shared text before the model is
+    asked: as the model frames it (a chat model's system message, ``frame(instruction)``), else
+    prepended to the text. Only the model's distribution is submitted, never the instruction.
     """
 
     def __init__(self, model: NextTokenModel, bid: float = 1.0, instruction: str = "") -> None:
         self.model = model
         self.bid = float(bid)
         self.instruction = instruction
+        frame = getattr(model, "frame", None)
+        self.prefix: str = frame(instruction) if callable(frame) else instruction
 
     def decide(self, context: RoundContext) -> Bid | None:
-        distribution = self.model.next_token_distribution(self.instruction + context.text)
+        distribution = self.model.next_token_distribution(self.prefix + context.text)
         return Bid(distribution, self.bid) if distribution else None

@@ -1,8 +1,16 @@
 """Hugging Face ``transformers`` causal LMs as next-token models (extra ``[llm]``: torch, transformers).
 
-Any causal LM by hub name or local path (``TransformersAgent(model="gpt2")`` or a directory written
-by ``save_pretrained``). The distribution is the softmax of the last position's logits over decoded
-token strings, shaped by temperature, top-k and top-p (:func:`shape_distribution`).
+Any causal LM by name (``TransformersAgent(model="smollm2")``, the packaged instruct model), by GGUF
+file, hub name or local directory (:mod:`agent_client.llm.model_files`). The distribution is the
+softmax of the last position's logits over decoded token strings (special tokens left out: they
+are not text), shaped by temperature, top-k and top-p (:func:`shape_distribution`).
+
+**Framing** (:meth:`TransformersModel.frame`). An instruct model (one whose tokenizer has a chat
+template) sees the agent's instruction as the system message and the market's text as the
+assistant's reply so far: ``template([system: instruction]) + text``, the template's opening of
+the assistant's turn included. The frame is a fixed prefix, so the distribution still continues
+the market's text token by token, and the cache below still finds it. A base model sees the
+instruction prepended to the text.
 
 **The cache.** The model keeps key/value caches between calls, one per recent text (``cached_texts``,
 so an agent in several markets keeps one per market). Each call tokenises the whole text, takes the
@@ -40,11 +48,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agent_client.llm.agent import LLMAgent, shape_distribution
+from agent_client.llm.model_files import load_model
 
 if TYPE_CHECKING:
     from agent_client.llm.batched import BatchedModel
 
 log = logging.getLogger(__name__)
+
+DEFAULT_SYSTEM = "You are a helpful assistant."  # an instruct model's system message without an instruction
 
 
 def common_prefix_length(a: list[int], b: list[int]) -> int:
@@ -109,12 +120,10 @@ class TransformersModel:
         threads: int | None = None,
     ) -> None:
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         use_torch_threads(threads)
         if isinstance(model, str):
-            tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
-            model = AutoModelForCausalLM.from_pretrained(model)
+            model, tokenizer = load_model(model)
         if tokenizer is None:
             raise ValueError("pass the tokenizer along with a loaded model")
         if cached_texts < 1:
@@ -226,11 +235,18 @@ class TransformersModel:
             return self.model(input_ids=ids, use_cache=False).logits[0, -1].float()
 
     def decoded(self, token_id: int) -> str:
-        """A token id's text, decoded once."""
+        """A token id's text, decoded once ("" for a special token)."""
         text = self._decoded.get(token_id)
         if text is None:
-            text = self._decoded[token_id] = self.tokenizer.decode([token_id])
+            text = self._decoded[token_id] = self.tokenizer.decode([token_id], skip_special_tokens=True)
         return text
+
+    def frame(self, instruction: str) -> str:
+        """What precedes the market's text for this model (see the module's "Framing")."""
+        if not getattr(self.tokenizer, "chat_template", None):
+            return instruction
+        system = [{"role": "system", "content": instruction or DEFAULT_SYSTEM}]
+        return str(self.tokenizer.apply_chat_template(system, tokenize=False, add_generation_prompt=True))
 
     def _look_ahead(self, text: str, ids: list[int], logits: Any) -> None:
         """Extend the cache of ``text`` (whose ids are ``ids``) by its most likely next id, in the background."""

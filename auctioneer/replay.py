@@ -7,8 +7,9 @@ not change later rounds). Each round is decided with its own recorded seed, so a
 the draw keeps the recorded token wherever the aggregate allows.
 
 Per market and in total, for the recorded and the counterfactual rule: revenue, each agent's
-charges and allocation (its share of the aggregate on the chosen token), and the share of rounds
-whose token would change; every figure a mean per round with a 95 % bootstrap interval over rounds.
+charges and allocation (the paper's: one minus the total variation between its distribution and
+the aggregate), and the share of rounds whose token would change; every figure a mean per round
+with a 95 % bootstrap interval over rounds.
 The bootstrap is Poisson's (each round weighed by a Poisson(1) draw per replicate), so the ledger is
 streamed once, round by round, whatever its size.
 """

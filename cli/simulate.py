@@ -3,6 +3,8 @@
 By default the auctioneer and every agent are separate processes over loopback TCP, shown live;
 ``--in-process`` runs the same mechanism, ledger and agents without sockets. ``--out`` gets the
 SQLite ledger, ``summary.json`` and PNG plots; ``--repeat K`` runs K seeds and adds means and spreads.
+``--sweep SETTING=V1,V2,...`` runs the scenario at each value of a numeric market setting and draws
+the revenue-quality frontier (``frontier.json``, ``frontier.png``; quality needs a ``[quality]`` model).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from simulation.report import (
     summarize_exchange,
 )
 from simulation.scenario import Scenario
+from simulation.sweep import Sweep, frontier_document, frontier_point, parse_sweep, plot_frontier
 
 
 class FollowView(MarketView):
@@ -65,6 +68,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
     parser.add_argument("--rounds", type=int, help="override the scenario's number of rounds")
     parser.add_argument("--repeat", type=int, default=1, help="runs with different seeds")
     parser.add_argument("--seed", type=int, default=0, help="base seed (run k uses seed + k)")
+    parser.add_argument(
+        "--sweep",
+        metavar="SETTING=V1,V2,...",
+        help="run at each value of a numeric market setting; writes frontier.json and frontier.png",
+    )
     parser.set_defaults(run=run)
 
 
@@ -93,6 +101,25 @@ def print_summary(summary: dict[str, object]) -> None:
     stdout.print(table)
     text = str(summary["text"])
     stdout.print(f"text: {text if len(text) <= 300 else '...' + text[-300:]!r}", highlight=False)
+    print_quality(summary.get("quality"))
+
+
+def print_quality(quality: object) -> None:
+    """The text's quality under the reader's model against its ad-free baseline, or why none was measured."""
+    if not isinstance(quality, dict):
+        return
+    if not quality["measured"]:
+        stdout.print(f"text quality: not measured ({quality['why']})")
+        return
+    table = Table(title="text quality under the reader's model", title_justify="left")
+    for column in ("text", "tokens", "NLL / token", "perplexity", "mean TV to the reader"):
+        table.add_column(column, justify="left" if column == "text" else "right")
+    for label, figures in (("the market's", quality["market"]), ("ad-free baseline", quality["baseline"])):
+        tv = figures["mean_tv"]
+        table.add_row(label, str(figures["tokens"]), f"{figures['mean_nll']:.3f}", f"{figures['perplexity']:.2f}",
+                      "-" if tv is None else f"{tv:.3f}")  # fmt: skip
+    stdout.print(table)
+    stdout.print(f"the ads cost the reader {quality['nll_increase']:+.3f} nats per token", highlight=False)
 
 
 def new_ledger(run_dir: Path) -> Path:
@@ -173,6 +200,8 @@ def run(args: argparse.Namespace) -> int:
     if scenario.exchange is not None and (args.repeat > 1 or args.rounds or len(scenario.payments()) > 1):
         raise UsageError("an exchange scenario runs once, with one payment rule (no --repeat, --rounds or list)")
     check_writable(args.out / "summary.json", "--out")
+    if args.sweep is not None:
+        return run_sweep(args, scenario, parse_sweep(args.sweep))
     rules = scenario.payments()
     overall: dict[str, Any] = {}
     for rule in rules:
@@ -199,6 +228,40 @@ def run(args: argparse.Namespace) -> int:
         (args.out / "comparison.json").write_text(json.dumps(overall, indent=2))
         stdout.print(f"wrote {plot_comparison(overall, args.out)} and comparison.json")
     return 0
+
+
+def run_sweep(args: argparse.Namespace, scenario: Scenario, sweep: Sweep) -> int:
+    """The scenario at each value of the swept setting (``--repeat`` seeds each): the frontier."""
+    if scenario.exchange is not None or len(scenario.payments()) > 1:
+        raise UsageError("--sweep runs a market scenario with one payment rule")
+    points = []
+    for value, variant in sweep.scenarios(scenario):
+        point_dir = args.out / f"{sweep.setting}={value:g}"
+        stdout.rule(f"{sweep.setting} = {value:g}")
+        summaries = [
+            run_once(args, variant, point_dir / f"run-{k}" if args.repeat > 1 else point_dir, args.seed + k)
+            for k in range(args.repeat)
+        ]
+        points.append(frontier_point(value, summaries))
+    document = frontier_document(sweep, points)
+    (args.out / "frontier.json").write_text(json.dumps(document, indent=2))
+    print_frontier(document)
+    stdout.print(f"wrote {plot_frontier(document, args.out)} and frontier.json")
+    return 0
+
+
+def print_frontier(document: dict[str, Any]) -> None:
+    table = Table(title=f"the revenue-quality frontier over {document['setting']} (mean ± std over runs)")
+    for column in ("value", "revenue", "NLL / token", "NLL added", "mean TV to the reader"):
+        table.add_column(column, justify="right")
+
+    def shown(figure: dict[str, float] | None) -> str:
+        return "not measured" if figure is None else f"{figure['mean']:.4g} ± {figure['std']:.2g}"
+
+    for point in document["points"]:
+        table.add_row(f"{point['value']:g}", shown(point["revenue"]), shown(point["nll"]),
+                      shown(point["nll_increase"]), shown(point["mean_tv"]))  # fmt: skip
+    stdout.print(table)
 
 
 def print_comparison(by_rule: dict[str, Any]) -> None:

@@ -17,14 +17,11 @@ from typing import Any
 import numpy as np
 
 from auctioneer.ledger import Ledger
+from simulation.quality import market_quality, total_variation
 from simulation.scenario import Scenario
 
 KL_FLOOR = 1e-12
 SETTLED_SHARE = 0.4  # "learned" bids: the mean over this last share of the rounds
-
-
-def total_variation(p: dict[str, float], q: dict[str, float]) -> float:
-    return 0.5 * sum(abs(p.get(t, 0.0) - q.get(t, 0.0)) for t in set(p) | set(q))
 
 
 def kl_divergence(p: dict[str, float], q: dict[str, float]) -> float:
@@ -83,6 +80,7 @@ def summarize(db: Path, scenario: Scenario) -> dict[str, Any]:
         "welfare": sum(a["value"] * sum(x for x in a["influence"] if x is not None) for a in agents.values()),
         "realised_welfare": sum(a["realised_value"] for a in agents.values()),
         "agents": agents,
+        "quality": market_quality(document, scenario.quality),
     }
 
 

@@ -24,7 +24,7 @@ from agent_client.scenario import AgentSpec
 from auctioneer.mechanism import MechanismConfigError, check_mechanism
 from auctioneer.settings import SETTINGS_MODEL, CheckedMechanism, ServeSettings
 from protocol.errors import UserError, describe_validation_error
-from protocol.fields import PositiveFloat
+from protocol.fields import AgentName, PositiveFloat
 from protocol.market_rules import MarketRules
 
 SET_BY_SCENARIO = {
@@ -49,6 +49,9 @@ class ScenarioMarket(MarketRules, CheckedMechanism):
     model_config = SETTINGS_MODEL
 
     rounds: Annotated[int, Field(ge=1)] = Field(20, description="how many rounds the market runs")
+    reference_agent: AgentName | None = Field(
+        None, description="an agent of the scenario whose bids are the market's reference p_0 (the reader's LM)"
+    )
     payment_rules: list[str] = Field(default_factory=list, description="payment rules to compare (from a list)")
 
     @model_validator(mode="before")
@@ -109,12 +112,25 @@ class Arrival:
     tokens: int
 
 
+class QualitySpec(BaseModel):
+    """``[quality]``: the reader's language model, which scores the market's text against its own
+    continuation of the prompt (:mod:`simulation.quality`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="the reader's model (smollm2, a .gguf file, a hub name or directory)")
+    instruction: str = Field("", description="the reader's framing of the text (none: the model's own)")
+    top_k: Annotated[int, Field(ge=1)] | None = Field(50, description="the baseline writer's top-k, as an agent's")
+    seed: int = Field(0, description="the seed of the baseline's draws")
+
+
 class Scenario(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     market: ScenarioMarket = Field(default_factory=ScenarioMarket)
     exchange: QueryPlan | None = None
     agents: list[AgentSpec]
+    quality: QualitySpec | None = None
 
     @model_validator(mode="after")
     def _distinct_names(self) -> Scenario:
@@ -123,6 +139,10 @@ class Scenario(BaseModel):
             raise ValueError("agent names must be distinct")
         if not names:
             raise ValueError("a scenario needs at least one agent")
+        if self.market.reference_agent is not None and self.market.reference_agent not in names:
+            raise ValueError(f"the reference agent {self.market.reference_agent!r} is not one of the [[agents]]")
+        if self.market.reference_agent is not None and self.exchange is not None:
+            raise ValueError("a reference agent is for a market scenario, not an [exchange]")
         return self
 
     @classmethod
@@ -150,10 +170,13 @@ class Scenario(BaseModel):
         """The auctioneer's settings for this scenario (its current payment rule) and a run's ``seed``, with
         ``process`` settings. A market scenario's market opens at start; an exchange starts empty and stays."""
         length = rounds or self.market.rounds
-        rules = self.market.model_dump(exclude={"rounds", "payment_rules"})
+        rules = self.market.model_dump(exclude={"rounds", "payment_rules", "reference_agent"})
         if self.exchange is not None:
             rules.pop("prompt")
             process = {"stay": True, **process}
+        elif self.market.reference_agent is not None:  # opened at start as a market of its own, with it
+            opened = {"id": "market", "reference_agent": self.market.reference_agent, "prompt": rules.pop("prompt")}
+            process = {"markets": [opened], **process}
         try:
             return ServeSettings.model_validate(
                 {

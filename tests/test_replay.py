@@ -44,8 +44,8 @@ def evaluate_inputs(db: Path, **rule: Any) -> tuple[list[dict[str, Any]], list[s
         rounds, tokens = [], []
         for stored in ledger.rounds(market.id):
             bids = [{"agent": b.agent, "bid": b.bid, "distribution": b.distribution()} for b in bidders(stored)]
-            rounds.append({**mechanism, **rule, "seed": stored.seed.hex(), "bids": bids,
-                           "reference": settings["reference"], "reference_weight": settings["reference_weight"]})  # fmt: skip
+            reference = {"reference": settings["reference"], "reference_weight": settings["reference_weight"]}
+            rounds.append({**mechanism, **rule, **reference, "seed": stored.seed.hex(), "bids": bids})
             tokens.append(stored.token)
     return rounds, tokens
 

@@ -13,6 +13,7 @@ A model is named three ways:
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import logging
 import time
@@ -62,10 +63,14 @@ def model_source(name: str) -> ModelSource:
     return ModelSource(name)
 
 
+@functools.cache
 def load_model(name: str) -> tuple[Any, Any]:
-    """The causal LM ``name`` names and its tokenizer, loaded (logged with the time it took)."""
+    """The causal LM ``name`` names and its tokenizer, loaded once per process (logged with the time
+    it took): agents of one process that name the same model share its weights."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # (its bars garble our output)
     source = model_source(name)
     started = time.monotonic()
     tokenizer = AutoTokenizer.from_pretrained(source.location, **source.arguments())

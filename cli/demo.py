@@ -3,7 +3,8 @@
 Round 1 is the article's example: agents proposing (Large 0.8, Generative 0.2), (Large 1.0) and
 (Generative 1.0) bid 1, 2 and 2, so the aggregate is Large 0.56, Generative 0.44. The agents are
 phrase agents, so later rounds keep pulling towards their phrases and the text reads naturally.
-The market's settings may be changed with the same flags as ``serve``'s.
+The market's settings may be changed with the same flags as ``serve``'s. ``--llm`` runs the LLM demo
+instead (:mod:`cli.llm_demo`: advertisers' language models, the ``[llm]`` extra and the model needed).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from auctioneer.ledger import Ledger
 from auctioneer.settings import MarketSettings, load_settings
+from cli import llm_demo
 from cli.console import UsageError, stdout
 from cli.flags import add_settings_flags, as_arguments, settings_values
 from cli.ledger import ledger_tables
@@ -52,6 +54,7 @@ DEFAULTS = {
 def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     parser = subparsers.add_parser("demo", help="run the article's market live on loopback", description=__doc__)
     parser.add_argument("--db", type=Path, help="keep the ledger here (default: a temporary file)")
+    parser.add_argument("--llm", action="store_true", help="three advertisers' SmolLM2 models and the reader's, live")
     add_settings_flags(parser, MarketSettings, exclude=FIXED, title="market settings")
     parser.set_defaults(run=run)
 
@@ -82,6 +85,10 @@ async def exit_with_failure(process: subprocess.Popen[bytes]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.llm:
+        if settings_values(args):
+            raise UsageError("--llm runs its own market: drop the market settings")
+        return llm_demo.run(args.db)
     with tempfile.TemporaryDirectory(prefix="token-auction-demo-") as scratch:
         db = args.db or Path(scratch) / "demo.db"
         if db.exists():

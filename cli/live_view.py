@@ -1,5 +1,6 @@
-"""A rich live view of a market for spectators: the growing text, the last round, the payments
-(the feed folded by :class:`~protocol.market_state.MarketState`)."""
+"""A rich live view of a market for spectators: the growing text, each token coloured by the sponsor
+who pulled it most, the last round, the payments (the feed folded by
+:class:`~protocol.market_state.MarketState`)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,13 @@ from protocol.market_state import MarketState
 from protocol.messages import MarketClosed, RoundOpen, RoundResult, SyncReply
 
 BAR_WIDTH = 30
+SPONSOR_COLOURS = ("cyan", "magenta", "yellow", "green", "blue", "red", "bright_cyan", "bright_magenta")
+REFERENCE_SPONSOR = "@reference"
+
+
+def top_sponsor(sponsors: dict[str, float]) -> str | None:
+    """Who pulled a round's token most (its largest sponsor share), if anyone did."""
+    return max(sponsors.items(), key=lambda kv: (kv[1], kv[0]))[0] if sponsors else None
 
 
 class MarketView:
@@ -23,6 +31,7 @@ class MarketView:
         self.state = MarketState("")
         self.status = "connecting"
         self.history: list[RoundResult] = []
+        self.colours: dict[str, str] = {}  # sponsor -> its colour, in order of first appearance
 
     def apply(self, event: FeedEvent) -> None:
         if not isinstance(event, SyncReply | RoundOpen | RoundResult | MarketClosed):
@@ -35,15 +44,38 @@ class MarketView:
             self.status = f"round {event.round} open ({event.timeout:g}s)"
         elif isinstance(event, RoundResult):
             self.history.append(event)
+            sponsor = top_sponsor(event.sponsors)
+            if sponsor is not None and sponsor != REFERENCE_SPONSOR and sponsor not in self.colours:
+                self.colours[sponsor] = SPONSOR_COLOURS[len(self.colours) % len(SPONSOR_COLOURS)]
             self.status = f"round {event.round} decided"
         else:
             self.status = f"market closed ({event.reason}) after {event.rounds} rounds"
 
-    def render(self) -> RenderableType:
+    def coloured_text(self) -> Text:
+        """The text: the prompt dim, each token seen decided in its top sponsor's colour (the
+        reader's own pull plain), the rest bold."""
         prompt, written = self.state.prompt, self.state.text
         text = Text(prompt, style="dim")
-        text.append(written[len(prompt) :] if written.startswith(prompt) else written, style="bold")
-        parts: list[RenderableType] = [Panel(text, title="text", subtitle=self.status)]
+        rest = written[len(prompt) :] if written.startswith(prompt) else written
+        seen = [(r.token, top_sponsor(r.sponsors)) for r in self.history if r.token]
+        seen_text = "".join(token for token, _ in seen)
+        if not seen or not rest.endswith(seen_text):
+            return text.append(rest, style="bold")
+        text.append(rest[: len(rest) - len(seen_text)], style="bold")
+        for token, sponsor in seen:
+            text.append(token, style=f"bold {self.colours[sponsor]}" if sponsor in self.colours else "bold")
+        return text
+
+    def legend(self) -> Text:
+        legend = Text()
+        for sponsor, colour in self.colours.items():
+            legend.append(f"{sponsor} ", style=f"bold {colour}")
+        return legend
+
+    def render(self) -> RenderableType:
+        text = self.coloured_text()
+        subtitle = Text.assemble(self.status, "   ", self.legend()) if self.colours else self.status
+        parts: list[RenderableType] = [Panel(text, title="text", subtitle=subtitle)]
         if self.state.last is not None:
             parts.append(self._round_table(self.state.last))
         if self.state.balances:

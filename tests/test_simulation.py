@@ -182,3 +182,46 @@ def test_ad_exchange_as_live_processes(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     summary = check_exchange_run(out, 6)
     assert 0 < summary["latency_p50"] <= summary["latency_p99"] and summary["fsyncs_per_round"] <= 1.0
+
+
+def test_a_sweep_draws_one_frontier_point_per_value_from_its_runs(tmp_path: Path) -> None:
+    out = tmp_path / "frontier"
+    done = run_cli("-m", "auctioneer", "simulate", str(EXAMPLES / "ad-creative.toml"), "--in-process",
+                   "--sweep", "reference_weight=0,2", "--repeat", "2", "--out", str(out))  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    frontier = json.loads((out / "frontier.json").read_text())
+    assert frontier["setting"] == "reference_weight" and [p["value"] for p in frontier["points"]] == [0.0, 2.0]
+    for point in frontier["points"]:
+        runs = [json.loads((out / f"reference_weight={point['value']:g}" / f"run-{k}" / "summary.json").read_text())
+                for k in range(2)]  # fmt: skip
+        assert point["revenue"]["mean"] == pytest.approx(np.mean([r["revenue"] for r in runs]))
+        assert all(r["settings"]["reference_weight"] == point["value"] for r in runs)
+        assert point["nll"] is None and point["quality"] == "the scenario names no [quality] model"
+    # Under second_price a heavier reference is a higher reserve: the advertisers pay more for their pull.
+    assert frontier["points"][1]["revenue"]["mean"] > frontier["points"][0]["revenue"]["mean"]
+    assert (out / "frontier.png").stat().st_size > 0
+
+
+def test_a_sweep_of_a_setting_that_is_not_a_number_is_refused_in_one_line(tmp_path: Path) -> None:
+    done = run_cli("-m", "auctioneer", "simulate", str(EXAMPLES / "ad-creative.toml"), "--in-process",
+                   "--sweep", "payment=1,2", "--out", str(tmp_path))  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "numeric market setting" in done.stderr
+
+
+def test_a_scenarios_reference_agent_is_its_markets_reference(tmp_path: Path) -> None:
+    scenario = Scenario.model_validate({
+        "market": {"prompt": "Go:", "rounds": 4, "reference_agent": "reader", "reference_weight": 3.0},
+        "agents": [
+            {"name": "ad", "params": {"distribution": {" buy": 1.0}}, "value": 1.0},
+            {"name": "reader", "params": {"distribution": {" read": 1.0}}, "value": 0.0},
+        ],
+    })  # fmt: skip
+    db = run_in_process(scenario, tmp_path / "ledger.db", 0, rounds=None)
+    with Ledger.open_existing(db) as ledger:
+        (market,) = ledger.markets()
+        rounds = list(ledger.rounds(market.id))
+    assert market.definition["reference_agent"] == "reader" and len(rounds) == 4
+    for stored in rounds:
+        assert {b.agent: b.reference for b in stored.bids} == {"ad": False, "reader": True}
+        assert stored.result.reference_weight == 3.0 and "reader" not in stored.payments
+    assert summarize(db, scenario)["quality"] == {"measured": False, "why": "the scenario names no [quality] model"}

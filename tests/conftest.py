@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -8,6 +9,11 @@ import pytest
 
 from simulation.postgres_server import PostgresServer
 from tests.helpers import MarketRun
+
+# Each test process, and every process a test starts (they inherit it), runs torch on one thread: the
+# suite's two workers share two cores, and a model's pass on both would starve the other worker's
+# timing-sensitive tests (leases, heartbeats).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture

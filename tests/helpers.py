@@ -39,11 +39,18 @@ SEED = bytes(range(32))
 # --- real markets -----------------------------------------------------------------------------
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 30.0, what: str = "condition") -> None:
+def wait_until(
+    predicate: Callable[[], bool],
+    timeout: float = 30.0,
+    what: str = "condition",
+    context: Callable[[], str] | None = None,
+) -> None:
+    """Poll ``predicate`` until it holds; past ``timeout``, fail saying ``what`` (and ``context()``,
+    say the processes' logs)."""
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what}" + (f"\n{context()}" if context else ""))
         time.sleep(0.05)
 
 

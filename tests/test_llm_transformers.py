@@ -252,15 +252,15 @@ def test_batched_members_get_what_each_would_get_alone(tiny_model_dir: Path) -> 
 
 
 def test_agents_sharing_one_model_trade_in_one_process(tiny_model_dir: Path, market_run: MarketRun) -> None:
-    market_run.serve("--min-agents", "3", "--max-tokens", "4", "--prompt", "Vacations in", "--round-timeout", "20")
+    market_run.serve("--min-agents", "4", "--max-tokens", "4", "--prompt", "Vacations in", "--round-timeout", "20")
     command = [sys.executable, "-m", "examples.shared_model", "--market", market_run.market, "--feed", market_run.feed]
     shared = subprocess.run([*command, "--model", str(tiny_model_dir)], capture_output=True, text=True, timeout=180)
     assert shared.returncode == 0, shared.stderr[-3000:]
     rounds = read_ledger(market_run.db)["rounds"]
-    assert len(rounds) == 4 and all(set(r["bids"]) == {"alpha", "beta", "gamma"} for r in rounds)
-    assert shared.stdout.count("verification failures 0") == 3
+    assert len(rounds) == 4 and all(set(r["bids"]) == {"alpha", "beta", "gamma", "delta"} for r in rounds)
+    assert shared.stdout.count("verification failures 0") == 4
     calls, passes = (int(word) for word in shared.stdout.splitlines()[-1].split() if word.isdigit())
-    assert calls >= 12 and passes < calls  # the three agents' rounds shared forward passes
+    assert calls >= 16 and passes < calls  # the four agents' rounds shared forward passes
 
 
 def test_a_model_that_cannot_be_loaded_is_one_line(tmp_path: Path) -> None:

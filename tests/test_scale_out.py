@@ -183,8 +183,9 @@ def test_two_shards_are_one_exchange_and_agents_of_one_trade_on_both(exchange: E
     exchange.shard("s1")
     exchange.shard("s2")
     wait_until(lambda: exchange.markets("s1") == {} and exchange.markets("s2") == {}, what="both shards up")
-    placed = {name: exchange.open("s1", name, "--max-tokens", "4")["shard"] for name in ("q1", "q2", "q3", "q4")}
-    pinned = exchange.open("s1", "q5", "--max-tokens", "4", "--shard", "s2")
+    both = ("--max-tokens", "4", "--min-agents", "2")  # (one agent alone could end every market before the other)
+    placed = {name: exchange.open("s1", name, *both)["shard"] for name in ("q1", "q2", "q3", "q4")}
+    pinned = exchange.open("s1", "q5", *both, "--shard", "s2")
     assert sorted(placed.values()) == ["s1", "s1", "s2", "s2"] and pinned["shard"] == "s2"
     wait_until(lambda: set(exchange.markets("s2")) == {"q1", "q2", "q3", "q4", "q5"}, what="every market at s2")
     listed = exchange.markets("s1")

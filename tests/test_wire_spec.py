@@ -186,6 +186,7 @@ def test_the_first_broadcast_after_a_restart_says_it_skips_one_seq(exchange: Mar
         assert stopped_within(exchange.processes[0], 20) == 0, exchange.logs()
         before_restart = len(feed.seen)
         exchange.serve("--stay", default_market=False)
+        feed.next(lambda topic, m: m["type"] == "heartbeat", timeout=30)  # the feed reconnected: nothing is missed
         assert agent.request("hello", name="steady", resume=resume, timeout=20)["type"] == "welcome"
         reopened = opened(feed, "r")
         # The reopened round 2: its seq skips the one its first announcement took, and says so.

@@ -42,6 +42,7 @@ from auctioneer.ledger.rows import (
     stored_market,
     stored_result,
 )
+from auctioneer.ledger.store import ClosingStore
 from protocol import encode
 from protocol.messages import MarketClosed
 
@@ -113,7 +114,7 @@ def without_password(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-class PostgresLedger(Exports):
+class PostgresLedger(Exports, ClosingStore):
     """An exchange's ledger in PostgreSQL, as one shard (``shard``) of it sees it."""
 
     concurrent_commits = True  # a pool of connections: a commit waits on the server, not on the exchange
@@ -150,11 +151,7 @@ class PostgresLedger(Exports):
 
     @classmethod
     def open_existing(cls, url: str) -> PostgresLedger:
-        ledger = cls(url)
-        if not ledger.market_count():
-            ledger.close()
-            raise LedgerError(f"{ledger.location} holds no market")
-        return ledger
+        return cls(url).holding_a_market()
 
     @property
     def location(self) -> str:
@@ -162,12 +159,6 @@ class PostgresLedger(Exports):
 
     def close(self) -> None:
         self._pool.close()
-
-    def __enter__(self) -> PostgresLedger:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     @contextmanager
     def _failing(self, doing: str) -> Iterator[None]:

@@ -31,6 +31,7 @@ from auctioneer.ledger.rows import (
     stored_result,
 )
 from auctioneer.ledger.sqlite_schema import prepare, read_meta, write_meta, write_transaction
+from auctioneer.ledger.store import ClosingStore
 from protocol import encode
 from protocol.messages import MarketClosed
 
@@ -44,7 +45,7 @@ MARKET_COLUMNS = "SELECT market, definition, opened_at, seq, closed FROM markets
 INSERTS = round_inserts("?")
 
 
-class SqliteLedger(Exports):
+class SqliteLedger(Exports, ClosingStore):
     """An exchange's ledger in one SQLite file (a :class:`~auctioneer.ledger.store.Store`)."""
 
     concurrent_commits = False  # one connection; and a local commit is short
@@ -71,11 +72,7 @@ class SqliteLedger(Exports):
         path = Path(path)
         if not path.is_file():
             raise LedgerError(f"no ledger at {path} (pass --db PATH of an exchange's database)")
-        ledger = cls(path)
-        if not ledger.market_count():
-            ledger.close()
-            raise LedgerError(f"{path} holds no market")
-        return ledger
+        return cls(path).holding_a_market()
 
     @property
     def location(self) -> str:
@@ -83,12 +80,6 @@ class SqliteLedger(Exports):
 
     def close(self) -> None:
         self._db.close()
-
-    def __enter__(self) -> SqliteLedger:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def check_files(self) -> None:
         """Raise :class:`LedgerError` if the database or its write-ahead log is no longer the file this

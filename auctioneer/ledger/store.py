@@ -14,10 +14,11 @@ guarantees, which every implementation keeps:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, Self
 
-from auctioneer.ledger.records import AccountState, RoundRecord, StoredMarket, StoredRound
+from auctioneer.ledger.records import AccountState, LedgerError, RoundRecord, StoredMarket, StoredRound
 from protocol.messages import MarketClosed
 
 
@@ -157,3 +158,31 @@ class Store(Protocol):
     def overview(self, last: int | None = None) -> dict[str, Any]:
         """Every market (or the ``last`` opened) and every agent's budget account."""
         ...
+
+
+class ClosingStore(ABC):
+    """What every store does alike: it closes at the end of a ``with`` block, and one opened to be
+    read must already hold a market (reading never creates one)."""
+
+    @property
+    @abstractmethod
+    def location(self) -> str: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def market_count(self) -> int: ...
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def holding_a_market(self) -> Self:
+        """This store, if it holds a market; else it is closed, and refused with one line."""
+        if not self.market_count():
+            self.close()
+            raise LedgerError(f"{self.location} holds no market")
+        return self

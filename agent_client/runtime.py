@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -35,18 +34,15 @@ import zmq
 import zmq.asyncio
 
 from agent_client.agent import Agent, RoundContext
-from agent_client.deciding import ask_agent
+from agent_client.deciding import decide_and_bid
 from agent_client.open_bids import OpenBids
 from agent_client.registration import GIVE_UP_AFTER, AgentRejected, AuctioneerLost
 from agent_client.report import AgentReport
 from agent_client.shard_link import Endpoints, ShardLink, ShardLinks
 from agent_client.traded_market import TradedMarket
-from agent_client.verify import OwnBid
 from protocol.client import FeedEvent, MarketUnknown, SocketSetup, list_markets
 from protocol.draw import UnknownDrawMode, draw_function
 from protocol.messages import (
-    BidAccepted,
-    Error,
     MarketClosed,
     MarketEnded,
     MarketInfo,
@@ -57,14 +53,12 @@ from protocol.messages import (
     RoundResult,
     SyncReply,
     Welcome,
-    seal_bid,
 )
 
 __all__ = ["GIVE_UP_AFTER", "AgentRejected", "AgentRuntime", "AuctioneerLost"]
 
 log = logging.getLogger(__name__)
 
-DEADLINE_MARGIN = 0.1  # fraction of the round's timeout kept free for the bid to travel
 UNKNOWN_TO_THE_EXCHANGE = "unknown to the exchange"  # a market's closing reason, once the exchange forgot it
 
 
@@ -362,7 +356,13 @@ class AgentRuntime:
         if reopened:
             self._open_bids.take(market.id, announcement.round)
         if decide:
-            self._spawn(self._decide_and_bid(market, announcement))
+
+            def context(remaining: float) -> RoundContext:
+                return self._context(market, announcement.round, remaining)
+
+            self._spawn(
+                decide_and_bid(self.agent, self.name, market, announcement, context, self._open_bids, self.links)
+            )
 
     def _apply_result(self, market: TradedMarket, result: RoundResult) -> None:
         problems, own = market.checked(result, self._open_bids.take(market.id, result.round), self.name)
@@ -379,6 +379,8 @@ class AgentRuntime:
     # --- deciding and bidding -----------------------------------------------------------------
 
     def _context(self, market: TradedMarket, number: int, timeout: float) -> RoundContext:
+        """What the agent is told for one decision (counted: ``decisions``)."""
+        self._decisions += 1
         prompt = market.info.rules.prompt
         return RoundContext(
             name=self.name,
@@ -394,40 +396,3 @@ class AgentRuntime:
             reserved=self._open_bids.total,
             decisions=self._decisions,
         )
-
-    async def _decide_and_bid(self, market: TradedMarket, announcement: RoundOpen) -> None:
-        remaining = min(announcement.timeout, announcement.deadline - time.time()) * (1 - DEADLINE_MARGIN)
-        record = market.report.record(announcement.round)
-        if remaining <= 0:
-            record.status = "missed (joined late)"
-            return
-        started = time.monotonic()
-        self._decisions += 1
-        context = self._context(market, announcement.round, remaining)
-        bid = await ask_agent(self.agent, market, context, remaining, record)
-        if bid is None:
-            return
-        info = market.info
-        try:
-            message = seal_bid(announcement.round, bid.distribution, float(bid.amount), info.rules.max_support, info.id)
-        except ValueError as exc:
-            record.status = "invalid (not sent)"
-            log.error("market %s round %d: the agent's bid is invalid: %s", info.id, announcement.round, exc)
-            return
-        record.bid = float(bid.amount)
-        # Known before the reply: the result may be broadcast before the acknowledgement is read.
-        self._open_bids.add(info.id, announcement.round, OwnBid(self.name, dict(bid.distribution), float(bid.amount)))
-        left = max(remaining - (time.monotonic() - started), 0.05) + DEADLINE_MARGIN * announcement.timeout
-        try:
-            reply = await self.links.links[market.link].client.request(message, left)
-        except (TimeoutError, ConnectionResetError):
-            record.status = "no answer"
-            return
-        if isinstance(reply, BidAccepted):
-            record.status = "accepted"
-            market.bid_acknowledged(announcement)
-        elif isinstance(reply, Error):
-            record.status = reply.code
-            self._open_bids.take(info.id, announcement.round)
-            log.warning("market %s round %d: bid refused: %s %s", info.id, announcement.round, reply.code,
-                        reply.message)  # fmt: skip

@@ -14,7 +14,8 @@ auctioneer processes adds:
   overwrite each other's figures, and ``spent + leased <= budget`` is a constraint of the table;
 - **notice seqs per shard**: each shard's feed numbers its own notices (the ``shards`` table).
 
-Every psycopg failure is a :class:`LedgerError` with one line saying why.
+The statements of a tick's commit are in :mod:`auctioneer.ledger.postgres_commit`. Every psycopg
+failure is a :class:`LedgerError` with one line saying why.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -32,70 +32,20 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from auctioneer.ledger.export import Exports
+from auctioneer.ledger.postgres_commit import TickWrite, write_tick
 from auctioneer.ledger.postgres_schema import prepare
 from auctioneer.ledger.records import AccountState, FencedOut, LedgerError, RoundRecord, StoredMarket, StoredRound
 from auctioneer.ledger.rows import (
-    ROUND_ROW_COLUMNS,
     page_of_results,
-    round_rows,
     stored_bid,
     stored_market,
     stored_result,
 )
 from auctioneer.ledger.store import ClosingStore
-from protocol import encode
 from protocol.messages import MarketClosed
 
 log = logging.getLogger(__name__)
 
-COLUMN_TYPES = {
-    "rounds": ("bigint", "text", "bigint", "text", "bytea", "text", "bigint", "float8", "float8", "bytea"),
-    "bids": ("bigint", "text", "float8", "bytea", "bytea", "integer"),
-    "payments": ("bigint", "text", "float8"),
-    "sponsors": ("bigint", "text", "float8"),
-}
-# Each table's rows of a commit in one statement, a column array per column (set-based: far less
-# work for the server than a statement per row).
-INSERTS = tuple(
-    f"INSERT INTO {table}({', '.join(columns)}) SELECT * FROM unnest("
-    + ", ".join(f"%b::{kind}[]" for kind in COLUMN_TYPES[table])
-    + ")"
-    for table, columns in ROUND_ROW_COLUMNS
-)
-FENCE = "SELECT market, owner, epoch FROM leases WHERE market = ANY(%s) ORDER BY market FOR UPDATE"
-ROUND_IDS = "SELECT nextval('round_ids') FROM generate_series(1, %s)"
-COUNT_COMMIT = (
-    "INSERT INTO meta(key, value) VALUES ('commits', '1') ON CONFLICT (key)"
-    " DO UPDATE SET value = (meta.value::bigint + 1)::text"
-)
-BIND_AGENTS = (
-    "INSERT INTO agents(agent, secret_hash, bound_at) SELECT * FROM unnest(%b::text[], %b::text[], %b::float8[])"
-    " ON CONFLICT DO NOTHING"
-)
-CLOSE_MARKETS = (
-    "UPDATE markets SET closed = ended.closed, seq = GREATEST(markets.seq, ended.seq)"
-    " FROM unnest(%b::text[], %b::bytea[], %b::bigint[]) AS ended(market, closed, seq)"
-    " WHERE markets.market = ended.market"
-)
-OPEN_ACCOUNTS = (
-    "INSERT INTO accounts(agent, budget) SELECT * FROM unnest(%b::text[], %b::float8[]) ON CONFLICT (agent) DO NOTHING"
-)
-# A commit's payments, per agent: added to what it spent, and taken out of this shard's slice of its
-# budget as far as the slice goes (so spent + leased moves by what was paid beyond the slice, if any).
-SETTLE = """
-WITH paid(agent, amount) AS (SELECT * FROM unnest(%(agents)s::text[], %(amounts)s::float8[])),
-held AS (
-    SELECT s.agent, LEAST(s.amount, paid.amount) AS taken FROM slices s JOIN paid USING (agent)
-    WHERE s.shard = %(shard)s FOR UPDATE OF s
-),
-sliced AS (
-    UPDATE slices s SET amount = s.amount - held.taken FROM held
-    WHERE s.agent = held.agent AND s.shard = %(shard)s AND held.taken > 0
-)
-INSERT INTO accounts(agent, spent) SELECT agent, amount FROM paid ON CONFLICT (agent) DO UPDATE
-SET spent = accounts.spent + excluded.spent,
-    leased = accounts.leased - COALESCE((SELECT taken FROM held WHERE held.agent = excluded.agent), 0)
-"""
 MARKET_COLUMNS = "SELECT market, definition, opened_at, seq, closed FROM markets"
 CONNECT_TIMEOUT = 5.0
 RECONNECT_SECONDS = 60.0  # how long a commit waits for an unreachable server before the shard stops
@@ -293,9 +243,10 @@ class PostgresLedger(Exports, ClosingStore):
         started = time.perf_counter()
         give_up = time.monotonic() + RECONNECT_SECONDS
         delay = 0.1
+        tick = TickWrite(rounds, closings, accounts, exchange_seq, committed_at, bindings, fence)
         while True:
             try:
-                self._commit(rounds, closings, accounts, exchange_seq, committed_at, bindings, fence)
+                self._commit(tick)
                 break
             except (psycopg.OperationalError, PoolTimeout) as exc:
                 # The server is unreachable or restarting: wait for it (nothing is broadcast meanwhile).
@@ -319,61 +270,9 @@ class PostgresLedger(Exports, ClosingStore):
     def has_round(self, market: str, number: int) -> bool:
         return self._value("SELECT 1 FROM rounds WHERE market = %s AND round = %s", (market, number)) is not None
 
-    def _commit(
-        self,
-        rounds: Sequence[RoundRecord],
-        closings: Sequence[MarketClosed],
-        accounts: Mapping[str, AccountState] | None,
-        exchange_seq: int | None,
-        committed_at: float,
-        bindings: Mapping[str, str] | None,
-        fence: Mapping[str, int] | None,
-    ) -> None:
-        # One pipelined transaction: the server is waited for twice, for the fence and the round ids,
-        # then for the commit, whatever the number of rounds and markets in it.
+    def _commit(self, tick: TickWrite) -> None:
         with self._failing_but_reachability(), self._pool.connection() as conn, conn.transaction(), conn.pipeline():
-            held = conn.execute(FENCE, (sorted(fence),)) if fence else None
-            ids = conn.execute(ROUND_IDS, (len(rounds),)) if rounds else None
-            if held is not None and fence is not None:
-                self._check_fence(held.fetchall(), fence)
-            if ids is not None:
-                numbered = renumber(round_rows(rounds, committed_at, 0), [row[0] for row in ids.fetchall()])
-                for statement, rows in zip(INSERTS, numbered, strict=True):
-                    if rows:
-                        conn.execute(statement, columns_of(rows))
-                self._settle_payments(conn, rounds)
-                conn.execute(COUNT_COMMIT)
-            if bindings:
-                bound = [(agent, secret_hash, committed_at) for agent, secret_hash in bindings.items()]
-                conn.execute(BIND_AGENTS, columns_of(bound))
-            if closings:
-                ended = [(closing.market, encode(closing), closing.seq) for closing in closings]
-                conn.execute(CLOSE_MARKETS, columns_of(ended))
-                conn.execute("DELETE FROM leases WHERE market = ANY(%s)", ([closing.market for closing in closings],))
-            if accounts:
-                conn.execute(OPEN_ACCOUNTS, columns_of([(agent, state.budget) for agent, state in accounts.items()]))
-            if exchange_seq is not None:
-                conn.execute("UPDATE shards SET exchange_seq = %s WHERE shard = %s", (exchange_seq, self.shard))
-
-    def _check_fence(self, held: Sequence[tuple[Any, ...]], fence: Mapping[str, int]) -> None:
-        owned = {market for market, owner, epoch in held if owner == self.shard and epoch == fence[market]}
-        lost = set(fence) - owned
-        if lost:
-            raise FencedOut(lost)
-
-    def _settle_payments(self, conn: psycopg.Connection[Any], rounds: Sequence[RoundRecord]) -> None:
-        """Each agent's payments: added to what it spent, and taken from what this shard holds of its
-        budget (its slice), so ``spent + leased`` does not move."""
-        paid: dict[str, float] = defaultdict(float)
-        for record in rounds:
-            for agent, amount in record.result.payments.items():
-                paid[agent] += amount
-        charged = sorted((agent, amount) for agent, amount in paid.items() if amount > 0)
-        if charged:
-            agents, amounts = columns_of(charged)
-            # Accounts are locked before slices, as every writer of both does (no deadlock between them).
-            conn.execute("SELECT 1 FROM accounts WHERE agent = ANY(%b::text[]) ORDER BY agent FOR UPDATE", (agents,))
-            conn.execute(SETTLE, {"agents": list(agents), "amounts": list(amounts), "shard": self.shard})
+            write_tick(conn, self.shard, tick)
 
     def results_since(self, market: str, seq: int, limit: int, max_bytes: int) -> tuple[list[bytes], bool]:
         rows = self._rows(
@@ -475,16 +374,6 @@ class PostgresLedger(Exports, ClosingStore):
         """A connection of the pool, its failures as :class:`LedgerError`."""
         with self._failing("use"), self._pool.connection() as conn:
             yield conn
-
-
-def renumber(tables: tuple[list[tuple[Any, ...]], ...], ids: list[int]) -> tuple[list[tuple[Any, ...]], ...]:
-    """The rows of :func:`round_rows` (rounds numbered from 0) with each round's id from the sequence."""
-    return tuple([(ids[row[0]], *row[1:]) for row in rows] for rows in tables)
-
-
-def columns_of(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:
-    """``rows`` as one list per column (the arrays a set-based statement unnests)."""
-    return [list(column) for column in zip(*rows, strict=True)]
 
 
 def pairs(conn: psycopg.Connection[Any], query: str, round_id: int) -> dict[str, float]:

@@ -110,15 +110,15 @@ class Replay:
     """What a replay found: per market and in total (see :meth:`document`)."""
 
     overrides: dict[str, Any]
+    total: RoundMeans
     markets: dict[str, RoundMeans] = field(default_factory=dict)
-    total: RoundMeans | None = None
 
     def document(self) -> dict[str, Any]:
         return {
             "assumption": "bids, distributions and the text held as recorded; each round's recorded seed",
             "counterfactual": self.overrides,
-            "replicates": self.total.replicates if self.total else REPLICATES,
-            "total": shaped(self.total) if self.total else None,
+            "replicates": self.total.replicates,
+            "total": shaped(self.total),
             "markets": {market: shaped(means) for market, means in self.markets.items()},
         }
 
@@ -172,7 +172,7 @@ def replay_ledger(
     """Replay every round of the plan's markets, streaming them from ``store``."""
     rng = np.random.default_rng(seed)
     total = RoundMeans(rng, replicates)
-    replay = Replay(plan.overrides, total=total)
+    replay = Replay(plan.overrides, total)
     for market, other in plan.markets:
         recorded = MarketSettings.model_validate(market.definition["settings"])
         means = replay.markets[market.id] = RoundMeans(rng, replicates)

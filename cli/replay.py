@@ -20,7 +20,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from auctioneer.ledger import open_ledger
-from auctioneer.replay import REPLICATES, Replay, plan_replay, replay_ledger
+from auctioneer.replay import MECHANISM_KEYS, REPLICATES, Replay, plan_replay, replay_ledger
 from cli.console import UsageError, add_db_flag, stderr, stdout
 
 
@@ -45,8 +45,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[
 
 
 def overrides_of(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("payment", "aggregation", "mode", "temperature", "eps", "reference_weight")
-    return {key: getattr(args, key) for key in keys if getattr(args, key) is not None}
+    return {key: getattr(args, key) for key in MECHANISM_KEYS if getattr(args, key) is not None}
 
 
 def run(args: argparse.Namespace) -> int:

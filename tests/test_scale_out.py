@@ -152,6 +152,14 @@ def test_an_exchange_on_postgresql_keeps_the_record_the_sqlite_one_keeps(postgre
             for change in (update, f"DELETE FROM {table}", f"TRUNCATE {table} CASCADE"):
                 with pytest.raises(psycopg.errors.RaiseException, match=f"{table} are append-only"):
                     conn.execute(change)
+        # A row naming a round that does not exist is refused, with the rows of its statement that do.
+        (last,) = conn.execute("SELECT MAX(id) FROM rounds").fetchone()
+        for table, row in (("payments", "%s, 'carol', 1.0"), ("sponsors", "%s, 'carol', 1.0")):
+            with pytest.raises(psycopg.errors.ForeignKeyViolation, match=f"a row of {table} names round {last + 1}"):
+                conn.execute(f"INSERT INTO {table} VALUES ({row}), ({row})", (last, last + 1))
+        with pytest.raises(psycopg.errors.ForeignKeyViolation, match="a row of bids names round"):
+            conn.execute("INSERT INTO bids(round_id, agent, bid, tokens, probs) VALUES (0, 'carol', 1, '', '')")
+        assert conn.execute("SELECT COUNT(*) FROM payments WHERE agent = 'carol'").fetchone() == (0,)
         spent, leased, budget = conn.execute(
             "SELECT spent, leased, budget FROM accounts WHERE agent = 'bob'"
         ).fetchone()

@@ -32,6 +32,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from auctioneer.ledger.export import Exports
+from auctioneer.ledger.postgres_arrays import register as register_columns
 from auctioneer.ledger.postgres_commit import TickWrite, write_tick
 from auctioneer.ledger.postgres_schema import prepare
 from auctioneer.ledger.records import AccountState, FencedOut, LedgerError, RoundRecord, StoredMarket, StoredRound
@@ -87,6 +88,7 @@ class PostgresLedger(Exports, ClosingStore):
                 timeout=CONNECT_TIMEOUT,
                 open=False,
                 name=f"ledger-{shard}",
+                configure=lambda conn: register_columns(conn.adapters),
             )
             self._pool.open(wait=True, timeout=CONNECT_TIMEOUT)
         except (psycopg.Error, PoolTimeout) as exc:

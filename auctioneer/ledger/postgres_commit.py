@@ -7,7 +7,7 @@ round ids), then for the commit, whatever the number of rounds and markets in it
    holds now (another owner, or a later epoch) fails the whole transaction (:class:`FencedOut`);
 2. the rounds' ids from the sequence, then every round, bid, payment and sponsor row of the tick,
    one set-based statement per table (``unnest`` of one array per column: far less work for the
-   server than a statement per row);
+   server than a statement per row; each array sent whole, ``postgres_arrays``);
 3. the accounts: each agent's payments added to what it spent and taken out of this shard's slice
    of its budget, so ``spent + leased`` moves only by what was paid beyond the slice (rows locked
    account first, then slices, as every writer of both does: no deadlock between shards);
@@ -24,6 +24,7 @@ from typing import Any
 
 import psycopg
 
+from auctioneer.ledger.postgres_arrays import Column, column
 from auctioneer.ledger.records import AccountState, FencedOut, RoundRecord
 from auctioneer.ledger.rows import ROUND_ROW_COLUMNS, round_rows
 from protocol import encode
@@ -99,10 +100,11 @@ def write_tick(conn: psycopg.Connection[Any], shard: str, tick: TickWrite) -> No
     if held is not None and fence is not None:
         check_fence(held.fetchall(), fence, shard)
     if ids is not None:
-        numbered = renumber(round_rows(tick.rounds, tick.committed_at, 0), [row[0] for row in ids.fetchall()])
-        for statement, rows in zip(INSERTS, numbered, strict=True):
+        numbered = [row[0] for row in ids.fetchall()]
+        tables = round_rows(tick.rounds, tick.committed_at, 0)
+        for statement, (table, _), rows in zip(INSERTS, ROUND_ROW_COLUMNS, tables, strict=True):
             if rows:
-                conn.execute(statement, columns_of(rows))
+                conn.execute(statement, round_columns(table, rows, numbered))
         settle_payments(conn, tick.rounds, shard)
         conn.execute(COUNT_COMMIT)
     if tick.bindings:
@@ -140,9 +142,12 @@ def settle_payments(conn: psycopg.Connection[Any], rounds: Sequence[RoundRecord]
         conn.execute(SETTLE, {"agents": list(agents), "amounts": list(amounts), "shard": shard})
 
 
-def renumber(tables: tuple[list[tuple[Any, ...]], ...], ids: list[int]) -> tuple[list[tuple[Any, ...]], ...]:
-    """The rows of :func:`round_rows` (rounds numbered from 0) with each round's id from the sequence."""
-    return tuple([(ids[row[0]], *row[1:]) for row in rows] for rows in tables)
+def round_columns(table: str, rows: Sequence[tuple[Any, ...]], ids: Sequence[int]) -> list[Column]:
+    """The rows of ``table`` from :func:`round_rows` (rounds numbered from 0) as typed columns, each
+    round's number replaced by its id from the sequence."""
+    first, *rest = zip(*rows, strict=True)
+    values = [[ids[number] for number in first], *rest]
+    return [column(kind, column_values) for kind, column_values in zip(COLUMN_TYPES[table], values, strict=True)]
 
 
 def columns_of(rows: Sequence[tuple[Any, ...]]) -> list[list[Any]]:

@@ -1,5 +1,6 @@
-"""The PostgreSQL ledger's layout: ``postgres_schema.sql``, and the append-only triggers generated
-from the same list as the SQLite ledger's (:data:`auctioneer.ledger.rows.APPEND_ONLY`).
+"""The PostgreSQL ledger's layout: ``postgres_schema.sql``, the append-only triggers generated
+from the same list as the SQLite ledger's (:data:`auctioneer.ledger.rows.APPEND_ONLY`), and the
+triggers that check a bid's, payment's or sponsor's round exists.
 
 :func:`prepare` applies them in one transaction under an advisory lock, so shards starting together
 on an empty database do not race; it is idempotent, and refuses a database a later version wrote.
@@ -42,6 +43,42 @@ def append_only_triggers(tables: tuple[str, ...] = APPEND_ONLY) -> list[str]:
     return statements
 
 
+# Each row of these tables names its round (``round_id``). A foreign key would check that with one
+# query per inserted row, which costs PostgreSQL more than the insert itself (a round has eight such
+# rows); rounds can never be deleted or changed (append-only), so what a foreign key guards here is
+# the insert alone, and a trigger checks each statement's new rows against ``rounds`` in one join.
+ROUND_CHILDREN = ("bids", "payments", "sponsors")
+NAMES_A_ROUND_FUNCTION = """
+CREATE OR REPLACE FUNCTION names_a_round() RETURNS trigger AS $$
+DECLARE
+    orphan BIGINT;
+BEGIN
+    SELECT n.round_id INTO orphan FROM new_rows n LEFT JOIN rounds r ON r.id = n.round_id
+    WHERE r.id IS NULL LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'a row of % names round %, which does not exist', TG_TABLE_NAME, orphan
+            USING ERRCODE = 'foreign_key_violation';
+    END IF;
+    RETURN NULL;
+END
+$$ LANGUAGE plpgsql
+"""
+
+
+def names_a_round_triggers(tables: tuple[str, ...] = ROUND_CHILDREN) -> list[str]:
+    """Per table: the statement trigger that checks its new rows' rounds exist, in place of the
+    foreign key an earlier layout had."""
+    statements = []
+    for table in tables:
+        statements += [
+            f"ALTER TABLE {table} DROP CONSTRAINT IF EXISTS {table}_round_id_fkey",
+            f"DROP TRIGGER IF EXISTS {table}_names_a_round ON {table}",
+            f"CREATE TRIGGER {table}_names_a_round AFTER INSERT ON {table} REFERENCING NEW TABLE AS new_rows"
+            " FOR EACH STATEMENT EXECUTE FUNCTION names_a_round()",
+        ]
+    return statements
+
+
 def prepare(conn: psycopg.Connection[Any]) -> None:
     """Give the database this version's layout (``conn`` in autocommit mode)."""
     with conn.transaction():
@@ -54,7 +91,8 @@ def prepare(conn: psycopg.Connection[Any]) -> None:
                 f"{SCHEMA_VERSION}): upgrade token-auction to use it"
             )
         conn.execute(APPEND_ONLY_FUNCTION)
-        for statement in append_only_triggers():
+        conn.execute(NAMES_A_ROUND_FUNCTION)
+        for statement in append_only_triggers() + names_a_round_triggers():
             conn.execute(statement)
         conn.execute(
             "INSERT INTO meta(key, value) VALUES ('schema', %s) ON CONFLICT (key) DO NOTHING", (SCHEMA_VERSION,)

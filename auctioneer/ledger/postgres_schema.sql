@@ -29,8 +29,10 @@ CREATE TABLE IF NOT EXISTS rounds (
     result BYTEA NOT NULL,
     UNIQUE (market, round)
 );
+-- A bid, payment or sponsor row names its round (round_id): checked once per statement by a trigger
+-- (auctioneer/ledger/postgres_schema.py), not by a foreign key, which runs a query per row.
 CREATE TABLE IF NOT EXISTS bids (
-    round_id BIGINT NOT NULL REFERENCES rounds (id),
+    round_id BIGINT NOT NULL,
     agent TEXT NOT NULL,
     bid DOUBLE PRECISION NOT NULL,
     tokens BYTEA NOT NULL,
@@ -39,13 +41,13 @@ CREATE TABLE IF NOT EXISTS bids (
     PRIMARY KEY (round_id, agent)
 );
 CREATE TABLE IF NOT EXISTS payments (
-    round_id BIGINT NOT NULL REFERENCES rounds (id),
+    round_id BIGINT NOT NULL,
     agent TEXT NOT NULL,
     amount DOUBLE PRECISION NOT NULL CHECK (amount >= 0),
     PRIMARY KEY (round_id, agent)
 );
 CREATE TABLE IF NOT EXISTS sponsors (
-    round_id BIGINT NOT NULL REFERENCES rounds (id),
+    round_id BIGINT NOT NULL,
     sponsor TEXT NOT NULL,
     share DOUBLE PRECISION NOT NULL CHECK (share > 0 AND share <= 1),
     PRIMARY KEY (round_id, sponsor)

@@ -36,7 +36,7 @@ import zmq.asyncio
 from agent_client.agent import Agent, RoundContext
 from agent_client.deciding import decide_and_bid
 from agent_client.open_bids import OpenBids
-from agent_client.registration import GIVE_UP_AFTER, AgentRejected, AuctioneerLost
+from agent_client.registration import GIVE_UP_AFTER, MISSED_PINGS, AgentRejected, AuctioneerLost
 from agent_client.report import AgentReport
 from agent_client.shard_link import Endpoints, ShardLink, ShardLinks
 from agent_client.traded_market import TradedMarket
@@ -280,6 +280,11 @@ class AgentRuntime:
             elif isinstance(reply, Pong):
                 self.report.spent = reply.spent
                 self.budget = reply.budget  # an operator may have changed it
+                if link.follower is not None:
+                    for market in link.follower.subscribe_silent(MISSED_PINGS * self.heartbeat_interval):
+                        log.info(
+                            "market %s silent on the feed for %d heartbeats: subscribed again", market, MISSED_PINGS
+                        )
 
     def _reconnect(self, link: ShardLink) -> Callable[[], None]:
         def reconnected() -> None:

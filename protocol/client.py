@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -161,6 +162,7 @@ class FeedFollower:
         self.request_timeout = request_timeout
         self._endpoint = endpoint
         self._last: dict[str, int] = {}
+        self._heard: dict[str, float] = {}  # market -> when its topic last brought anything (monotonic)
         self._stale: list[str] = []  # markets to resync before reading on: newly followed, or behind
         self._notices_seq = notices_seq
         self.socket = make_socket(context, zmq.SUB, max_message_bytes=FROM_AUCTIONEER.max_message_bytes)
@@ -177,8 +179,24 @@ class FeedFollower:
         if market in self._last:
             return
         self._last[market] = since_seq
+        self._heard[market] = time.monotonic()
         self.socket.setsockopt(zmq.SUBSCRIBE, subscription(market_topic(market)))
         self._stale.append(market)
+
+    def subscribe_silent(self, silent_for: float) -> list[str]:
+        """Subscribe again to every followed market whose topic brought nothing (not even a
+        heartbeat) for ``silent_for`` seconds, and resync it; the markets subscribed again. The
+        exchange applies a subscription only once it has checked it, so one that reached it at a bad
+        moment (around a reconnection of this feed) is sent again rather than waited for."""
+        now = time.monotonic()
+        silent = [market for market in self._last if now - self._heard.get(market, now) > silent_for]
+        for market in silent:
+            topic = subscription(market_topic(market))
+            self.socket.setsockopt(zmq.UNSUBSCRIBE, topic)
+            self.socket.setsockopt(zmq.SUBSCRIBE, topic)
+            self._heard[market] = now
+            self.resync(market)
+        return silent
 
     @property
     def catching_up(self) -> bool:
@@ -202,6 +220,7 @@ class FeedFollower:
 
     def unfollow(self, market: str) -> None:
         """Stop following a market: its broadcasts are no longer subscribed to."""
+        self._heard.pop(market, None)
         if self._last.pop(market, None) is not None:
             self.socket.setsockopt(zmq.UNSUBSCRIBE, subscription(market_topic(market)))
 
@@ -255,6 +274,7 @@ class FeedFollower:
         market = getattr(message, "market", None)
         if market not in self._last or not isinstance(message, Heartbeat | RoundOpen | RoundResult | MarketClosed):
             return None
+        self._heard[market] = time.monotonic()
         last = self._last[market]
         if isinstance(message, Heartbeat):
             if message.seq > last and market not in self._stale:

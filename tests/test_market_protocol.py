@@ -24,6 +24,7 @@ from protocol.messages import (
     SyncRequest,
     Welcome,
 )
+from protocol.topics import market_topic, subscription
 from tests.helpers import BID, MarketRun, RawPeer, committed_rounds, open_round, read_ledger, static_agent, wait_until
 
 
@@ -157,6 +158,44 @@ async def test_subscriber_that_missed_broadcasts_resyncs(market_run: MarketRun, 
         context.term()
     assert snapshots >= 2
     assert seen == list(range(seen[0], 13))
+
+
+async def test_a_market_silent_on_the_feed_is_subscribed_again(market_run: MarketRun, peer: RawPeer) -> None:
+    market_run.serve("--min-agents", "1", "--max-tokens", "20", "--round-pause", "0.1", "--heartbeat", "0.2")
+    welcome = peer.request(Hello(name="observer"))
+    assert isinstance(welcome, Welcome) and welcome.market is not None
+    market = welcome.market
+    market_run.agent("steady", *static_agent("a=0.5,b=0.5", 1))
+    context = zmq.asyncio.Context()
+    client = MarketClient(context, market_run.market)
+    client.connect()
+    follower = FeedFollower(context, market_run.feed, client)
+    follower.follow(market)
+    seen: list[int] = []
+    subscribed_again: list[str] = []
+
+    async def check_in() -> None:  # what the agent runtime does at each heartbeat it gets a pong for
+        while True:
+            await asyncio.sleep(0.2)
+            subscribed_again.extend(follower.subscribe_silent(0.6))
+
+    checking = asyncio.create_task(check_in())
+    try:
+        async with asyncio.timeout(60):
+            async for event in follower.events():
+                if isinstance(event, RoundResult):
+                    seen.append(event.round)
+                    if len(seen) == 3:  # the subscription is lost: nothing of the market reaches it now
+                        follower.socket.setsockopt(zmq.UNSUBSCRIBE, subscription(market_topic(market)))
+                elif isinstance(event, MarketClosed):
+                    break
+    finally:
+        checking.cancel()
+        follower.close()
+        client.close()
+        context.term()
+    assert subscribed_again == [market]
+    assert seen == list(range(seen[0], 21))  # the rounds it missed came by the resync
 
 
 async def test_unknown_type_and_garbage_get_errors_and_the_market_goes_on(market_run: MarketRun, peer: RawPeer) -> None:

@@ -11,13 +11,11 @@ open; when liveness changes, every market is looked at once.
 
 from __future__ import annotations
 
-import functools
 import heapq
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from auctioneer.ledger import FencedOut
+from auctioneer.ledger import FencedOut, Store
 from auctioneer.market import Decision, Market
 from protocol.messages import MarketClosed
 
@@ -26,19 +24,23 @@ if TYPE_CHECKING:
     from auctioneer.registry import AgentRecord
 
 
-Background = Callable[[Callable[[], None]], Awaitable[None]]  # runs a blocking call off the event loop
-
-
 def closings_of(decisions: list[Decision]) -> list[MarketClosed]:
     return [d.closing for d in decisions if d.closing is not None]
 
 
 @dataclass(frozen=True)
 class LedgerWrite:
-    """One commit, ready to run (in any thread: it reads nothing of the exchange)."""
+    """One commit, ready to run (it reads nothing of the exchange: the exchange may move on meanwhile)."""
 
-    run: Callable[[], None]
+    ledger: Store
+    arguments: tuple[Any, ...]  # of ``Store.commit``
     unbound: list[AgentRecord]  # whose name binding it writes
+
+    def run(self) -> None:
+        self.ledger.commit(*self.arguments)
+
+    async def run_async(self) -> None:
+        await self.ledger.commit_async(*self.arguments)
 
     def done(self, decisions: list[Decision]) -> list[Decision]:
         """It ran: the agents' names are bound now; the decisions it committed."""
@@ -95,16 +97,17 @@ class RoundClock:
             self._settle(self.commit(decided, closings_of(decided)), now)
         self._open_ready(now)
 
-    async def tick_concurrently(self, background: Background) -> None:
-        """:meth:`tick`, its ledger write run by ``background`` (another thread): requests are answered
-        meanwhile. The rounds being committed take no more bids (``OpenRound.decided``)."""
+    async def tick_async(self) -> None:
+        """:meth:`tick`, its ledger write awaited (``Store.commit_async``): on a store that waits on a
+        server, requests are answered meanwhile. The rounds being committed take no more bids
+        (``OpenRound.decided``)."""
         decided = self._decide_due(self.exchange.clock())
         if decided:
             decisions = decided
             while True:
                 write = self._write(decisions, closings_of(decisions))
                 try:
-                    await background(write.run)
+                    await write.run_async()
                 except FencedOut as exc:
                     decisions = self._fenced_out(exc, decisions)
                     continue
@@ -169,8 +172,7 @@ class RoundClock:
         unbound = exchange.registry.unbound({agent for agent, _, _ in settlements})
         closings = [c for c in closings if c.market in exchange.markets]
         markets = {d.market.id for d in decisions} | {c.market or "" for c in closings}
-        write = functools.partial(
-            exchange.ledger.commit,
+        arguments = (
             [d.record for d in decisions],
             closings,
             exchange.accounts.after(settlements),
@@ -179,7 +181,7 @@ class RoundClock:
             {agent.name: agent.secret_hash for agent in unbound if agent.secret_hash is not None},
             exchange.shard.fence(markets),
         )
-        return LedgerWrite(write, unbound)
+        return LedgerWrite(exchange.ledger, arguments, unbound)
 
     def _fenced_out(self, exc: FencedOut, decisions: list[Decision]) -> list[Decision]:
         """Another shard took ``exc.markets``: they are let go, and the other decisions kept."""

@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from auctioneer import admission
 from auctioneer.accounts import Account, Accounts
 from auctioneer.admission import Admission
-from auctioneer.clock import Background, RoundClock
+from auctioneer.clock import RoundClock
 from auctioneer.directory import MarketDirectory
 from auctioneer.dispatch import Reply, dispatch
 from auctioneer.ledger import LedgerError, Store, StoredMarket
@@ -313,11 +313,11 @@ class Exchange:
         self.round_clock.tick(now)
         self.shard.flush()
 
-    async def tick_concurrently(self, background: Background) -> None:
-        """:meth:`tick` with its commit run by ``background``, while requests are answered; for a store
-        whose commits may run in another thread (``Store.concurrent_commits``)."""
+    async def tick_async(self) -> None:
+        """:meth:`tick` with its commit awaited: on a store that waits on a server, requests are
+        answered while it commits (``Store.commit_async``)."""
         self._pass_leases_if_due(self.clock())
-        await self.round_clock.tick_concurrently(background)
+        await self.round_clock.tick_async()
         self.shard.flush()
 
     def _pass_leases_if_due(self, now: float) -> None:

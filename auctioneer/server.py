@@ -25,7 +25,6 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import NamedTuple
 
 import zmq
@@ -108,13 +107,8 @@ class AuctioneerServer:
             sock.setsockopt(zmq.HANDSHAKE_IVL, int(HANDSHAKE_SECONDS * 1000))
         self._curve: CurveServer | None = None
         self._replies: list[tuple[list[bytes], bytes]] = []  # answered, not yet sent (_send_replies)
-        # Commits off the event loop, when the store allows them; operators' requests that arrive during
-        # one are held (with what answering them needs) until it is done.
-        self._committer = (
-            ThreadPoolExecutor(max_workers=1, thread_name_prefix="commit")
-            if exchange.ledger.concurrent_commits
-            else None
-        )
+        # Requests are answered while a commit waits on its store's server, but operators' requests
+        # that arrive during one are held (with what answering them needs) until it is done.
         self._committing = False
         self._held: list[tuple[list[bytes], Message, Answering]] = []
         self._guard: ConnectionGuard | None = None
@@ -160,8 +154,7 @@ class AuctioneerServer:
                 task.cancel()
             await asyncio.gather(clock, stopper, *background, return_exceptions=True)
         finally:
-            if self._committer is not None:
-                self._committer.shutdown(wait=True)  # a commit under way ends before the ledger closes
+            await self.exchange.ledger.close_async_commits()
             if self._guard is not None:
                 self._guard.stop()
             self.router.close(linger=0)
@@ -180,19 +173,17 @@ class AuctioneerServer:
     # --- the clock ------------------------------------------------------------------------
 
     async def _run_clock(self) -> None:
-        """Tick the exchange at its next deadline, or as soon as a round became complete. On a store
-        whose commits may run in another thread, requests are answered while the ledger is written,
-        but for the operators' (they change what the commit writes), held until it is done."""
+        """Tick the exchange at its next deadline, or as soon as a round became complete. While a
+        commit waits on the store's server, requests are answered, but for the operators' (they change
+        what the commit writes), held until it is done."""
         while True:
             self._wake.clear()
-            if self._committer is None:
-                self.exchange.tick()
-            else:
-                self._committing = True
-                try:
-                    await self.exchange.tick_concurrently(self._in_background)
-                finally:
-                    self._committing = False
+            self._committing = True
+            try:
+                await self.exchange.tick_async()
+            finally:
+                self._committing = False
+            if self._held:
                 self._answer_held()
             self._publish_queued()
             if self.exchange.finished:
@@ -202,10 +193,6 @@ class AuctioneerServer:
                 await wait_until_set(self._wake, delay)
             else:
                 await asyncio.sleep(0)  # let queued requests in between ticks
-
-    async def _in_background(self, call: Callable[[], None]) -> None:
-        assert self._committer is not None
-        await asyncio.wrap_future(self._committer.submit(call))
 
     def _answer_held(self) -> None:
         held, self._held = self._held, []

@@ -20,6 +20,7 @@ failure is a :class:`LedgerError` with one line saying why.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -29,11 +30,11 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from psycopg_pool import ConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from auctioneer.ledger.export import Exports
 from auctioneer.ledger.postgres_arrays import register as register_columns
-from auctioneer.ledger.postgres_commit import TickWrite, write_tick
+from auctioneer.ledger.postgres_commit import TickWrite, run_plan, run_plan_async, tick_plan
 from auctioneer.ledger.postgres_schema import prepare
 from auctioneer.ledger.records import AccountState, FencedOut, LedgerError, RoundRecord, StoredMarket, StoredRound
 from auctioneer.ledger.rows import (
@@ -51,6 +52,7 @@ MARKET_COLUMNS = "SELECT market, definition, opened_at, seq, closed FROM markets
 CONNECT_TIMEOUT = 5.0
 RECONNECT_SECONDS = 60.0  # how long a commit waits for an unreachable server before the shard stops
 DEFAULT_SHARD = "main"
+HAS_ROUND = "SELECT 1 FROM rounds WHERE market = %s AND round = %s"
 
 
 def is_postgres_url(db: str) -> bool:
@@ -68,8 +70,6 @@ def without_password(url: str) -> str:
 class PostgresLedger(Exports, ClosingStore):
     """An exchange's ledger in PostgreSQL, as one shard (``shard``) of it sees it."""
 
-    concurrent_commits = True  # a pool of connections: a commit waits on the server, not on the exchange
-
     def __init__(self, url: str, shard: str = DEFAULT_SHARD, lease_seconds: float = 2.0, pool_size: int = 4) -> None:
         self.url = url
         self.shard = shard
@@ -79,12 +79,14 @@ class PostgresLedger(Exports, ClosingStore):
         # them its leases, for ever: the server ends such a session once the lease has run out.
         idle_ms = max(1000, int(lease_seconds * 1000))
         options = f"-c idle_in_transaction_session_timeout={idle_ms}"
+        self._connect = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT, "options": options}
+        self._async_pool: AsyncConnectionPool[Any] | None = None  # the event loop's, opened by its first commit
         try:
             self._pool = ConnectionPool(
                 url,
                 min_size=1,
                 max_size=pool_size,
-                kwargs={"autocommit": True, "connect_timeout": CONNECT_TIMEOUT, "options": options},
+                kwargs=self._connect,
                 timeout=CONNECT_TIMEOUT,
                 open=False,
                 name=f"ledger-{shard}",
@@ -243,25 +245,85 @@ class PostgresLedger(Exports, ClosingStore):
         are kept by deltas: each round's payments are added to ``spent`` and taken from this shard's
         slices; of ``accounts`` only what the agents' open bids reserve here is written."""
         started = time.perf_counter()
-        give_up = time.monotonic() + RECONNECT_SECONDS
-        delay = 0.1
         tick = TickWrite(rounds, closings, accounts, exchange_seq, committed_at, bindings, fence)
+        retry = Reconnecting(self.location)
         while True:
             try:
-                self._commit(tick)
+                with (
+                    self._failing_but_reachability(),
+                    self._pool.connection() as conn,
+                    conn.transaction(),
+                    conn.pipeline(),
+                ):
+                    run_plan(conn, tick_plan(self.shard, tick))
                 break
             except (psycopg.OperationalError, PoolTimeout) as exc:
-                # The server is unreachable or restarting: wait for it (nothing is broadcast meanwhile).
-                # A commit whose connection broke as it committed may have committed: it is not done twice.
+                # A commit whose connection broke as it committed may have committed: not done twice.
                 if rounds and self._already_committed(rounds[0]):
                     break
-                if time.monotonic() > give_up:
-                    raise LedgerError(f"cannot write the ledger {self.location}: {first_line(exc)}") from None
-                log.warning("the ledger %s is unreachable (%s): retrying the commit", self.location, first_line(exc))
-                time.sleep(delay)
-                delay = min(delay * 2, 1.0)
+                time.sleep(retry.wait(exc))
+        self._committed(time.perf_counter() - started)
+
+    async def commit_async(
+        self,
+        rounds: Sequence[RoundRecord],
+        closings: Sequence[MarketClosed] = (),
+        accounts: Mapping[str, AccountState] | None = None,
+        exchange_seq: int | None = None,
+        committed_at: float = 0.0,
+        bindings: Mapping[str, str] | None = None,
+        fence: Mapping[str, int] | None = None,
+    ) -> None:
+        """:meth:`commit` on a connection of the running event loop, which goes on with its other
+        work during the round trips (no second thread holds the interpreter meanwhile)."""
+        started = time.perf_counter()
+        tick = TickWrite(rounds, closings, accounts, exchange_seq, committed_at, bindings, fence)
+        retry = Reconnecting(self.location)
+        pool = await self._loop_pool()
+        while True:
+            try:
+                with self._failing_but_reachability():
+                    async with pool.connection() as conn, conn.transaction(), conn.pipeline():
+                        await run_plan_async(conn, tick_plan(self.shard, tick))
+                break
+            except (psycopg.OperationalError, PoolTimeout) as exc:
+                if rounds and await self._already_committed_async(pool, rounds[0]):
+                    break
+                await asyncio.sleep(retry.wait(exc))
+        self._committed(time.perf_counter() - started)
+
+    async def _loop_pool(self) -> AsyncConnectionPool[Any]:
+        if self._async_pool is None:
+            self._async_pool = AsyncConnectionPool(
+                self.url,
+                min_size=1,
+                max_size=1,  # one commit at a time
+                kwargs=self._connect,
+                timeout=CONNECT_TIMEOUT,
+                open=False,
+                name=f"commits-{self.shard}",
+                configure=configure_async,
+            )
+            await self._async_pool.open()  # connects in the background; a commit waits for it
+        return self._async_pool
+
+    async def close_async_commits(self) -> None:
+        """Close the event loop's connection (before the loop ends; the store stays open)."""
+        if self._async_pool is not None:
+            await self._async_pool.close()
+            self._async_pool = None
+
+    def _committed(self, seconds: float) -> None:
         if self.on_commit is not None:
-            self.on_commit(time.perf_counter() - started)
+            self.on_commit(seconds)
+
+    async def _already_committed_async(self, pool: AsyncConnectionPool[Any], record: RoundRecord) -> bool:
+        try:
+            async with pool.connection() as conn:
+                cursor = await conn.execute(HAS_ROUND, (record.market, record.result.round))
+                return await cursor.fetchone() is not None
+        except (psycopg.Error, PoolTimeout):
+            return False
 
     def _already_committed(self, record: RoundRecord) -> bool:
         try:
@@ -270,11 +332,7 @@ class PostgresLedger(Exports, ClosingStore):
             return False
 
     def has_round(self, market: str, number: int) -> bool:
-        return self._value("SELECT 1 FROM rounds WHERE market = %s AND round = %s", (market, number)) is not None
-
-    def _commit(self, tick: TickWrite) -> None:
-        with self._failing_but_reachability(), self._pool.connection() as conn, conn.transaction(), conn.pipeline():
-            write_tick(conn, self.shard, tick)
+        return self._value(HAS_ROUND, (market, number)) is not None
 
     def results_since(self, market: str, seq: int, limit: int, max_bytes: int) -> tuple[list[bytes], bool]:
         rows = self._rows(
@@ -376,6 +434,28 @@ class PostgresLedger(Exports, ClosingStore):
         """A connection of the pool, its failures as :class:`LedgerError`."""
         with self._failing("use"), self._pool.connection() as conn:
             yield conn
+
+
+class Reconnecting:
+    """How long a commit that lost the server waits before it tries again (doubling up to a second),
+    and when it gives up: after ``RECONNECT_SECONDS`` without the server (nothing is broadcast meanwhile)."""
+
+    def __init__(self, location: str) -> None:
+        self.location = location
+        self.give_up = time.monotonic() + RECONNECT_SECONDS
+        self.delay = 0.1
+
+    def wait(self, exc: BaseException) -> float:
+        """Seconds to wait before the next try after ``exc``; ``LedgerError`` once it is time to give up."""
+        if time.monotonic() > self.give_up:
+            raise LedgerError(f"cannot write the ledger {self.location}: {first_line(exc)}") from None
+        log.warning("the ledger %s is unreachable (%s): retrying the commit", self.location, first_line(exc))
+        delay, self.delay = self.delay, min(self.delay * 2, 1.0)
+        return delay
+
+
+async def configure_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    register_columns(conn.adapters)
 
 
 def pairs(conn: psycopg.Connection[Any], query: str, round_id: int) -> dict[str, float]:

@@ -13,12 +13,17 @@ round ids), then for the commit, whatever the number of rounds and markets in it
    account first, then slices, as every writer of both does: no deadlock between shards);
 4. name bindings, the markets that ended (their leases dropped), accounts first seen, and this
    shard's notice seq.
+
+The statements are a *plan* (:func:`tick_plan`, a generator of :class:`Send` and :class:`Fetch`
+steps) that decides nothing about I/O: :func:`run_plan` runs it on a blocking connection, and
+:func:`run_plan_async` on an asynchronous one, so the exchange's event loop goes on answering bids
+while the server works.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Generator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,32 +97,74 @@ class TickWrite:
     fence: Mapping[str, int] | None
 
 
-def write_tick(conn: psycopg.Connection[Any], shard: str, tick: TickWrite) -> None:
-    """Send ``tick``'s statements on ``conn``, inside its open transaction and pipeline."""
+@dataclass(frozen=True)
+class Send:
+    """A step of a plan: send one statement (the plan is handed back the cursor it runs on)."""
+
+    query: str
+    params: Any = ()
+
+
+@dataclass(frozen=True)
+class Fetch:
+    """A step of a plan: wait for a statement's rows (the plan is handed back the rows)."""
+
+    cursor: Any
+
+
+Plan = Generator[Send | Fetch, Any, None]
+
+
+def run_plan(conn: psycopg.Connection[Any], plan: Plan) -> None:
+    """Run ``plan`` on ``conn`` (in its open transaction and pipeline), blocking on each round trip."""
+    try:
+        step = next(plan)
+        while True:
+            reply = conn.execute(step.query, step.params) if isinstance(step, Send) else step.cursor.fetchall()
+            step = plan.send(reply)
+    except StopIteration:
+        pass
+
+
+async def run_plan_async(conn: psycopg.AsyncConnection[Any], plan: Plan) -> None:
+    """Run ``plan`` on ``conn``, the event loop free while the server works."""
+    try:
+        step = next(plan)
+        while True:
+            if isinstance(step, Send):
+                step = plan.send(await conn.execute(step.query, step.params))
+            else:
+                step = plan.send(await step.cursor.fetchall())
+    except StopIteration:
+        pass
+
+
+def tick_plan(shard: str, tick: TickWrite) -> Plan:
+    """The statements of ``tick``'s commit, for a driver to run (:func:`run_plan`, :func:`run_plan_async`)."""
     fence = tick.fence
-    held = conn.execute(FENCE, (sorted(fence),)) if fence else None
-    ids = conn.execute(ROUND_IDS, (len(tick.rounds),)) if tick.rounds else None
+    held = (yield Send(FENCE, (sorted(fence),))) if fence else None
+    ids = (yield Send(ROUND_IDS, (len(tick.rounds),))) if tick.rounds else None
     if held is not None and fence is not None:
-        check_fence(held.fetchall(), fence, shard)
+        check_fence((yield Fetch(held)), fence, shard)
     if ids is not None:
-        numbered = [row[0] for row in ids.fetchall()]
+        numbered = [row[0] for row in (yield Fetch(ids))]
         tables = round_rows(tick.rounds, tick.committed_at, 0)
         for statement, (table, _), rows in zip(INSERTS, ROUND_ROW_COLUMNS, tables, strict=True):
             if rows:
-                conn.execute(statement, round_columns(table, rows, numbered))
-        settle_payments(conn, tick.rounds, shard)
-        conn.execute(COUNT_COMMIT)
+                yield Send(statement, round_columns(table, rows, numbered))
+        yield from settle_payments(tick.rounds, shard)
+        yield Send(COUNT_COMMIT)
     if tick.bindings:
         bound = [(agent, secret_hash, tick.committed_at) for agent, secret_hash in tick.bindings.items()]
-        conn.execute(BIND_AGENTS, columns_of(bound))
+        yield Send(BIND_AGENTS, columns_of(bound))
     if tick.closings:
         ended = [(closing.market, encode(closing), closing.seq) for closing in tick.closings]
-        conn.execute(CLOSE_MARKETS, columns_of(ended))
-        conn.execute("DELETE FROM leases WHERE market = ANY(%s)", ([closing.market for closing in tick.closings],))
+        yield Send(CLOSE_MARKETS, columns_of(ended))
+        yield Send("DELETE FROM leases WHERE market = ANY(%s)", ([closing.market for closing in tick.closings],))
     if tick.accounts:
-        conn.execute(OPEN_ACCOUNTS, columns_of([(agent, state.budget) for agent, state in tick.accounts.items()]))
+        yield Send(OPEN_ACCOUNTS, columns_of([(agent, state.budget) for agent, state in tick.accounts.items()]))
     if tick.exchange_seq is not None:
-        conn.execute("UPDATE shards SET exchange_seq = %s WHERE shard = %s", (tick.exchange_seq, shard))
+        yield Send("UPDATE shards SET exchange_seq = %s WHERE shard = %s", (tick.exchange_seq, shard))
 
 
 def check_fence(held: Sequence[tuple[Any, ...]], fence: Mapping[str, int], shard: str) -> None:
@@ -128,7 +175,7 @@ def check_fence(held: Sequence[tuple[Any, ...]], fence: Mapping[str, int], shard
         raise FencedOut(lost)
 
 
-def settle_payments(conn: psycopg.Connection[Any], rounds: Sequence[RoundRecord], shard: str) -> None:
+def settle_payments(rounds: Sequence[RoundRecord], shard: str) -> Plan:
     """Each agent's payments: added to what it spent, and taken from what ``shard`` holds of its
     budget (its slice), so ``spent + leased`` does not move."""
     paid: dict[str, float] = defaultdict(float)
@@ -138,8 +185,8 @@ def settle_payments(conn: psycopg.Connection[Any], rounds: Sequence[RoundRecord]
     charged = sorted((agent, amount) for agent, amount in paid.items() if amount > 0)
     if charged:
         agents, amounts = columns_of(charged)
-        conn.execute(LOCK_ACCOUNTS, (agents,))  # accounts before slices, as every writer of both
-        conn.execute(SETTLE, {"agents": list(agents), "amounts": list(amounts), "shard": shard})
+        yield Send(LOCK_ACCOUNTS, (agents,))  # accounts before slices, as every writer of both
+        yield Send(SETTLE, {"agents": list(agents), "amounts": list(amounts), "shard": shard})
 
 
 def round_columns(table: str, rows: Sequence[tuple[Any, ...]], ids: Sequence[int]) -> list[Column]:

@@ -48,8 +48,6 @@ INSERTS = round_inserts("?")
 class SqliteLedger(Exports, ClosingStore):
     """An exchange's ledger in one SQLite file (a :class:`~auctioneer.ledger.store.Store`)."""
 
-    concurrent_commits = False  # one connection; and a local commit is short
-
     def __init__(self, path: Path | str, durable: bool = True) -> None:
         """``durable=False`` skips fsync (for simulations, where a crash just means running again)."""
         path = self.path = Path(path)
@@ -204,6 +202,13 @@ class SqliteLedger(Exports, ClosingStore):
         self.check_files()
         if self.on_commit is not None:
             self.on_commit(time.perf_counter() - started)
+
+    async def commit_async(self, *args: Any, **kwargs: Any) -> None:
+        """:meth:`commit`, in place: a local commit is short, and the event loop waits for it."""
+        self.commit(*args, **kwargs)
+
+    async def close_async_commits(self) -> None:
+        """Nothing to close: the commits share the store's one connection."""
 
     def results_since(self, market: str, seq: int, limit: int, max_bytes: int) -> tuple[list[bytes], bool]:
         rows = self._db.execute(

@@ -27,9 +27,6 @@ class Store(Protocol):
 
     #: Told each commit's duration, in seconds (the metrics' commit histogram).
     on_commit: Callable[[float], None] | None
-    #: Whether :meth:`commit` may run in another thread while the exchange reads and writes the store
-    #: (the exchange then answers requests during its commits).
-    concurrent_commits: bool
 
     @property
     def location(self) -> str:
@@ -104,6 +101,24 @@ class Store(Protocol):
         ``fence``: market -> the lease epoch the committing shard holds; a store shared by shards
         writes nothing and raises :class:`~auctioneer.ledger.records.FencedOut` if another shard took
         one of them (a store of one owner has no leases, and ignores it)."""
+        ...
+
+    async def commit_async(
+        self,
+        rounds: Sequence[RoundRecord],
+        closings: Sequence[MarketClosed] = (),
+        accounts: Mapping[str, AccountState] | None = None,
+        exchange_seq: int | None = None,
+        committed_at: float = 0.0,
+        bindings: Mapping[str, str] | None = None,
+        fence: Mapping[str, int] | None = None,
+    ) -> None:
+        """:meth:`commit` from the exchange's event loop: a store whose commit waits on a server lets
+        the loop go on (answering requests) during the round trips; a local store commits in place."""
+        ...
+
+    async def close_async_commits(self) -> None:
+        """Release what :meth:`commit_async` holds of the event loop, before the loop ends."""
         ...
 
     def results_since(self, market: str, seq: int, limit: int, max_bytes: int) -> tuple[list[bytes], bool]:

@@ -117,7 +117,7 @@ def test_py_spy_samples_the_exchange_while_it_trades(tmp_path: Path) -> None:
     assert completed == 1200
 
     shares = {share.function: share for share in sampled_shares(output.read_text().splitlines())}
-    for function in ("AuctioneerServer._answer", "Exchange.tick", "Market.decide", "SqliteLedger.commit"):
+    for function in ("AuctioneerServer._answer", "Exchange.tick_async", "Market.decide", "SqliteLedger.commit"):
         assert 0 < shares[function].inclusive < 1
     assert all(0 <= share.own <= share.inclusive <= 1 for share in shares.values())
 

@@ -302,6 +302,51 @@ def test_a_shard_paused_past_its_lease_commits_nothing_more(exchange: Exchange) 
     audited(exchange.url)
 
 
+def commits_waiting_on_a_lock(url: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return int(row[0]) if row else 0
+
+
+def test_a_shard_answers_while_its_commit_waits_and_holds_operators_until_it_is_done(exchange: Exchange) -> None:
+    """A tick's commit is awaited on the event loop: while the database keeps it waiting (a row it
+    writes locked by another session), the shard answers requests; an operator's request waits for
+    the commit, then sees the settled exchange."""
+    exchange.shard("s1")
+    wait_until(lambda: exchange.markets("s1") == {}, what="the shard up")
+    exchange.open("s1", "c", "--max-tokens", "1000", "--round-pause", "0.05")
+    agent = exchange.agent("a", "s1", *static_agent("a=1", 1.0), "--stay")
+    wait_until(lambda: len(rounds_of(exchange.url).get("c", [])) >= 3, what="rounds committed")
+    client, operator = WireClient(exchange.shards["s1"][0]), WireClient(exchange.shards["s1"][0])
+    closed: list[dict[str, Any]] = []
+    closing = threading.Thread(target=lambda: closed.append(operator.request("close_market", timeout=60, market="c")))
+    try:
+        with psycopg.connect(exchange.url) as blocker:
+            blocker.execute("SELECT value FROM meta WHERE key = 'commits' FOR UPDATE")  # every commit counts itself
+            wait_until(lambda: commits_waiting_on_a_lock(exchange.url) == 1, what="a commit waiting on the lock")
+            held_at = len(rounds_of(exchange.url)["c"])
+            assert client.request("hello", name="watcher")["type"] == "welcome"
+            assert client.request("ping")["type"] == "pong"
+            assert client.request("sync_request", market="c")["type"] == "sync_reply"
+            closing.start()
+            closing.join(1.0)
+            assert closing.is_alive() and not closed  # held while the commit waits
+            assert commits_waiting_on_a_lock(exchange.url) == 1 and len(rounds_of(exchange.url)["c"]) == held_at
+        # The blocker's transaction ends: the commit goes through, then the close is answered.
+        closing.join(60)
+        assert closed and closed[0]["type"] == "market_status", closed
+        assert closed[0]["status"]["closed"] is not None, closed
+    finally:
+        client.close()
+        operator.close()
+        agent.terminate()
+    numbers = rounds_of(exchange.url)["c"]
+    assert numbers == list(range(1, len(numbers) + 1)) and len(numbers) > held_at
+    audited(exchange.url)
+
+
 def test_postgresql_restarted_under_load_loses_no_acknowledged_round(tmp_path: Path) -> None:
     with PostgresServer() as server:
         made = Exchange(server.url, tmp_path)

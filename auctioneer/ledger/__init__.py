@@ -10,6 +10,9 @@
 | ``sqlite_schema`` | that file's layout, its upgrades and the migration of 0.1's files |
 | ``postgres`` | a PostgreSQL database shared by the shards of an exchange (:class:`PostgresLedger`) |
 | ``postgres_schema`` | its layout (``postgres_schema.sql``) and append-only triggers |
+| ``postgres_commit`` | the statements of a tick's commit there, as a plan that blocking and async drivers run |
+| ``postgres_committer`` | how a shard's commits run: blocking or on the event loop, retried while the server is away |
+| ``postgres_arrays`` | columns sent to it whole, in PostgreSQL's binary array format |
 | ``lock`` | one exchange per SQLite file |
 
 :func:`open_ledger` opens the store a ``--db`` names.

@@ -14,29 +14,37 @@ auctioneer processes adds:
   overwrite each other's figures, and ``spent + leased <= budget`` is a constraint of the table;
 - **notice seqs per shard**: each shard's feed numbers its own notices (the ``shards`` table).
 
-The statements of a tick's commit are in :mod:`auctioneer.ledger.postgres_commit`. Every psycopg
-failure is a :class:`LedgerError` with one line saying why.
+The statements of a tick's commit are in :mod:`auctioneer.ledger.postgres_commit`, and how they run
+(blocking, or awaited on the event loop, and retried while the server is away) in
+:mod:`auctioneer.ledger.postgres_committer`. Every psycopg failure is a :class:`LedgerError` with
+one line saying why.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
-from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from auctioneer.ledger.export import Exports
 from auctioneer.ledger.postgres_arrays import register as register_columns
-from auctioneer.ledger.postgres_commit import TickWrite, run_plan, run_plan_async, tick_plan
+from auctioneer.ledger.postgres_commit import TickWrite
+from auctioneer.ledger.postgres_committer import TickCommitter
 from auctioneer.ledger.postgres_schema import prepare
-from auctioneer.ledger.records import AccountState, FencedOut, LedgerError, RoundRecord, StoredMarket, StoredRound
+from auctioneer.ledger.records import (
+    AccountState,
+    FencedOut,
+    LedgerError,
+    RoundRecord,
+    StoredMarket,
+    StoredRound,
+    first_line,
+)
 from auctioneer.ledger.rows import (
     page_of_results,
     stored_bid,
@@ -46,13 +54,9 @@ from auctioneer.ledger.rows import (
 from auctioneer.ledger.store import ClosingStore
 from protocol.messages import MarketClosed
 
-log = logging.getLogger(__name__)
-
 MARKET_COLUMNS = "SELECT market, definition, opened_at, seq, closed FROM markets"
 CONNECT_TIMEOUT = 5.0
-RECONNECT_SECONDS = 60.0  # how long a commit waits for an unreachable server before the shard stops
 DEFAULT_SHARD = "main"
-HAS_ROUND = "SELECT 1 FROM rounds WHERE market = %s AND round = %s"
 
 
 def is_postgres_url(db: str) -> bool:
@@ -79,14 +83,13 @@ class PostgresLedger(Exports, ClosingStore):
         # them its leases, for ever: the server ends such a session once the lease has run out.
         idle_ms = max(1000, int(lease_seconds * 1000))
         options = f"-c idle_in_transaction_session_timeout={idle_ms}"
-        self._connect = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT, "options": options}
-        self._async_pool: AsyncConnectionPool[Any] | None = None  # the event loop's, opened by its first commit
+        connect = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT, "options": options}
         try:
             self._pool = ConnectionPool(
                 url,
                 min_size=1,
                 max_size=pool_size,
-                kwargs=self._connect,
+                kwargs=connect,
                 timeout=CONNECT_TIMEOUT,
                 open=False,
                 name=f"ledger-{shard}",
@@ -102,6 +105,7 @@ class PostgresLedger(Exports, ClosingStore):
                 " ON CONFLICT (shard) DO NOTHING",
                 (shard,),
             )
+        self._commits = TickCommitter(self._pool, shard, self.location, {"conninfo": url, **connect})
 
     @classmethod
     def open_existing(cls, url: str) -> PostgresLedger:
@@ -125,16 +129,6 @@ class PostgresLedger(Exports, ClosingStore):
             raise LedgerError(f"cannot {doing} the ledger {self.location}: {first_line(exc)}") from None
         except PoolTimeout as exc:
             raise LedgerError(f"cannot reach the ledger {self.location}: {first_line(exc)}") from None
-
-    @contextmanager
-    def _failing_but_reachability(self) -> Iterator[None]:
-        """As :meth:`_failing`, except that losing the server is let through (the caller retries)."""
-        try:
-            yield
-        except (FencedOut, psycopg.OperationalError, PoolTimeout):
-            raise
-        except psycopg.Error as exc:
-            raise LedgerError(f"cannot write the ledger {self.location}: {first_line(exc)}") from None
 
     def _rows(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         with self._failing("read"), self._pool.connection() as conn:
@@ -244,25 +238,8 @@ class PostgresLedger(Exports, ClosingStore):
         """As the SQLite store's, fenced by ``fence`` (market -> the epoch this shard holds). Accounts
         are kept by deltas: each round's payments are added to ``spent`` and taken from this shard's
         slices; of ``accounts`` only what the agents' open bids reserve here is written."""
-        started = time.perf_counter()
         tick = TickWrite(rounds, closings, accounts, exchange_seq, committed_at, bindings, fence)
-        retry = Reconnecting(self.location)
-        while True:
-            try:
-                with (
-                    self._failing_but_reachability(),
-                    self._pool.connection() as conn,
-                    conn.transaction(),
-                    conn.pipeline(),
-                ):
-                    run_plan(conn, tick_plan(self.shard, tick))
-                break
-            except (psycopg.OperationalError, PoolTimeout) as exc:
-                # A commit whose connection broke as it committed may have committed: not done twice.
-                if rounds and self._already_committed(rounds[0]):
-                    break
-                time.sleep(retry.wait(exc))
-        self._committed(time.perf_counter() - started)
+        self._committed(self._commits.commit(tick))
 
     async def commit_async(
         self,
@@ -276,63 +253,15 @@ class PostgresLedger(Exports, ClosingStore):
     ) -> None:
         """:meth:`commit` on a connection of the running event loop, which goes on with its other
         work during the round trips (no second thread holds the interpreter meanwhile)."""
-        started = time.perf_counter()
         tick = TickWrite(rounds, closings, accounts, exchange_seq, committed_at, bindings, fence)
-        retry = Reconnecting(self.location)
-        pool = await self._loop_pool()
-        while True:
-            try:
-                with self._failing_but_reachability():
-                    async with pool.connection() as conn, conn.transaction(), conn.pipeline():
-                        await run_plan_async(conn, tick_plan(self.shard, tick))
-                break
-            except (psycopg.OperationalError, PoolTimeout) as exc:
-                if rounds and await self._already_committed_async(pool, rounds[0]):
-                    break
-                await asyncio.sleep(retry.wait(exc))
-        self._committed(time.perf_counter() - started)
-
-    async def _loop_pool(self) -> AsyncConnectionPool[Any]:
-        if self._async_pool is None:
-            self._async_pool = AsyncConnectionPool(
-                self.url,
-                min_size=1,
-                max_size=1,  # one commit at a time
-                kwargs=self._connect,
-                timeout=CONNECT_TIMEOUT,
-                open=False,
-                name=f"commits-{self.shard}",
-                configure=configure_async,
-            )
-            await self._async_pool.open()  # connects in the background; a commit waits for it
-        return self._async_pool
+        self._committed(await self._commits.commit_async(tick))
 
     async def close_async_commits(self) -> None:
-        """Close the event loop's connection (before the loop ends; the store stays open)."""
-        if self._async_pool is not None:
-            await self._async_pool.close()
-            self._async_pool = None
+        await self._commits.close_async()
 
     def _committed(self, seconds: float) -> None:
         if self.on_commit is not None:
             self.on_commit(seconds)
-
-    async def _already_committed_async(self, pool: AsyncConnectionPool[Any], record: RoundRecord) -> bool:
-        try:
-            async with pool.connection() as conn:
-                cursor = await conn.execute(HAS_ROUND, (record.market, record.result.round))
-                return await cursor.fetchone() is not None
-        except (psycopg.Error, PoolTimeout):
-            return False
-
-    def _already_committed(self, record: RoundRecord) -> bool:
-        try:
-            return self.has_round(record.market, record.result.round)
-        except LedgerError:
-            return False
-
-    def has_round(self, market: str, number: int) -> bool:
-        return self._value(HAS_ROUND, (market, number)) is not None
 
     def results_since(self, market: str, seq: int, limit: int, max_bytes: int) -> tuple[list[bytes], bool]:
         rows = self._rows(
@@ -436,28 +365,6 @@ class PostgresLedger(Exports, ClosingStore):
             yield conn
 
 
-class Reconnecting:
-    """How long a commit that lost the server waits before it tries again (doubling up to a second),
-    and when it gives up: after ``RECONNECT_SECONDS`` without the server (nothing is broadcast meanwhile)."""
-
-    def __init__(self, location: str) -> None:
-        self.location = location
-        self.give_up = time.monotonic() + RECONNECT_SECONDS
-        self.delay = 0.1
-
-    def wait(self, exc: BaseException) -> float:
-        """Seconds to wait before the next try after ``exc``; ``LedgerError`` once it is time to give up."""
-        if time.monotonic() > self.give_up:
-            raise LedgerError(f"cannot write the ledger {self.location}: {first_line(exc)}") from None
-        log.warning("the ledger %s is unreachable (%s): retrying the commit", self.location, first_line(exc))
-        delay, self.delay = self.delay, min(self.delay * 2, 1.0)
-        return delay
-
-
-async def configure_async(conn: psycopg.AsyncConnection[Any]) -> None:
-    register_columns(conn.adapters)
-
-
 def pairs(conn: psycopg.Connection[Any], query: str, round_id: int) -> dict[str, float]:
     return {name: float(value) for name, value in conn.execute(query, (round_id,))}
 
@@ -467,7 +374,3 @@ def set_meta(conn: psycopg.Connection[Any], key: str, value: str) -> None:
         "INSERT INTO meta(key, value) VALUES (%s, %s) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (key, value),
     )
-
-
-def first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

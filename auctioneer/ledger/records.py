@@ -107,3 +107,8 @@ class StoredMarket:
     @property
     def text(self) -> str:
         return self.prompt + "".join(self.tokens)
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of ``exc``'s message (its type's name if it has none), for one-line errors."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

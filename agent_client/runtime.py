@@ -7,8 +7,9 @@ It composes the rooms that do the work:
   (``welcome`` lists them, ``market_opened`` notices add new ones), each resynced on its own gaps;
 - :mod:`agent_client.traded_market`: each market's state (the feed's one fold) and the
   verification of every result;
-- :mod:`agent_client.deciding`: the user's ``decide``, once per (market, round), concurrently
-  across markets, never blocking the network tasks;
+- :mod:`agent_client.trading`: each round's decision and each result's check, and what the agent
+  is told; :mod:`agent_client.deciding` asks the user's ``decide`` once per (market, round),
+  concurrently across markets, never blocking the network tasks;
 - :mod:`agent_client.open_bids` and :mod:`agent_client.report`: the bids not yet settled, and what
   the agent saw.
 
@@ -33,13 +34,12 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from agent_client.agent import Agent, RoundContext
-from agent_client.deciding import decide_and_bid
-from agent_client.open_bids import OpenBids
+from agent_client.agent import Agent
 from agent_client.registration import GIVE_UP_AFTER, MISSED_PINGS, AgentRejected, AuctioneerLost
 from agent_client.report import AgentReport
 from agent_client.shard_link import Endpoints, ShardLink, ShardLinks
 from agent_client.traded_market import TradedMarket
+from agent_client.trading import Trader
 from protocol.client import FeedEvent, MarketUnknown, SocketSetup, list_markets
 from protocol.draw import UnknownDrawMode, draw_function
 from protocol.messages import (
@@ -91,14 +91,12 @@ class AgentRuntime:
         self.resume_file = resume_file
         self._shared_context = context
         self.report = AgentReport(name)
-        self.budget: float | None = None
         self.heartbeat_interval = 1.0
         self.markets: dict[str, TradedMarket] = {}  # joined and not closed (a closed market's state is let go)
-        self._open_bids = OpenBids()
-        self._decisions = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._zmq = context or zmq.asyncio.Context()
         self.links = ShardLinks(self._zmq, setup, name, request_timeout, give_up_after, resume_file, (market, feed))
+        self.trader = Trader(agent, name, self.report, self.links, self._spawn)
         self._stopping = False
 
     async def run(self) -> AgentReport:
@@ -194,7 +192,7 @@ class AgentRuntime:
     # --- registration and liveness ------------------------------------------------------------
 
     def _welcomed(self, link: ShardLink, welcome: Welcome) -> None:
-        self.budget = welcome.budget
+        self.trader.budget = welcome.budget
         self.report.spent = welcome.spent
         self.heartbeat_interval = welcome.heartbeat_interval
         self.links.known.update((shard.market_endpoint, shard.feed_endpoint) for shard in welcome.shards or ())
@@ -279,7 +277,7 @@ class AgentRuntime:
                 self._welcomed(link, reply)
             elif isinstance(reply, Pong):
                 self.report.spent = reply.spent
-                self.budget = reply.budget  # an operator may have changed it
+                self.trader.budget = reply.budget  # an operator may have changed it
                 if link.follower is not None:
                     for market in link.follower.subscribe_silent(MISSED_PINGS * self.heartbeat_interval):
                         log.info(
@@ -335,9 +333,9 @@ class AgentRuntime:
             market.apply(event)
             market.report.text = event.text
         elif isinstance(event, RoundOpen):
-            self._round_opened(market, event)
+            self.trader.round_opened(market, event)
         elif isinstance(event, RoundResult):
-            self._apply_result(market, event)
+            self.trader.result(market, event)
         elif isinstance(event, MarketClosed):
             self._closed(market, event.reason, event.text)
 
@@ -350,54 +348,7 @@ class AgentRuntime:
             market.report.text = text
         if self.markets.get(market.id) is market:
             del self.markets[market.id]
-            self._open_bids.drop_market(market.id)
+            self.trader.market_closed(market.id)
             link = self.links.links.get(market.link)
             if link is not None and link.follower is not None:
                 link.follower.unfollow(market.id)
-
-    def _round_opened(self, market: TradedMarket, announcement: RoundOpen) -> None:
-        market.apply(announcement)
-        decide, reopened = market.round_opened(announcement)
-        if reopened:
-            self._open_bids.take(market.id, announcement.round)
-        if decide:
-
-            def context(remaining: float) -> RoundContext:
-                return self._context(market, announcement.round, remaining)
-
-            self._spawn(
-                decide_and_bid(self.agent, self.name, market, announcement, context, self._open_bids, self.links)
-            )
-
-    def _apply_result(self, market: TradedMarket, result: RoundResult) -> None:
-        problems, own = market.checked(result, self._open_bids.take(market.id, result.round), self.name)
-        for problem in problems:
-            log.error("market %s round %d FAILED VERIFICATION: %s", market.id, result.round, problem)
-        self.report.verification_failures += bool(problems)
-        if own is not None:  # a payment for a bid of this run (the welcome and pongs count the others)
-            self.report.spent += result.payments.get(self.name, 0.0)
-        try:
-            self.agent.observe(result, self._context(market, result.round, 0.0))
-        except Exception:
-            log.exception("agent.observe failed in market %s round %d", market.id, result.round)
-
-    # --- deciding and bidding -----------------------------------------------------------------
-
-    def _context(self, market: TradedMarket, number: int, timeout: float) -> RoundContext:
-        """What the agent is told for one decision (counted: ``decisions``)."""
-        self._decisions += 1
-        prompt = market.info.rules.prompt
-        return RoundContext(
-            name=self.name,
-            round=number,
-            prompt=prompt,
-            text=prompt + "".join(market.tokens),
-            tokens=tuple(market.tokens),
-            budget=self.budget,
-            spent=self.report.spent,
-            timeout=timeout,
-            recent=tuple(market.recent),
-            market=market.info,
-            reserved=self._open_bids.total,
-            decisions=self._decisions,
-        )

@@ -39,6 +39,7 @@ from typing import Any, Protocol
 import psycopg
 
 from auctioneer.ledger import DEFAULT_SHARD, LedgerError, PostgresLedger
+from auctioneer.ledger.postgres import SHARD_APPLICATION
 from protocol import ErrorCode, ProtocolError
 
 log = logging.getLogger(__name__)
@@ -260,6 +261,7 @@ class PostgresShard:
             )
             outcome.lost = sorted(m for m in mine if renewed.get(m) != self.epochs.get(m))
             placed = sorted(m for m in renewed if m not in mine)  # opened elsewhere for this shard
+            self._end_stuck_transactions(conn)
             claimed = self._claim_expired(conn)
             self._reclaim_dead_slices(conn)
         for market in outcome.lost:
@@ -271,6 +273,22 @@ class PostgresShard:
         for market in claimed:
             self.notify("moved", market)
         return outcome
+
+    def _end_stuck_transactions(self, conn: psycopg.Connection[Any]) -> None:
+        """End the transactions that shards which stopped renewing have held open for longer than a
+        lease: a shard stopped in the middle of a commit (SIGSTOP, a partition) would otherwise hold
+        its row locks (leases, accounts) until it wakes, and no other shard could take its markets or
+        settle its agents' payments. PostgreSQL's ``idle_in_transaction_session_timeout`` covers a
+        session stopped between statements, not one stopped in the middle of a pipeline."""
+        rows = conn.execute(
+            "SELECT s.shard, pg_terminate_backend(a.pid) FROM pg_stat_activity AS a JOIN shards AS s"
+            " ON a.application_name = %s || s.shard WHERE a.datname = current_database() AND s.shard <> %s"
+            f" AND s.alive_until < {NOW} AND extract(epoch from a.xact_start) < {NOW} - %s",
+            (SHARD_APPLICATION, self.name, self.lease_seconds),
+        ).fetchall()
+        if rows:
+            log.warning("ended %d transaction(s) of shard(s) that stopped renewing their leases: %s", len(rows),
+                        ", ".join(sorted({shard for shard, _ in rows})))  # fmt: skip
 
     def _claim_expired(self, conn: psycopg.Connection[Any]) -> dict[str, int]:
         """Expired leases of open markets, at most this shard's fair share of them, now this shard's."""

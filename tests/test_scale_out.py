@@ -6,6 +6,7 @@ paused past its lease, the database restarted, one agent's budget bid against on
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import pytest
 
 from auctioneer.audit import audit_ledger
 from auctioneer.ledger import PostgresLedger, SqliteLedger
+from auctioneer.ledger.postgres import SHARD_APPLICATION
 from protocol.schema import json_value, protocol_schema
 from protocol.sockets import free_tcp_endpoint
 from simulation.postgres_server import PostgresServer
@@ -289,7 +291,16 @@ def test_a_shard_paused_past_its_lease_commits_nothing_more(exchange: Exchange) 
     agents = [exchange.agent(name, "s1", *static_agent(f"{name}=1", 1.0), "--stay") for name in ("a", "b")]
     wait_until(lambda: all(len(rounds_of(exchange.url).get(m, [])) >= 3 for m in ("p1", "p2")), what="rounds on s2")
     paused.send_signal(signal.SIGSTOP)
+    # As if s2 had stopped in the middle of a commit's pipeline (where PostgreSQL's idle timeout does
+    # not reach): one of its sessions holds its leases' rows in an open transaction.
+    stuck = psycopg.connect(exchange.url, application_name=f"{SHARD_APPLICATION}s2")
+    stuck.execute("SELECT market FROM leases WHERE owner = 's2' FOR UPDATE SKIP LOCKED")
     wait_until(lambda: set(owners(exchange.url).values()) == {"s1"}, timeout=20, what="s1 taking the markets")
+    with pytest.raises(psycopg.OperationalError):
+        stuck.execute("SELECT 1")  # s1 ended the stopped shard's transaction
+    stuck.close()
+    ended = r"ended \d+ transaction\(s\) of shard\(s\) that stopped renewing their leases: s2"
+    assert re.search(ended, " ".join(exchange.log("s1").split()))
     wait_until(lambda: all(len(rounds_of(exchange.url)[m]) >= 5 for m in ("p1", "p2")), what="rounds on s1")
     paused.send_signal(signal.SIGCONT)
     wait_until(lambda: "served by another shard now" in exchange.log("s2"), timeout=20, what="s2 letting go")

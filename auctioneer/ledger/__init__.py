@@ -67,13 +67,17 @@ __all__ = [
 
 
 def open_ledger(
-    db: Path | str, existing: bool = False, durable: bool = True, shard: str = DEFAULT_SHARD, lease_seconds: float = 2.0
+    db: Path | str,
+    existing: bool = False,
+    durable: bool = True,
+    shard: str | None = None,
+    lease_seconds: float = 2.0,
 ) -> Store:
-    """The store ``db`` names: a ``postgresql://`` URL is a PostgreSQL database (this process being
-    ``shard`` of its exchange), anything else an SQLite file's path. ``existing``: it must already
-    hold a market (a reader never creates one)."""
+    """The store ``db`` names: a ``postgresql://`` URL is a PostgreSQL database (this process serving
+    as ``shard`` of its exchange, if named), anything else an SQLite file's path. ``existing``: it
+    must already hold a market (a reader never creates one)."""
     if isinstance(db, str) and is_postgres_url(db):
-        ledger = PostgresLedger(db, shard, lease_seconds)
+        ledger = PostgresLedger(db, shard or DEFAULT_SHARD, lease_seconds, serving=shard is not None)
         if existing and not ledger.market_count():
             ledger.close()
             raise LedgerError(f"{ledger.location} holds no market")

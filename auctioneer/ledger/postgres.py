@@ -57,6 +57,7 @@ from protocol.messages import MarketClosed
 MARKET_COLUMNS = "SELECT market, definition, opened_at, seq, closed FROM markets"
 CONNECT_TIMEOUT = 5.0
 DEFAULT_SHARD = "main"
+SHARD_APPLICATION = "token-auction shard "  # + its name: the application_name of a serving shard's sessions
 
 
 def is_postgres_url(db: str) -> bool:
@@ -74,7 +75,16 @@ def without_password(url: str) -> str:
 class PostgresLedger(Exports, ClosingStore):
     """An exchange's ledger in PostgreSQL, as one shard (``shard``) of it sees it."""
 
-    def __init__(self, url: str, shard: str = DEFAULT_SHARD, lease_seconds: float = 2.0, pool_size: int = 4) -> None:
+    def __init__(
+        self,
+        url: str,
+        shard: str = DEFAULT_SHARD,
+        lease_seconds: float = 2.0,
+        pool_size: int = 4,
+        serving: bool = False,
+    ) -> None:
+        """``serving``: this process serves as ``shard`` (its sessions are named after it, so that the
+        other shards can end them if it stops renewing its leases, ``auctioneer.shards``)."""
         self.url = url
         self.shard = shard
         self.lease_seconds = lease_seconds
@@ -83,7 +93,12 @@ class PostgresLedger(Exports, ClosingStore):
         # them its leases, for ever: the server ends such a session once the lease has run out.
         idle_ms = max(1000, int(lease_seconds * 1000))
         options = f"-c idle_in_transaction_session_timeout={idle_ms}"
-        connect = {"autocommit": True, "connect_timeout": CONNECT_TIMEOUT, "options": options}
+        connect = {
+            "autocommit": True,
+            "connect_timeout": CONNECT_TIMEOUT,
+            "options": options,
+            "application_name": SHARD_APPLICATION + shard if serving else "token-auction",
+        }
         try:
             self._pool = ConnectionPool(
                 url,

@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from auctioneer.ledger import FencedOut, Store
+from auctioneer.ledger import FencedOut, Store, TickWrite
 from auctioneer.market import Decision, Market
 from protocol.messages import MarketClosed
 
@@ -33,14 +33,14 @@ class LedgerWrite:
     """One commit, ready to run (it reads nothing of the exchange: the exchange may move on meanwhile)."""
 
     ledger: Store
-    arguments: tuple[Any, ...]  # of ``Store.commit``
+    tick: TickWrite
     unbound: list[AgentRecord]  # whose name binding it writes
 
     def run(self) -> None:
-        self.ledger.commit(*self.arguments)
+        self.ledger.commit(self.tick)
 
     async def run_async(self) -> None:
-        await self.ledger.commit_async(*self.arguments)
+        await self.ledger.commit_async(self.tick)
 
     def done(self, decisions: list[Decision]) -> list[Decision]:
         """It ran: the agents' names are bound now; the decisions it committed."""
@@ -172,16 +172,16 @@ class RoundClock:
         unbound = exchange.registry.unbound({agent for agent, _, _ in settlements})
         closings = [c for c in closings if c.market in exchange.markets]
         markets = {d.market.id for d in decisions} | {c.market or "" for c in closings}
-        arguments = (
-            [d.record for d in decisions],
-            closings,
-            exchange.accounts.after(settlements),
-            exchange.exchange_seq + len(closings) if closings else None,
-            exchange.clock(),
-            {agent.name: agent.secret_hash for agent in unbound if agent.secret_hash is not None},
-            exchange.shard.fence(markets),
+        tick = TickWrite(
+            rounds=[d.record for d in decisions],
+            closings=closings,
+            accounts=exchange.accounts.after(settlements),
+            exchange_seq=exchange.exchange_seq + len(closings) if closings else None,
+            committed_at=exchange.clock(),
+            bindings={agent.name: agent.secret_hash for agent in unbound if agent.secret_hash is not None},
+            fence=exchange.shard.fence(markets),
         )
-        return LedgerWrite(exchange.ledger, arguments, unbound)
+        return LedgerWrite(exchange.ledger, tick, unbound)
 
     def _fenced_out(self, exc: FencedOut, decisions: list[Decision]) -> list[Decision]:
         """Another shard took ``exc.markets``: they are let go, and the other decisions kept."""

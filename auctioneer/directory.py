@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from auctioneer.ledger import LedgerError
+from auctioneer.ledger import LedgerError, TickWrite
 from auctioneer.market import stored_status
 from auctioneer.shards import Location, PostgresShard
 from protocol.messages import MarketEnded, MarketInfo, MarketOpened, MarketStatus, ShardInfo
@@ -81,7 +81,7 @@ class MarketDirectory:
             self.shards = [ShardInfo(shard=s.shard, market_endpoint=s.market_endpoint, feed_endpoint=s.feed_endpoint)
                            for s in exchange.shard.shards()]  # fmt: skip
         if announced:
-            exchange.ledger.commit([], exchange_seq=exchange.exchange_seq, committed_at=now)
+            exchange.ledger.commit(TickWrite(exchange_seq=exchange.exchange_seq, committed_at=now))
 
     def _refresh(self) -> bool:
         """Bring the other shards' markets up to date, announcing changes; whether any was announced."""

@@ -32,7 +32,7 @@ from auctioneer.admission import Admission
 from auctioneer.clock import RoundClock
 from auctioneer.directory import MarketDirectory
 from auctioneer.dispatch import Reply, dispatch
-from auctioneer.ledger import LedgerError, Store, StoredMarket
+from auctioneer.ledger import LedgerError, Store, StoredMarket, TickWrite
 from auctioneer.market import Market, market_info, stored_status
 from auctioneer.registry import FORGET_AFTER_HEARTBEATS, AgentRecord, AgentRegistry
 from auctioneer.settings import MarketSettings, MarketSpec, ServeSettings, participation_problem
@@ -103,7 +103,7 @@ class Exchange:
         accounts = self.ledger.accounts()
         stale = {agent: account._replace(reserved=0.0) for agent, account in accounts.items() if account.reserved}
         if stale:
-            self.ledger.commit([], accounts=stale)
+            self.ledger.commit(TickWrite(accounts=stale))
 
     @property
     def agents(self) -> dict[str, AgentRecord]:

@@ -33,6 +33,7 @@ from auctioneer.ledger.records import (
     StoredBid,
     StoredMarket,
     StoredRound,
+    TickWrite,
     account_row,
 )
 from auctioneer.ledger.sqlite import SqliteLedger
@@ -55,6 +56,7 @@ __all__ = [
     "StoredBid",
     "StoredMarket",
     "StoredRound",
+    "TickWrite",
     "account_row",
     "holding",
     "is_postgres_url",

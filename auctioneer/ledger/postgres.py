@@ -23,7 +23,7 @@ one line saying why.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -33,16 +33,15 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from auctioneer.ledger.export import Exports
 from auctioneer.ledger.postgres_arrays import register as register_columns
-from auctioneer.ledger.postgres_commit import TickWrite
 from auctioneer.ledger.postgres_committer import TickCommitter
 from auctioneer.ledger.postgres_schema import prepare
 from auctioneer.ledger.records import (
     AccountState,
     FencedOut,
     LedgerError,
-    RoundRecord,
     StoredMarket,
     StoredRound,
+    TickWrite,
     first_line,
 )
 from auctioneer.ledger.rows import (
@@ -52,7 +51,6 @@ from auctioneer.ledger.rows import (
     stored_result,
 )
 from auctioneer.ledger.store import ClosingStore
-from protocol.messages import MarketClosed
 
 MARKET_COLUMNS = "SELECT market, definition, opened_at, seq, closed FROM markets"
 CONNECT_TIMEOUT = 5.0
@@ -240,35 +238,15 @@ class PostgresLedger(Exports, ClosingStore):
 
     # --- rounds ---------------------------------------------------------------------------
 
-    def commit(
-        self,
-        rounds: Sequence[RoundRecord],
-        closings: Sequence[MarketClosed] = (),
-        accounts: Mapping[str, AccountState] | None = None,
-        exchange_seq: int | None = None,
-        committed_at: float = 0.0,
-        bindings: Mapping[str, str] | None = None,
-        fence: Mapping[str, int] | None = None,
-    ) -> None:
-        """As the SQLite store's, fenced by ``fence`` (market -> the epoch this shard holds). Accounts
-        are kept by deltas: each round's payments are added to ``spent`` and taken from this shard's
-        slices; of ``accounts`` only what the agents' open bids reserve here is written."""
-        tick = TickWrite(rounds, closings, accounts, exchange_seq, committed_at, bindings, fence)
+    def commit(self, tick: TickWrite) -> None:
+        """As the SQLite store's, fenced by ``tick.fence`` (market -> the epoch this shard holds).
+        Accounts are kept by deltas: each round's payments are added to ``spent`` and taken from this
+        shard's slices; of ``tick.accounts`` only what the agents' open bids reserve here is written."""
         self._committed(self._commits.commit(tick))
 
-    async def commit_async(
-        self,
-        rounds: Sequence[RoundRecord],
-        closings: Sequence[MarketClosed] = (),
-        accounts: Mapping[str, AccountState] | None = None,
-        exchange_seq: int | None = None,
-        committed_at: float = 0.0,
-        bindings: Mapping[str, str] | None = None,
-        fence: Mapping[str, int] | None = None,
-    ) -> None:
+    async def commit_async(self, tick: TickWrite) -> None:
         """:meth:`commit` on a connection of the running event loop, which goes on with its other
         work during the round trips (no second thread holds the interpreter meanwhile)."""
-        tick = TickWrite(rounds, closings, accounts, exchange_seq, committed_at, bindings, fence)
         self._committed(await self._commits.commit_async(tick))
 
     async def close_async_commits(self) -> None:

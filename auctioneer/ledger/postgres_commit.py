@@ -30,10 +30,9 @@ from typing import Any
 import psycopg
 
 from auctioneer.ledger.postgres_arrays import Column, column
-from auctioneer.ledger.records import AccountState, FencedOut, RoundRecord
+from auctioneer.ledger.records import FencedOut, RoundRecord, TickWrite
 from auctioneer.ledger.rows import ROUND_ROW_COLUMNS, round_rows
 from protocol import encode
-from protocol.messages import MarketClosed
 
 COLUMN_TYPES = {
     "rounds": ("bigint", "text", "bigint", "text", "bytea", "text", "bigint", "float8", "float8", "bytea"),
@@ -82,19 +81,6 @@ INSERT INTO accounts(agent, spent) SELECT agent, amount FROM paid ON CONFLICT (a
 SET spent = accounts.spent + excluded.spent,
     leased = accounts.leased - COALESCE((SELECT taken FROM held WHERE held.agent = excluded.agent), 0)
 """
-
-
-@dataclass(frozen=True)
-class TickWrite:
-    """What one tick commits (the arguments of ``Store.commit``)."""
-
-    rounds: Sequence[RoundRecord]
-    closings: Sequence[MarketClosed]
-    accounts: Mapping[str, AccountState] | None
-    exchange_seq: int | None
-    committed_at: float
-    bindings: Mapping[str, str] | None
-    fence: Mapping[str, int] | None
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ import psycopg
 from psycopg_pool import AsyncConnectionPool, ConnectionPool, PoolTimeout
 
 from auctioneer.ledger.postgres_arrays import register as register_columns
-from auctioneer.ledger.postgres_commit import TickWrite, run_plan, run_plan_async, tick_plan
-from auctioneer.ledger.records import FencedOut, LedgerError, RoundRecord, first_line
+from auctioneer.ledger.postgres_commit import run_plan, run_plan_async, tick_plan
+from auctioneer.ledger.records import FencedOut, LedgerError, RoundRecord, TickWrite, first_line
 
 log = logging.getLogger(__name__)
 

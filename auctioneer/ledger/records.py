@@ -1,9 +1,10 @@
-"""What a ledger holds, as values every store reads and writes: rounds to commit, rounds and markets
-as stored, budget accounts, and :class:`LedgerError`. No storage here."""
+"""What a ledger holds, as values every store reads and writes: rounds to commit and the group commit
+that writes them, rounds and markets as stored, budget accounts, and :class:`LedgerError`. No
+storage here."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -112,3 +113,20 @@ class StoredMarket:
 def first_line(exc: BaseException) -> str:
     """The first line of ``exc``'s message (its type's name if it has none), for one-line errors."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+@dataclass(frozen=True)
+class TickWrite:
+    """What one group commit writes in one transaction (``Store.commit``): ``rounds``, the markets'
+    ``closings``, the ``accounts`` they leave, name ``bindings`` (agent -> secret hash) and the
+    exchange's notice seq (``exchange_seq``, if it moved), at ``committed_at``. ``fence``: market ->
+    the lease epoch the committing shard holds; a store shared by shards writes nothing and raises
+    :class:`FencedOut` if another shard took one of them (a store of one owner ignores it)."""
+
+    rounds: Sequence[RoundRecord] = ()
+    closings: Sequence[MarketClosed] = ()
+    accounts: Mapping[str, AccountState] | None = None
+    exchange_seq: int | None = None
+    committed_at: float = 0.0
+    bindings: Mapping[str, str] | None = None
+    fence: Mapping[str, int] | None = None

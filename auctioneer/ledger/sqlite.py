@@ -16,12 +16,12 @@ import logging
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from auctioneer.ledger.export import Exports
-from auctioneer.ledger.records import AccountState, LedgerError, RoundRecord, StoredMarket, StoredRound
+from auctioneer.ledger.records import AccountState, LedgerError, StoredMarket, StoredRound, TickWrite
 from auctioneer.ledger.rows import (
     page_of_results,
     round_inserts,
@@ -33,7 +33,6 @@ from auctioneer.ledger.rows import (
 from auctioneer.ledger.sqlite_schema import prepare, read_meta, write_meta, write_transaction
 from auctioneer.ledger.store import ClosingStore
 from protocol import encode
-from protocol.messages import MarketClosed
 
 log = logging.getLogger(__name__)
 
@@ -167,45 +166,37 @@ class SqliteLedger(Exports, ClosingStore):
 
     # --- rounds ---------------------------------------------------------------------------
 
-    def commit(
-        self,
-        rounds: Sequence[RoundRecord],
-        closings: Sequence[MarketClosed] = (),
-        accounts: Mapping[str, AccountState] | None = None,
-        exchange_seq: int | None = None,
-        committed_at: float = 0.0,
-        bindings: Mapping[str, str] | None = None,
-        fence: Mapping[str, int] | None = None,
-    ) -> None:
+    def commit(self, tick: TickWrite) -> None:
+        """``tick`` in one transaction (a store of one owner: its fence is ignored)."""
         started = time.perf_counter()
         self.check_files()
         with write_transaction(self._db, self.path) as db:
             first_id = db.execute("SELECT COALESCE(MAX(id), 0) FROM rounds").fetchone()[0] + 1
-            for statement, rows in zip(INSERTS, round_rows(rounds, committed_at, first_id), strict=True):
+            for statement, rows in zip(INSERTS, round_rows(tick.rounds, tick.committed_at, first_id), strict=True):
                 db.executemany(statement, rows)
-            if bindings:
+            if tick.bindings:
                 db.executemany(
                     "INSERT OR IGNORE INTO agents(agent, secret_hash, bound_at) VALUES (?, ?, ?)",
-                    [(agent, secret_hash, committed_at) for agent, secret_hash in bindings.items()],
+                    [(agent, secret_hash, tick.committed_at) for agent, secret_hash in tick.bindings.items()],
                 )
-            for closing in closings:
+            for closing in tick.closings:
                 db.execute(
                     "UPDATE markets SET closed = ?, seq = MAX(seq, ?) WHERE market = ?",
                     (encode(closing), closing.seq, closing.market),
                 )
-            if accounts:
-                db.executemany(UPSERT_ACCOUNT, [(agent, *state) for agent, state in accounts.items()])
-            if exchange_seq is not None:
-                write_meta(db, "exchange_seq", str(exchange_seq))
-            if rounds:
+            if tick.accounts:
+                db.executemany(UPSERT_ACCOUNT, [(agent, *state) for agent, state in tick.accounts.items()])
+            if tick.exchange_seq is not None:
+                write_meta(db, "exchange_seq", str(tick.exchange_seq))
+            if tick.rounds:
                 write_meta(db, "commits", str(self.commits() + 1))
         self.check_files()
         if self.on_commit is not None:
             self.on_commit(time.perf_counter() - started)
 
-    async def commit_async(self, *args: Any, **kwargs: Any) -> None:
+    async def commit_async(self, tick: TickWrite) -> None:
         """:meth:`commit`, in place: a local commit is short, and the event loop waits for it."""
-        self.commit(*args, **kwargs)
+        self.commit(tick)
 
     async def close_async_commits(self) -> None:
         """Nothing to close: the commits share the store's one connection."""

@@ -15,11 +15,10 @@ guarantees, which every implementation keeps:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol, Self
 
-from auctioneer.ledger.records import AccountState, LedgerError, RoundRecord, StoredMarket, StoredRound
-from protocol.messages import MarketClosed
+from auctioneer.ledger.records import AccountState, LedgerError, StoredMarket, StoredRound, TickWrite
 
 
 class Store(Protocol):
@@ -86,33 +85,12 @@ class Store(Protocol):
 
     # --- rounds ---------------------------------------------------------------------------
 
-    def commit(
-        self,
-        rounds: Sequence[RoundRecord],
-        closings: Sequence[MarketClosed] = (),
-        accounts: Mapping[str, AccountState] | None = None,
-        exchange_seq: int | None = None,
-        committed_at: float = 0.0,
-        bindings: Mapping[str, str] | None = None,
-        fence: Mapping[str, int] | None = None,
-    ) -> None:
-        """Write ``rounds``, the markets' ``closings``, the ``accounts`` they leave, name
-        ``bindings`` (agent -> secret hash) and the exchange's notice seq in one transaction.
-        ``fence``: market -> the lease epoch the committing shard holds; a store shared by shards
-        writes nothing and raises :class:`~auctioneer.ledger.records.FencedOut` if another shard took
-        one of them (a store of one owner has no leases, and ignores it)."""
+    def commit(self, tick: TickWrite) -> None:
+        """Write ``tick`` in one transaction (:class:`~auctioneer.ledger.records.TickWrite` says what
+        it holds; a shared store raises ``FencedOut`` and writes nothing if its fence fails)."""
         ...
 
-    async def commit_async(
-        self,
-        rounds: Sequence[RoundRecord],
-        closings: Sequence[MarketClosed] = (),
-        accounts: Mapping[str, AccountState] | None = None,
-        exchange_seq: int | None = None,
-        committed_at: float = 0.0,
-        bindings: Mapping[str, str] | None = None,
-        fence: Mapping[str, int] | None = None,
-    ) -> None:
+    async def commit_async(self, tick: TickWrite) -> None:
         """:meth:`commit` from the exchange's event loop: a store whose commit waits on a server lets
         the loop go on (answering requests) during the round trips; a local store commits in place."""
         ...
